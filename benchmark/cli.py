@@ -1,0 +1,228 @@
+"""The ``shiftbench`` command line.
+
+    shiftbench ls models|shifts|threats|suites [--suite S] [--json]
+    shiftbench validate
+    shiftbench run --suite digits [--models PAT] [--shifts PAT] [--threats PAT] [--limit N] [--dry-run]
+    shiftbench leaderboard [--suite digits]
+    shiftbench zoo train [--models PAT]
+    shiftbench show-shifts --suite digits --out FILE.png
+    shiftbench calibrate --suite digits
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import registry as reg
+
+RESULTS_ROOT = reg.REPO_ROOT / "results"
+
+
+def _registry(args) -> reg.Registry:
+    return reg.Registry(args.registry)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", default=str(reg.default_registry_root()),
+                   help="registry folder (default: $SHIFTBENCH_REGISTRY or ./registry)")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="root of real datasets (default: $SHIFTBENCH_DATA or ./data)")
+    p.add_argument("--model-dir", default=None, help="robustbench weights cache (default: $SHIFTBENCH_MODELS or ./models)")
+
+
+# --------------------------------------------------------------------------- ls / validate
+def cmd_ls(args) -> int:
+    r = _registry(args)
+    kind = args.kind
+    specs = list(r.entries[kind].values())
+    if args.suite:
+        s = r.suite(args.suite)
+        if kind == "models":
+            specs = r.suite_models(s)
+        elif kind == "shifts":
+            specs = [r.shift(x) for x in s.dataset_shifts]
+        elif kind == "threats":
+            specs = [r.threat(x) for x in (s.id_threat, *s.threat_shifts)]
+        else:
+            specs = [s]
+    specs = sorted(specs, key=lambda s: s.id)
+    if args.json:
+        print(json.dumps([reg.canonical(s) for s in specs], indent=1))
+        return 0
+    cols = {
+        "models": ("id", "source", "architecture", "training"),
+        "shifts": ("id", "dataset", "family", "source"),
+        "threats": ("id", "kind", "norm", "eps", "attack"),
+        "suites": ("id", "dataset", "id_threat", "n_examples"),
+    }[kind]
+    rows = [[str(getattr(s, c) if getattr(s, c) is not None else "-") for c in cols] for s in specs]
+    if kind == "threats":
+        for row in rows:
+            row[3] = f"{float(row[3]):.4g}"
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print(f"({len(rows)} {kind})", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    r = _registry(args)  # raises RegistryError naming file and key
+    problems = r.check_weights()
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in r.entries.items())
+    if problems:
+        return 1
+    print(f"registry OK: {counts} ({r.root})")
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    from . import plan
+
+    r = _registry(args)
+    cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
+                            n_examples=args.n, seed=args.seed)
+    if not cells:
+        print(f"error: no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
+              f"threats={args.threats}); see `shiftbench ls models --suite {args.suite}`", file=sys.stderr)
+        return 2
+    cells = plan.shard(cells, args.shard)
+    results_dir = Path(args.results) / args.suite
+    from .evaluate import pending, run_grid
+
+    todo = pending(cells, results_dir)
+    if args.limit is not None:
+        todo = todo[: args.limit]
+    models = sorted({c.model.id for c in cells})
+    print(f"suite {args.suite}: {len(cells)} cells ({len(models)} models), {len(cells) - len(pending(cells, results_dir))} "
+          f"done, {len(todo)} to run -> {results_dir}", file=sys.stderr)
+    if args.dry_run:
+        for c in todo:
+            print(f"{c.key}  {c.describe()}")
+        return 0
+    t0 = time.perf_counter()
+    counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
+                      workers=args.workers, progress=not args.no_progress)
+    print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.leaderboard:
+        from . import leaderboard
+
+        leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from . import leaderboard
+
+    r = _registry(args)
+    path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from . import zoo
+
+    return zoo.main(args)
+
+
+def cmd_show_shifts(args) -> int:
+    from . import showshifts
+
+    return showshifts.main(args)
+
+
+def cmd_calibrate(args) -> int:
+    from . import calibrate
+
+    return calibrate.main(args)
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shiftbench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("ls", help="list registry entries")
+    q.add_argument("kind", choices=reg.KINDS)
+    q.add_argument("--suite", default=None, help="only what this suite uses")
+    q.add_argument("--json", action="store_true", help="JSON list of objects (each has 'id')")
+    _add_common(q)
+    q.set_defaults(fn=cmd_ls)
+
+    q = sub.add_parser("validate", help="validate every registry entry and weights checksum")
+    _add_common(q)
+    q.set_defaults(fn=cmd_validate)
+
+    q = sub.add_parser("run", help="evaluate a suite's grid (resumable)")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--models", default=None, help="comma-separated glob patterns over model ids")
+    q.add_argument("--shifts", default=None, help="patterns over data names ('id' is the ID data)")
+    q.add_argument("--threats", default=None, help="patterns over threat ids")
+    q.add_argument("--limit", type=int, default=None, help="run at most N pending cells")
+    q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's)")
+    q.add_argument("--seed", type=int, default=None)
+    q.add_argument("--shard", default=None, help="run slice i/N of the grid (for any scheduler)")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("leaderboard", help="regenerate leaderboard.md from results/")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--out", default=None, help="output markdown (default: ./leaderboard.md for digits)")
+    _add_common(q)
+    q.set_defaults(fn=cmd_leaderboard)
+
+    q = sub.add_parser("zoo", help="the digits model zoo")
+    q.add_argument("action", choices=["train"])
+    q.add_argument("--models", default=None, help="patterns over model ids (default: all builtin digits models)")
+    q.add_argument("--check", action="store_true", help="retrain and compare sha256 without writing")
+    _add_common(q)
+    q.set_defaults(fn=cmd_zoo)
+
+    q = sub.add_parser("show-shifts", help="picture of every dataset shift and severity")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--out", required=True, help="PNG file to write")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_show_shifts)
+
+    q = sub.add_parser("calibrate", help="fast attack vs AutoAttack, side by side")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--models", default=None)
+    q.add_argument("--n", type=int, default=None, help="examples per model")
+    q.add_argument("--out", default=None, help="write the table (markdown) here")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_calibrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except (reg.RegistryError, KeyError, ValueError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Evaluate: run cells, write one result JSON per cell; and the in-memory Python API.
+
+The result of a cell is written atomically to ``results/<suite>/<model>/<data>__<threat>__<key>.json``;
+a present file means the cell is done, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import datasets, store, trust
+from .attacks import HARNESS_VERSION, run_attack
+from .plan import Cell
+from .registry import Registry, ThreatSpec, canonical
+
+DEFAULT_BATCH = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("shiftbench", "torch", "numpy", "pyautoattack", "robustbench"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (subset of) images and labels a cell evaluates."""
+    from .shifts import load_shift
+
+    if cell.shift is None:
+        x, y = _id_data(cell.model.dataset, str(data_dir) if data_dir else None)
+    else:
+        x, y = load_shift(cell.shift, cell.severity, seed=cell.seed, data_dir=data_dir)
+    idx = torch.from_numpy(datasets.subset(cell.n, len(x), cell.seed))
+    return x[idx], y[idx]
+
+
+@functools.lru_cache(maxsize=4)
+def _id_data(dataset: str, data_dir: str | None):
+    return datasets.load_id(dataset, "test", data_dir)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class Outcome:
+    clean_correct: np.ndarray
+    robust_correct: np.ndarray
+    clean_s: float
+    attack_s: float
+    checks: dict[str, Any]
+
+
+def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, *, seed: int,
+                   attack: str | None = None, attack_args: dict[str, Any] | None = None,
+                   batch_size: int = DEFAULT_BATCH, checks: bool = True) -> Outcome:
+    """Clean and robust correctness per example.  Only clean-correct examples are attacked."""
+    t0 = time.perf_counter()
+    clean_pred = predict(model, x, batch_size)
+    clean_correct = (clean_pred == y).numpy()
+    t1 = time.perf_counter()
+    robust_correct = clean_correct.copy()
+    todo = np.flatnonzero(clean_correct)
+    x_adv_all = x.clone()
+    torch.manual_seed(seed)
+    for start in range(0, len(todo), batch_size):
+        idx = torch.from_numpy(todo[start:start + batch_size])
+        xb, yb = x[idx], y[idx]
+        x_adv = run_attack(model, xb, yb, threat, seed=seed + start, attack=attack, **(attack_args or {}))
+        x_adv_all[idx] = x_adv.detach().cpu()
+        robust_correct[todo[start:start + batch_size]] = (predict(model, x_adv, batch_size) == yb).numpy()
+    t2 = time.perf_counter()
+    found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct) if checks else {}
+    return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found)
+
+
+def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]:
+    n = len(out.clean_correct)
+    return {
+        "schema": store.RESULT_SCHEMA,
+        "key": cell.key,
+        "suite": cell.suite,
+        "model": cell.model.id,
+        "role": cell.role,
+        "data": cell.data_name,
+        "shift": cell.shift_id,
+        "severity": cell.severity,
+        "threat": cell.threat.id,
+        "threat_kind": cell.threat.kind,
+        "norm": cell.threat.norm,
+        "eps": cell.threat.eps,
+        "attack": attack_name,
+        "attack_args": canonical(cell.threat.attack_args),
+        "n": n,
+        "seed": cell.seed,
+        "clean_acc": float(out.clean_correct.mean()) if n else float("nan"),
+        "robust_acc": float(out.robust_correct.mean()) if n else float("nan"),
+        "clean_correct": store.bits(out.clean_correct),
+        "robust_correct": store.bits(out.robust_correct),
+        "checks": out.checks,
+        "timing": {"clean_s": round(out.clean_s, 4), "attack_s": round(out.attack_s, 4)},
+        "harness": HARNESS_VERSION,
+        "versions": package_versions(),
+        "spec": {
+            "model": canonical(cell.model),
+            "shift": canonical(cell.shift) if cell.shift is not None else None,
+            "threat": canonical(cell.threat),
+        },
+        "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
+    }
+
+
+def run_cell(cell: Cell, model: nn.Module, results_dir: Path, *, data_dir=None,
+             batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
+    x, y = cell_data(cell, data_dir)
+    out = attack_outcome(model, x, y, cell.threat, seed=cell.seed, batch_size=batch_size)
+    payload = result_payload(cell, out, cell.threat.attack)
+    store.write_json_atomic(results_dir / cell.filename, payload)
+    return payload
+
+
+# --------------------------------------------------------------------------- grid runner
+def pending(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
+    return [c for c in cells if not (results_dir / c.filename).is_file()]
+
+
+@functools.lru_cache(maxsize=4)
+def _registry(root: str) -> Registry:
+    return Registry(root)
+
+
+@functools.lru_cache(maxsize=2)
+def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | None) -> nn.Module:
+    from .models import load_model
+
+    reg = _registry(registry_root)
+    return load_model(reg.model(model_id), reg, model_dir=model_dir)
+
+
+def _run_chunk(cells: list[Cell], registry_root: str, results_dir: str, data_dir: str | None,
+               model_dir: str | None, threads: int) -> list[str]:
+    torch.set_num_threads(threads)
+    done = []
+    for cell in cells:
+        model = _model(registry_root, cell.model.id, cell.model.sha256, model_dir)
+        run_cell(cell, model, Path(results_dir), data_dir=data_dir)
+        done.append(cell.key)
+    return done
+
+
+def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
+             workers: int = 1, progress: bool = True, chunk: int = 6) -> dict[str, int]:
+    """Run every pending cell; return counts.  Cells already on disk are skipped (resume)."""
+    from tqdm.auto import tqdm
+
+    results_dir = Path(results_dir)
+    todo = pending(cells, results_dir)
+    counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0}
+    if not todo:
+        return counts
+    by_model: dict[str, list[Cell]] = defaultdict(list)
+    for c in todo:
+        by_model[c.model.id].append(c)
+    chunks = [cs[i:i + chunk] for cs in by_model.values() for i in range(0, len(cs), chunk)]
+    root = str(registry.root)
+    dd = str(data_dir) if data_dir else None
+    md = str(model_dir) if model_dir else None
+    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            for ch in chunks:
+                bar.set_postfix_str(ch[0].describe(), refresh=False)
+                counts["ran"] += len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads()))
+                bar.update(len(ch))
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1) for ch in chunks]
+                for fut in as_completed(futures):
+                    n = len(fut.result())
+                    counts["ran"] += n
+                    bar.update(n)
+    finally:
+        bar.close()
+    return counts
+
+
+# --------------------------------------------------------------------------- Python API
+def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None = None,
+             threats: list[str] | None = None, attack: str | None = None, n_examples: int | None = None,
+             seed: int = 0, *, registry: Registry | str | None = None, data_dir: str | Path | None = None,
+             batch_size: int = DEFAULT_BATCH, progress: bool = False):
+    """Evaluate an in-memory model (inputs in [0, 1], returns logits) on a suite.
+
+    ``shifts``/``threats``: ids of dataset / threat shifts; ``None`` means the suite's full set,
+    ``[]`` means none (ID only).  ``attack`` overrides every threat's attack.  Returns a pandas
+    DataFrame with one row per cell: model, role, shift, severity, threat, attack, n, clean_acc,
+    robust_acc and Wilson 95% intervals.  Nothing is written to ``results/``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .plan import ID_SHIFT
+    from .registry import ModelSpec, default_registry_root
+
+    reg = registry if isinstance(registry, Registry) else Registry(registry or default_registry_root())
+    s = reg.suite(suite)
+    shift_ids = list(s.dataset_shifts) if shifts is None else list(shifts)
+    threat_ids = list(s.threat_shifts) if threats is None else list(threats)
+    name = getattr(model, "shiftbench_name", type(model).__name__)
+    spec = ModelSpec(id=name, source="python:<in-memory>:model", dataset=s.dataset, architecture=type(model).__name__,
+                     training="unknown")
+    id_threat = reg.threat(s.id_threat)
+    n = n_examples or s.n_examples
+    cells = [Cell(s.id, spec, None, None, id_threat, "id", n, seed)]
+    for sid in shift_ids:
+        sh = reg.shift(sid)
+        cells += [Cell(s.id, spec, sh, sev, id_threat, "dataset", n, seed) for sev in (sh.severities or (None,))]
+    cells += [Cell(s.id, spec, None, None, reg.threat(t), "threat", n, seed) for t in threat_ids]
+    model = model.eval()
+    rows = []
+    from .stats import wilson
+
+    for cell in tqdm(cells, disable=not progress, desc="cells"):
+        x, y = cell_data(cell, data_dir)
+        out = attack_outcome(model, x, y, cell.threat, seed=seed, attack=attack, batch_size=batch_size)
+        k_clean, k_rob, m = int(out.clean_correct.sum()), int(out.robust_correct.sum()), len(y)
+        rows.append({
+            "model": name, "role": cell.role, "shift": cell.shift_id if cell.shift else ID_SHIFT,
+            "severity": cell.severity, "threat": cell.threat.id, "attack": attack or cell.threat.attack,
+            "n": m, "clean_acc": k_clean / m, "robust_acc": k_rob / m,
+            "clean_ci": wilson(k_clean, m), "robust_ci": wilson(k_rob, m),
+            "flags": [k for k, v in out.checks.items() if isinstance(v, dict) and v.get("ok") is False],
+        })
+    return pd.DataFrame(rows)

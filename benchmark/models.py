@@ -1,0 +1,58 @@
+"""Model loading: registry entry -> ``nn.Module`` in eval mode taking images in [0, 1].
+
+Weights are verified against the entry's sha256 before they are read, and read with
+``torch.load(..., weights_only=True)``: an entry can never run code unless its source is
+``python:module:factory``, which names user code on purpose.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import architectures
+from .registry import ModelSpec, Registry, RegistryError, sha256_file
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def verified_state_dict(path: Path, sha256: str | None, entry_path: str = "") -> dict:
+    """Check ``path`` against ``sha256`` (when known), then load it without executing code."""
+    if not path.is_file():
+        raise WeightsError(f"{entry_path}: key 'weights': file not found: {path}")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise WeightsError(
+                f"{entry_path}: key 'sha256': {path} has sha256 {actual}, the entry says {sha256}; "
+                "the file is corrupt or was replaced (re-download it, or retrain with `shiftbench zoo train`)"
+            )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_model(spec: ModelSpec, registry: Registry, *, model_dir: str | Path | None = None) -> nn.Module:
+    kind = spec.source_kind
+    if kind in ("builtin", "file"):
+        model = architectures.build(spec.source_target, **dict(spec.arch_args))
+        state = verified_state_dict(registry.weights_path(spec), spec.sha256, spec.path)
+        model.load_state_dict(state)
+    elif kind == "python":
+        module_name, _, factory = spec.source_target.partition(":")
+        if not factory:
+            raise RegistryError(spec.path, "source", "python sources are written python:module:factory")
+        fn = getattr(importlib.import_module(module_name), factory)
+        model = fn(**dict(spec.arch_args))
+        wp = registry.weights_path(spec)
+        if wp is not None:
+            model.load_state_dict(verified_state_dict(wp, spec.sha256, spec.path))
+    elif kind == "robustbench":
+        from . import zoo_robustbench
+
+        model = zoo_robustbench.load(spec, registry, model_dir=model_dir)
+    else:  # pragma: no cover - validated by the registry
+        raise RegistryError(spec.path, "source", f"unknown source kind '{kind}'")
+    return model.eval()

@@ -1,0 +1,409 @@
+"""Registry: YAML entries under ``registry/`` loaded into frozen, validated specs.
+
+Every entry is one small YAML file.  Validation is strict: an unknown key, a wrong type, a
+missing weights file or an implausible budget raises :class:`RegistryError` naming the file and
+the key, so a broken entry is never skipped silently.
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = REPO_ROOT / "registry"
+
+KINDS = ("models", "shifts", "threats", "suites")
+LP_NORMS = ("Linf", "L2", "L1")
+MODEL_SOURCES = ("builtin", "robustbench", "python", "file")
+
+
+class RegistryError(ValueError):
+    """A registry entry is invalid; the message names the file and the key."""
+
+    def __init__(self, path: Path | str, key: str | None, message: str):
+        self.path, self.key = Path(path), key
+        where = f"{path}" + (f": key '{key}'" if key else "")
+        super().__init__(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------- specs
+class FrozenMap(dict):
+    """An immutable, hashable dict, so that specs holding mappings stay hashable."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("registry specs are immutable")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(canonical(self), sort_keys=True, default=str))
+
+    def __reduce__(self):
+        return (FrozenMap, (dict(self),))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model entry.  ``source`` is ``builtin:<arch>``, ``robustbench:<Name>``,
+    ``file:<relative/path.pt>`` (a torchscript-free state dict for a builtin arch given in
+    ``arch``) or ``python:module:factory`` (the only kind that runs user code, by intent)."""
+
+    id: str
+    source: str
+    dataset: str
+    architecture: str
+    training: str
+    weights: str | None = None  # path relative to the registry root, or absolute
+    sha256: str | None = None
+    arch_args: Mapping[str, Any] = field(default_factory=FrozenMap)
+    threat_model: str | None = None  # robustbench: Linf | L2 | corruptions
+    train: Mapping[str, Any] = field(default_factory=FrozenMap)  # recipe for `shiftbench zoo train`
+    reference: str | None = None  # paper / URL
+    notes: str | None = None
+    path: str = ""  # file the entry came from (filled in by the loader)
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def source_target(self) -> str:
+        return self.source.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class ShiftSpec:
+    """A dataset shift: where its images come from and how labels map to the ID classes."""
+
+    id: str
+    dataset: str  # the ID dataset it shifts (digits, cifar10, cifar100, imagenet)
+    source: str  # synthetic:<generator> | loader:<format>
+    family: str  # noise, blur, digital, geometric, natural, ...
+    version: int = 1
+    description: str = ""
+    severities: tuple[int, ...] = ()  # empty: the shift has no severity levels
+    params: Mapping[str, Any] = field(default_factory=FrozenMap)
+    url: str | None = None
+    files: tuple[Mapping[str, Any], ...] = ()  # [{path, sha256}] relative to the data root
+    layout: str | None = None  # human-readable folder layout expected
+    label_map: str | None = None  # how labels map to the ID classes (e.g. imagenet-r-200)
+    mask_logits: bool = False  # evaluate on the subset's classes only
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ThreatSpec:
+    """A threat: the perturbation set (norm + budget, or a non-Lp family) and the attack."""
+
+    id: str
+    kind: str  # lp | spatial | rotation-translation | color | jpeg
+    attack: str  # name in benchmark.attacks
+    eps: float = 0.0
+    norm: str | None = None  # for kind == lp
+    attack_args: Mapping[str, Any] = field(default_factory=FrozenMap)
+    params: Mapping[str, Any] = field(default_factory=FrozenMap)  # non-Lp budget parameters
+    version: int = 1
+    description: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """What one leaderboard is made of: ID data, ID threat, dataset and threat shifts."""
+
+    id: str
+    dataset: str
+    id_threat: str
+    dataset_shifts: tuple[str, ...] = ()
+    threat_shifts: tuple[str, ...] = ()
+    models: tuple[str, ...] = ("*",)  # glob patterns over model ids of this dataset
+    n_examples: int = 1000
+    seed: int = 0
+    description: str = ""
+    path: str = ""
+
+
+SPEC_TYPES: dict[str, type] = {
+    "models": ModelSpec,
+    "shifts": ShiftSpec,
+    "threats": ThreatSpec,
+    "suites": SuiteSpec,
+}
+
+
+# --------------------------------------------------------------------------- parsing
+_FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
+
+
+def parse_eps(value: Any, path: Path, key: str = "eps") -> float:
+    """Budgets may be written as numbers or as fractions such as ``8/255``."""
+    if isinstance(value, bool):
+        raise RegistryError(path, key, f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise RegistryError(path, key, f"expected a number or a fraction like '8/255', got {value!r}")
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = args[0] if args else Any
+        return all(_type_ok(v, inner) for v in value)
+    if origin in (collections.abc.Mapping, dict) or tp in (Mapping, dict):
+        return isinstance(value, dict)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return FrozenMap({k: _freeze(v) for k, v in value.items()})
+    return value
+
+
+def build_spec(kind: str, data: Any, path: Path) -> Any:
+    """Validate one entry's raw mapping against its spec type and build the spec."""
+    cls = SPEC_TYPES[kind]
+    if not isinstance(data, dict):
+        raise RegistryError(path, None, f"expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RegistryError(path, str(key), f"unknown key{hint}; allowed: {', '.join(fields)}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            raise RegistryError(path, name, "missing required key")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if kind == "threats" and key == "eps":
+            value = parse_eps(value, path)
+        tp = hints[key]
+        if not _type_ok(value, tp):
+            raise RegistryError(path, key, f"expected {_type_name(tp)}, got {value!r}")
+        values[key] = _freeze(value)
+    stem = path.stem
+    if values["id"] != stem:
+        raise RegistryError(path, "id", f"id '{values['id']}' must match the file name '{stem}.yaml'")
+    values["path"] = str(path)
+    spec = cls(**values)
+    _check_semantics(kind, spec, path)
+    return spec
+
+
+def _check_semantics(kind: str, spec: Any, path: Path) -> None:
+    if kind == "threats":
+        if spec.kind == "lp":
+            if spec.norm not in LP_NORMS:
+                raise RegistryError(path, "norm", f"an lp threat needs norm in {LP_NORMS}, got {spec.norm!r}")
+            limits = {"Linf": 1.0, "L2": 64.0, "L1": 4096.0}
+            if spec.eps < 0:
+                raise RegistryError(path, "eps", f"budget must be >= 0, got {spec.eps}")
+            if spec.eps > limits[spec.norm]:
+                hint = " (images are in [0, 1]: write 8/255, not 8)" if spec.norm == "Linf" else ""
+                raise RegistryError(
+                    path, "eps", f"implausible {spec.norm} budget {spec.eps} > {limits[spec.norm]}{hint}"
+                )
+        elif spec.norm is not None:
+            raise RegistryError(path, "norm", f"only lp threats take a norm, this one is kind '{spec.kind}'")
+    if kind == "models":
+        if spec.source_kind not in MODEL_SOURCES or ":" not in spec.source:
+            raise RegistryError(
+                path, "source", f"expected one of {', '.join(s + ':...' for s in MODEL_SOURCES)}, got {spec.source!r}"
+            )
+        if spec.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
+            raise RegistryError(path, "sha256", "expected 64 lowercase hex digits")
+        if spec.source_kind in ("builtin", "file"):
+            if not spec.weights:
+                raise RegistryError(path, "weights", f"a {spec.source_kind} model needs a weights file")
+            if not spec.sha256:
+                raise RegistryError(path, "sha256", "a weights file needs its sha256")
+    if kind == "suites" and spec.n_examples <= 0:
+        raise RegistryError(path, "n_examples", "must be positive")
+    if kind == "shifts":
+        if not all(1 <= s <= 5 for s in spec.severities):
+            raise RegistryError(path, "severities", "severities are integers 1..5")
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise RegistryError(path, None, f"not valid YAML: {exc}") from None
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical(obj: Any) -> Any:
+    """A JSON-able, order-stable form of a spec or mapping (for hashing and storage)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "path"}
+    if isinstance(obj, Mapping):
+        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    return obj
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    blob = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------- registry
+class Registry:
+    """All entries of one registry folder, keyed by kind and id.
+
+    Duplicate ids raise; unknown ids raise with a "did you mean" suggestion.
+    """
+
+    def __init__(self, root: Path | str = DEFAULT_REGISTRY, *, check_files: bool = True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise RegistryError(self.root, None, "registry folder does not exist")
+        self.entries: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        for kind in KINDS:
+            folder = self.root / kind
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*.yaml")):
+                spec = build_spec(kind, load_yaml(path), path)
+                if spec.id in self.entries[kind]:
+                    other = self.entries[kind][spec.id].path
+                    raise RegistryError(path, "id", f"duplicate {kind[:-1]} id '{spec.id}' (also in {other})")
+                self.entries[kind][spec.id] = spec
+        if check_files:
+            self._check_references()
+
+    # -- lookups
+    def get(self, kind: str, name: str) -> Any:
+        table = self.entries[kind]
+        if name not in table:
+            close = difflib.get_close_matches(name, table, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise KeyError(f"no {kind[:-1]} named '{name}' in {self.root / kind}{hint}")
+        return table[name]
+
+    def model(self, name: str) -> ModelSpec:
+        return self.get("models", name)
+
+    def shift(self, name: str) -> ShiftSpec:
+        return self.get("shifts", name)
+
+    def threat(self, name: str) -> ThreatSpec:
+        return self.get("threats", name)
+
+    def suite(self, name: str) -> SuiteSpec:
+        return self.get("suites", name)
+
+    def weights_path(self, spec: ModelSpec) -> Path | None:
+        if spec.weights is None:
+            return None
+        p = Path(spec.weights)
+        return p if p.is_absolute() else self.root / p
+
+    def suite_models(self, suite: SuiteSpec, patterns: str | None = None) -> list[ModelSpec]:
+        out = [
+            m
+            for m in self.entries["models"].values()
+            if m.dataset == suite.dataset and any(fnmatch.fnmatchcase(m.id, p) for p in suite.models)
+        ]
+        return sorted(filter_ids(out, patterns), key=lambda m: m.id)
+
+    # -- validation across entries
+    def _check_references(self) -> None:
+        for spec in self.entries["models"].values():
+            wp = self.weights_path(spec)
+            if spec.source_kind in ("builtin", "file") and wp is not None and not wp.is_file():
+                raise RegistryError(spec.path, "weights", f"weights file not found: {wp} (run `shiftbench zoo train`)")
+        for suite in self.entries["suites"].values():
+            refs = [("id_threat", "threats", suite.id_threat)]
+            refs += [("dataset_shifts", "shifts", s) for s in suite.dataset_shifts]
+            refs += [("threat_shifts", "threats", t) for t in suite.threat_shifts]
+            for key, kind, name in refs:
+                if name not in self.entries[kind]:
+                    close = difflib.get_close_matches(name, self.entries[kind], n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise RegistryError(suite.path, key, f"no {kind[:-1]} named '{name}'{hint}")
+                if kind == "shifts" and self.entries[kind][name].dataset != suite.dataset:
+                    raise RegistryError(
+                        suite.path, key, f"shift '{name}' is for dataset '{self.entries[kind][name].dataset}', "
+                        f"not '{suite.dataset}'"
+                    )
+
+    def check_weights(self) -> list[str]:
+        """Verify every local weights file against its sha256; return the problems found."""
+        problems = []
+        for spec in self.entries["models"].values():
+            wp = self.weights_path(spec)
+            if wp is None or not wp.is_file() or spec.sha256 is None:
+                continue
+            actual = sha256_file(wp)
+            if actual != spec.sha256:
+                problems.append(f"{spec.path}: key 'sha256': {wp} has sha256 {actual}, entry says {spec.sha256}")
+        return problems
+
+
+def filter_ids(specs: list[Any], patterns: str | None) -> list[Any]:
+    """Keep specs whose id matches any of the comma-separated glob patterns (all if None)."""
+    if not patterns:
+        return list(specs)
+    pats = [p.strip() for p in patterns.split(",") if p.strip()]
+    return [s for s in specs if any(fnmatch.fnmatchcase(s.id, p) for p in pats)]
+
+
+def default_registry_root() -> Path:
+    return Path(os.environ.get("SHIFTBENCH_REGISTRY", DEFAULT_REGISTRY))
