@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 import time
+import types
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -254,3 +256,14 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
             "flags": [k for k, v in out.checks.items() if isinstance(v, dict) and v.get("ok") is False],
         })
     return pd.DataFrame(rows)
+
+
+class _CallableModule(types.ModuleType):
+    """``benchmark.evaluate`` is both this module and the API function: importing the submodule
+    rebinds the package attribute to the module, so the module forwards calls to the function."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -73,7 +73,8 @@ def plan_suite(
 ) -> list[Cell]:
     """All cells of a suite, filtered by comma-separated glob patterns.
 
-    ``shifts`` filters the data (``id`` names the ID data); ``threats`` filters the threats
+    ``shifts`` filters the data by shift id or by ``<shift>-<severity>`` (``id`` names the ID
+    data); ``threats`` filters the threats
     (the ID threat's id included).
     """
     suite = registry.suite(suite_id)
@@ -94,10 +95,9 @@ def plan_suite(
         if keep(id_threat.id, threats):
             for sid in suite.dataset_shifts:
                 s = registry.shift(sid)
-                if not keep(s.id, shifts):
-                    continue
                 for sev in s.severities or (None,):
-                    cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n, sd))
+                    if keep(s.id, shifts) or (sev is not None and keep(f"{s.id}-{sev}", shifts)):
+                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n, sd))
         if keep(ID_SHIFT, shifts):
             for tid in suite.threat_shifts:
                 t = registry.threat(tid)

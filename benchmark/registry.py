@@ -193,7 +193,17 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
-    return str(tp).replace("typing.", "").replace("collections.abc.", "")
+    """Readable names for error messages: ``int``, ``str or null``, ``list of int``, ``mapping``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin in (collections.abc.Mapping, dict) or tp in (Mapping, dict):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _freeze(value: Any) -> Any:
@@ -350,8 +360,20 @@ class Registry:
         return self.get("suites", name)
 
     def weights_path(self, spec: ModelSpec) -> Path | None:
+        """Where an entry's weights live: relative to the registry root, absolute, or
+        ``pkg:<package>/<path>`` for a file shipped inside an installed package (found without
+        importing the package, e.g. ``pkg:pyautoattack/examples/model_test.pt``)."""
         if spec.weights is None:
             return None
+        if spec.weights.startswith("pkg:"):
+            import importlib.util
+
+            package, _, rel = spec.weights[4:].partition("/")
+            found = importlib.util.find_spec(package) if package else None
+            if found is None or not found.submodule_search_locations or not rel:
+                raise RegistryError(spec.path, "weights", f"{spec.weights!r}: expected pkg:<installed package>/<path>, "
+                                    f"and package '{package}' must be installed")
+            return Path(list(found.submodule_search_locations)[0]) / rel
         p = Path(spec.weights)
         return p if p.is_absolute() else self.root / p
 

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny registry of real entries (a model trained in seconds, one shift,
+two threats, one suite) built in a temporary folder, so tests exercise the real code path."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import benchmark  # noqa: F401  (installs the autoattack alias)
+from benchmark import architectures, datasets
+from benchmark.registry import sha256_file
+
+# Tiny models: one thread is faster than two fighting over a shared machine.
+torch.set_num_threads(1)
+
+
+def train_tiny_mlp(epochs: int = 15, hidden: int = 32, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    x, y = datasets.load_id("digits", "train")
+    model = architectures.build("mlp", hidden=hidden, depth=1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 128):
+            idx = perm[i:i + 128]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def make_tiny_registry(root: Path, model: torch.nn.Module) -> Path:
+    """A registry with one builtin model, one synthetic shift and two Linf threats."""
+    wdir = root / "weights" / "digits"
+    wdir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), wdir / "tiny.pt")
+    write_yaml(root / "models" / "digits" / "tiny.yaml", {
+        "id": "tiny", "source": "builtin:mlp", "dataset": "digits", "architecture": "MLP-32",
+        "training": "standard", "weights": "weights/digits/tiny.pt",
+        "sha256": sha256_file(wdir / "tiny.pt"), "arch_args": {"hidden": 32, "depth": 1},
+    })
+    write_yaml(root / "shifts" / "digits" / "gaussian_noise.yaml", {
+        "id": "gaussian_noise", "dataset": "digits", "source": "synthetic:gaussian_noise",
+        "family": "noise", "severities": [1, 3],
+    })
+    for tid, eps in (("tiny-linf", 0.1), ("tiny-linf-large", 0.2)):
+        write_yaml(root / "threats" / f"{tid}.yaml", {
+            "id": tid, "kind": "lp", "norm": "Linf", "eps": eps, "attack": "pgd",
+            "attack_args": {"steps": 10},
+        })
+    write_yaml(root / "suites" / "tiny.yaml", {
+        "id": "tiny", "dataset": "digits", "id_threat": "tiny-linf",
+        "dataset_shifts": ["gaussian_noise"], "threat_shifts": ["tiny-linf-large"], "n_examples": 120,
+    })
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> torch.nn.Module:
+    return train_tiny_mlp()
+
+
+@pytest.fixture()
+def tiny_registry(tmp_path: Path, tiny_model) -> Path:
+    return make_tiny_registry(tmp_path / "registry", tiny_model)
+
+
+@pytest.fixture()
+def copy_registry(tmp_path: Path):
+    """Copy a registry folder so a test can break it."""
+    def _copy(src: Path) -> Path:
+        dst = tmp_path / "broken"
+        shutil.copytree(src, dst)
+        return dst
+    return _copy
