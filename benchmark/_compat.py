@@ -27,10 +27,14 @@ class _AliasLoader(importlib.abc.Loader):
         self.real = real
 
     def create_module(self, spec):
-        return importlib.import_module(self.real)
+        module = importlib.import_module(self.real)
+        self._real_spec = module.__spec__
+        return module
 
     def exec_module(self, module):  # the real module is already executed
-        pass
+        # the import system stamped the alias spec onto the real module: restore its own, so
+        # that importlib.util.find_spec("pyautoattack") keeps its search path
+        module.__spec__ = self._real_spec
 
 
 def install_autoattack_alias() -> None:

@@ -111,7 +111,7 @@ def cmd_run(args) -> int:
         return 0
     t0 = time.perf_counter()
     counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
-                      workers=args.workers, progress=not args.no_progress)
+                      workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size)
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.leaderboard:
         from . import leaderboard
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--shard", default=None, help="run slice i/N of the grid (for any scheduler)")
     q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--batch-size", type=int, default=1000, help="examples per forward/attack batch")
     q.add_argument("--dry-run", action="store_true", help="list the cells that would run")
     q.add_argument("--no-progress", action="store_true")
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")

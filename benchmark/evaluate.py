@@ -53,6 +53,22 @@ def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Ten
     return x[idx], y[idx]
 
 
+def prepare(cell: Cell, model: nn.Module, data_dir=None) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Data for a cell, and the model restricted to the shift's classes where the shift says
+    ``mask_logits`` (e.g. ImageNet-R's 200 classes); labels then index the subset."""
+    x, y = cell_data(cell, data_dir)
+    if cell.shift is not None and cell.shift.mask_logits:
+        from . import loaders
+
+        groups = loaders.logit_subset(cell.shift, datasets.data_root(data_dir))
+        model, y = loaders.masked_model(model, groups), loaders.subset_labels(y, groups)
+    return model, x, y
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 @functools.lru_cache(maxsize=4)
 def _id_data(dataset: str, data_dir: str | None):
     return datasets.load_id(dataset, "test", data_dir)
@@ -60,7 +76,7 @@ def _id_data(dataset: str, data_dir: str | None):
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = model_device(model)
     return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
@@ -87,10 +103,11 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     torch.manual_seed(seed)
     for start in range(0, len(todo), batch_size):
         idx = torch.from_numpy(todo[start:start + batch_size])
-        xb, yb = x[idx], y[idx]
+        dev = model_device(model)
+        xb, yb = x[idx].to(dev), y[idx].to(dev)
         x_adv = run_attack(model, xb, yb, threat, seed=seed + start, attack=attack, **(attack_args or {}))
         x_adv_all[idx] = x_adv.detach().cpu()
-        robust_correct[todo[start:start + batch_size]] = (predict(model, x_adv, batch_size) == yb).numpy()
+        robust_correct[todo[start:start + batch_size]] = (predict(model, x_adv, batch_size) == yb.cpu()).numpy()
     t2 = time.perf_counter()
     found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct) if checks else {}
     return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found)
@@ -134,7 +151,7 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]
 
 def run_cell(cell: Cell, model: nn.Module, results_dir: Path, *, data_dir=None,
              batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
-    x, y = cell_data(cell, data_dir)
+    model, x, y = prepare(cell, model, data_dir)
     out = attack_outcome(model, x, y, cell.threat, seed=cell.seed, batch_size=batch_size)
     payload = result_payload(cell, out, cell.threat.attack)
     store.write_json_atomic(results_dir / cell.filename, payload)
@@ -156,22 +173,24 @@ def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | 
     from .models import load_model
 
     reg = _registry(registry_root)
-    return load_model(reg.model(model_id), reg, model_dir=model_dir)
+    model = load_model(reg.model(model_id), reg, model_dir=model_dir)
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def _run_chunk(cells: list[Cell], registry_root: str, results_dir: str, data_dir: str | None,
-               model_dir: str | None, threads: int) -> list[str]:
+               model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH) -> list[str]:
     torch.set_num_threads(threads)
     done = []
     for cell in cells:
         model = _model(registry_root, cell.model.id, cell.model.sha256, model_dir)
-        run_cell(cell, model, Path(results_dir), data_dir=data_dir)
+        run_cell(cell, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
         done.append(cell.key)
     return done
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
-             workers: int = 1, progress: bool = True, chunk: int = 6) -> dict[str, int]:
+             workers: int = 1, progress: bool = True, chunk: int = 6,
+             batch_size: int = DEFAULT_BATCH) -> dict[str, int]:
     """Run every pending cell; return counts.  Cells already on disk are skipped (resume)."""
     from tqdm.auto import tqdm
 
@@ -192,13 +211,14 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
         if workers <= 1:
             for ch in chunks:
                 bar.set_postfix_str(ch[0].describe(), refresh=False)
-                counts["ran"] += len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads()))
+                counts["ran"] += len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads(),
+                                                      batch_size))
                 bar.update(len(ch))
         else:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1) for ch in chunks]
+                futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1, batch_size) for ch in chunks]
                 for fut in as_completed(futures):
                     n = len(fut.result())
                     counts["ran"] += n
@@ -245,8 +265,8 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
     from .stats import wilson
 
     for cell in tqdm(cells, disable=not progress, desc="cells"):
-        x, y = cell_data(cell, data_dir)
-        out = attack_outcome(model, x, y, cell.threat, seed=seed, attack=attack, batch_size=batch_size)
+        cell_model, x, y = prepare(cell, model, data_dir)
+        out = attack_outcome(cell_model, x, y, cell.threat, seed=seed, attack=attack, batch_size=batch_size)
         k_clean, k_rob, m = int(out.clean_correct.sum()), int(out.robust_correct.sum()), len(y)
         rows.append({
             "model": name, "role": cell.role, "shift": cell.shift_id if cell.shift else ID_SHIFT,

@@ -367,13 +367,18 @@ class Registry:
             return None
         if spec.weights.startswith("pkg:"):
             import importlib.util
+            import sys
 
             package, _, rel = spec.weights[4:].partition("/")
-            found = importlib.util.find_spec(package) if package else None
-            if found is None or not found.submodule_search_locations or not rel:
+            # an imported package's __path__ first: aliasing (autoattack -> pyautoattack) replaces its __spec__
+            where = getattr(sys.modules.get(package), "__path__", None)
+            if where is None and package:
+                found = importlib.util.find_spec(package)
+                where = found.submodule_search_locations if found is not None else None
+            if not where or not rel:
                 raise RegistryError(spec.path, "weights", f"{spec.weights!r}: expected pkg:<installed package>/<path>, "
                                     f"and package '{package}' must be installed")
-            return Path(list(found.submodule_search_locations)[0]) / rel
+            return Path(list(where)[0]) / rel
         p = Path(spec.weights)
         return p if p.is_absolute() else self.root / p
 

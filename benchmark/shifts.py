@@ -58,7 +58,7 @@ def load_shift(spec: ShiftSpec, severity: int | None = None, *, seed: int = 0,
     return _load_shift_cached(spec, severity, seed, str(data_dir) if data_dir else None)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # cells of one shift and severity are adjacent in the plan
 def _load_shift_cached(spec: ShiftSpec, severity, seed, data_dir):
     kind, _, name = spec.source.partition(":")
     if spec.severities and severity not in spec.severities:

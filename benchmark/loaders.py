@@ -1,0 +1,468 @@
+"""Real datasets (CIFAR-10/100, ImageNet and their shifts) read from their published on-disk formats.
+
+Nothing here downloads: a missing file raises :class:`DataMissingError` listing every missing
+path under the data root and the URL to get it from.  Files an entry lists with a ``sha256``
+(or ``md5``, where the source publishes only that) are checked before they are read.
+
+Every loader returns ``(x, y)``: ``x`` float32 (N, C, H, W) in [0, 1], ``y`` int64 labels in the
+*ID* class space (CIFAR-10 indices, or ImageNet-1k indices in the sorted-wnid order that
+RobustBench and torchvision use).  Shifts that cover only some ID classes (ImageNet-A/-R: 200,
+ObjectNet: 113) set ``mask_logits``; the evaluator then wraps the model with
+:func:`masked_model` over :func:`logit_subset` and maps labels with :func:`subset_labels`.
+
+Formats (``source: loader:<format>`` in a shift entry, settings in ``params``):
+
+* ``npy-pair``   images + labels ``.npy`` (CIFAR-10.1 v6): params ``images``, ``labels``.
+* ``npz``        one ``.npz`` (CIFAR-10.2): params ``file``, ``images_key``, ``labels_key``.
+* ``cifar-c``    ``<dir>/<corruption>.npy`` (5 x 10,000 images, severity-major) + ``labels.npy``.
+* ``image-folder`` ``<root>/<class>/*`` with ``label_map`` cifar10 | imagenet-wnid | imagenet-index;
+  params ``root``, ``exclude_prefix`` (CINIC-10's CIFAR-origin files), ``transform``, ``limit``.
+* ``imagenet-c`` ``<dir>/<corruption>/<severity>/<wnid>/*.JPEG`` on RobustBench's 5,000-image list
+  (or ``params.image_list``, a text file of ``<wnid>/<file>`` lines under the data root).
+* ``objectnet``  ``objectnet-1.0/images/<folder>/*.png`` + ``objectnet-1.0/mappings/*``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .registry import ShiftSpec
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+SUBSET_SEED = 0  # fixed: which images a `limit` keeps must never change between runs
+
+# In-distribution test sets.  md5 values are the ones torchvision publishes for these files.
+ID_SOURCES: dict[str, dict[str, Any]] = {
+    "cifar10": {
+        "format": "cifar-pickle",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "files": ({"path": "cifar-10-batches-py/test_batch", "md5": "40351d587109b95175f43aff81a1287e"},),
+        "label_key": "labels",
+    },
+    "cifar100": {
+        "format": "cifar-pickle",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "files": ({"path": "cifar-100-python/test", "md5": "f0ef6b0ae62326f3e7ffdfab6717acfc"},),
+        "label_key": "fine_labels",
+    },
+    "imagenet": {
+        "format": "imagenet-list",
+        "url": "https://image-net.org/download-images.php (ILSVRC2012 validation set, sorted into val/<wnid>/)",
+        "files": ({"path": "val/"},),
+        "root": "val",
+    },
+}
+
+
+class DataMissingError(FileNotFoundError):
+    """Dataset files are missing under the data root; the message says which and where to get them."""
+
+
+class DataChecksumError(RuntimeError):
+    """A dataset file does not match the checksum its entry gives."""
+
+
+# --------------------------------------------------------------------------- file checks
+_HASHED: dict[tuple[str, int, int, str], str] = {}
+
+
+def _digest(path: Path, algo: str) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, algo)
+    if key not in _HASHED:
+        h = hashlib.new(algo)
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
+
+
+def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, url: str | None,
+                layout: str | None = None) -> None:
+    """Raise if any listed file is missing (all of them named at once) or has the wrong checksum.
+
+    A path ending in ``/`` names a folder that must exist.  Checksums are cached per
+    (path, size, mtime) so repeated loads in one process hash each file once.
+    """
+    missing = []
+    for f in files:
+        rel = str(f["path"])
+        p = root / rel
+        if not (p.is_dir() if rel.endswith("/") else p.is_file()):
+            missing.append(rel)
+    if missing:
+        raise DataMissingError(_missing_message(what, root, missing, url, layout))
+    for f in files:
+        p = root / str(f["path"])
+        for algo in ("sha256", "md5"):
+            want = f.get(algo)
+            if want and p.is_file():
+                got = _digest(p, algo)
+                if got != want:
+                    raise DataChecksumError(
+                        f"{what}: {p} has {algo} {got}, the entry says {want}; the file is corrupt or a "
+                        f"different version: re-download it from {url or 'its source'}"
+                    )
+
+
+def _missing_message(what: str, root: Path, missing: Sequence[str], url: str | None,
+                     layout: str | None) -> str:
+    lines = [f"{what}: dataset files missing under the data root {root} (set --data-dir or $SHIFTBENCH_DATA):"]
+    lines += [f"  - {m}" for m in missing]
+    if url:
+        lines.append(f"Get them from {url} (nothing is downloaded automatically).")
+    if layout:
+        lines.append(f"Expected layout: {layout}")
+    lines.append("See docs/real-suites.md.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- images
+def _to_nchw(images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 (N, H, W, C) or (N, C, H, W) arrays -> float32 (N, C, H, W) in [0, 1]."""
+    a = np.asarray(images)
+    if a.ndim != 4:
+        raise ValueError(f"{what}: expected 4-d image array, got shape {a.shape}")
+    if a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+        a = a.transpose(0, 3, 1, 2)
+    if a.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        if x.numel() and float(x.max()) > 1.0:
+            x = x / 255.0
+    return x.clamp_(0, 1)
+
+
+def _labels(a: Any) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a).astype(np.int64).reshape(-1))
+
+
+def image_transform(name: str | None) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> float tensor (C, H, W) in [0, 1].
+
+    ``res256crop224``: RobustBench's ImageNet preprocessing (resize 256, center crop 224).
+    ``crop224``: center crop only (ImageNet-C images are already 224 x 224).
+    ``res32``: CIFAR-sized re-collections (CINIC-10, CIFAR-10-R) resized to 32 x 32 if needed.
+    """
+    from torchvision import transforms as T
+
+    table = {
+        "res256crop224": [T.Resize(256), T.CenterCrop(224)],
+        "crop224": [T.CenterCrop(224)],
+        "res32": [T.Resize((32, 32))],
+        None: [],
+        "none": [],
+    }
+    if name not in table:
+        raise ValueError(f"unknown transform {name!r}; known: {', '.join(str(k) for k in table if k)}")
+    return T.Compose(table[name] + [T.ToTensor()])
+
+
+def _read_images(paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], *,
+                 crop_border: int = 0) -> torch.Tensor:
+    """Decode images in a few threads (PIL releases the GIL while decoding)."""
+    from PIL import Image
+
+    def one(p: Path) -> torch.Tensor:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if crop_border:
+                im = im.crop((crop_border, crop_border, im.width - crop_border, im.height - crop_border))
+            return transform(im)
+
+    if not paths:
+        raise ValueError("no images to read")
+    workers = max(1, min(8, (os.cpu_count() or 1), len(paths) // 64 or 1))
+    if workers == 1:
+        out = [one(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(one, paths))
+    return torch.stack(out).clamp_(0, 1)
+
+
+def _limit(items: list, limit: int | None) -> list:
+    """A fixed, seeded subset of ``limit`` items (sorted by position), or all of them."""
+    if not limit or len(items) <= limit:
+        return items
+    keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(items))[:limit])
+    return [items[i] for i in keep]
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+# --------------------------------------------------------------------------- class maps
+def _robustbench_helper(name: str) -> Path:
+    """A file in robustbench's helper_files, found without importing robustbench (slow)."""
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("robustbench is not installed; it ships the ImageNet class map and 5,000-image list")
+    return Path(list(spec.submodule_search_locations)[0]) / "helper_files" / name
+
+
+def imagenet_wnid_to_index() -> dict[str, int]:
+    """ImageNet-1k wnid -> class index (sorted wnids, as torchvision and RobustBench)."""
+    with open(_robustbench_helper("imagenet_class_to_id_map.json"), encoding="utf-8") as fh:
+        return {str(k): int(v) for k, v in json.load(fh).items()}
+
+
+def robustbench_imagenet_list() -> list[str]:
+    """RobustBench's fixed 5,000 ImageNet validation images, as ``<wnid>/<file>`` paths."""
+    text = _robustbench_helper("imagenet_test_image_ids.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_index(label_map: str | None, folder: str, what: str) -> int:
+    """The ID class index of an image folder's name under a label map."""
+    if label_map == "cifar10":
+        if folder not in CIFAR10_CLASSES:
+            raise ValueError(f"{what}: folder '{folder}' is not a CIFAR-10 class ({', '.join(CIFAR10_CLASSES)})")
+        return CIFAR10_CLASSES.index(folder)
+    if label_map == "imagenet-wnid":
+        table = imagenet_wnid_to_index()
+        if folder not in table:
+            raise ValueError(f"{what}: folder '{folder}' is not an ImageNet-1k wnid")
+        return table[folder]
+    if label_map == "imagenet-index":
+        if not folder.isdigit() or not 0 <= int(folder) < 1000:
+            raise ValueError(f"{what}: folder '{folder}' is not an ImageNet class index 0..999")
+        return int(folder)
+    raise ValueError(f"{what}: key 'label_map': unknown label map {label_map!r} for an image folder "
+                     "(use cifar10, imagenet-wnid or imagenet-index)")
+
+
+# --------------------------------------------------------------------------- ID data
+def load_id(dataset: str, split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ID test set of a real dataset (ImageNet: RobustBench's fixed 5,000 validation images)."""
+    if split != "test":
+        raise ValueError(f"only the test split of {dataset} is used by the benchmark, got split={split!r}")
+    if dataset not in ID_SOURCES:
+        raise KeyError(f"no loader for dataset '{dataset}' (known: digits, {', '.join(ID_SOURCES)})")
+    src = ID_SOURCES[dataset]
+    root = Path(root)
+    what = f"{dataset} test set"
+    check_files(src["files"], root, what=what, url=src["url"])
+    if src["format"] == "cifar-pickle":
+        with open(root / src["files"][0]["path"], "rb") as fh:
+            d = pickle.load(fh, encoding="latin1")  # the official format; md5-checked above
+        x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return _to_nchw(x, what), _labels(d[src["label_key"]])
+    return _imagenet_list(root / src["root"], what=what, url=src["url"], transform="res256crop224")
+
+
+def _imagenet_list(folder: Path, *, what: str, url: str | None, transform: str,
+                   names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``folder/<wnid>/<file>`` for each listed name (default: RobustBench's 5,000)."""
+    wnids = imagenet_wnid_to_index()
+    names = list(names) if names is not None else robustbench_imagenet_list()
+    paths = [folder / n for n in names]
+    missing = [str(p.relative_to(folder.parent)) for p in paths if not p.is_file()]
+    if missing:
+        shown = missing[:10] + ([f"... and {len(missing) - 10} more"] if len(missing) > 10 else [])
+        raise DataMissingError(_missing_message(what, folder.parent, shown, url,
+                                                f"{folder.name}/<wnid>/ILSVRC2012_val_*.JPEG"))
+    y = torch.tensor([wnids[n.split("/")[0]] for n in names], dtype=torch.int64)
+    return _read_images(paths, image_transform(transform)), y
+
+
+# --------------------------------------------------------------------------- shifts
+def load_shift(spec: ShiftSpec, severity: int | None, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and ID-space labels of a ``loader:<format>`` dataset shift."""
+    root = Path(root)
+    fmt = spec.source.partition(":")[2]
+    if fmt not in FORMATS:
+        raise KeyError(f"{spec.path}: key 'source': unknown loader format '{fmt}' (known: {', '.join(FORMATS)})")
+    if spec.severities and severity not in spec.severities:
+        raise ValueError(f"{spec.path}: shift '{spec.id}' has severities {list(spec.severities)}, not {severity}")
+    check_files(spec.files, root, what=f"{spec.path or spec.id}", url=spec.url, layout=spec.layout)
+    x, y = FORMATS[fmt](spec, severity, root, dict(spec.params))
+    return x, y
+
+
+def _param(spec: ShiftSpec, params: dict, key: str) -> Any:
+    if key not in params:
+        raise KeyError(f"{spec.path}: key 'params': the {spec.source} loader needs params.{key}")
+    return params[key]
+
+
+def _npy_pair(spec: ShiftSpec, severity, root: Path, params: dict):
+    x = np.load(root / _param(spec, params, "images"), allow_pickle=False)
+    y = np.load(root / _param(spec, params, "labels"), allow_pickle=False)
+    return _to_nchw(x, spec.id), _labels(y)
+
+
+def _npz(spec: ShiftSpec, severity, root: Path, params: dict):
+    with np.load(root / _param(spec, params, "file"), allow_pickle=False) as d:
+        x, y = d[params.get("images_key", "images")], d[params.get("labels_key", "labels")]
+    return _to_nchw(x, spec.id), _labels(y)
+
+
+def _cifar_c(spec: ShiftSpec, severity, root: Path, params: dict):
+    folder = root / _param(spec, params, "dir")
+    images = np.load(folder / f"{_param(spec, params, 'corruption')}.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(folder / "labels.npy", allow_pickle=False)
+    per = params.get("per_severity", len(images) // 5)
+    if len(images) != 5 * per or len(labels) < severity * per:
+        raise ValueError(f"{spec.path}: {folder} holds {len(images)} images and {len(labels)} labels; "
+                         f"expected 5 severities x {per}")
+    sl = slice((severity - 1) * per, severity * per)
+    return _to_nchw(np.array(images[sl]), spec.id), _labels(labels[sl])
+
+
+def _image_folder(spec: ShiftSpec, severity, root: Path, params: dict):
+    base = root / _param(spec, params, "root")
+    prefix = params.get("exclude_prefix")
+    items: list[tuple[Path, int]] = []
+    for d in sorted(p for p in base.iterdir() if p.is_dir()):
+        label = class_index(spec.label_map, d.name, spec.path or spec.id)
+        files = sorted(p for p in d.iterdir() if _is_image(p) and not (prefix and p.name.startswith(prefix)))
+        items += [(p, label) for p in files]
+    if not items:
+        raise DataMissingError(_missing_message(spec.path or spec.id, root, [f"{params['root']}/<class>/<images>"],
+                                                spec.url, spec.layout))
+    items = _limit(items, params.get("limit"))
+    x = _read_images([p for p, _ in items], image_transform(params.get("transform")))
+    return x, torch.tensor([c for _, c in items], dtype=torch.int64)
+
+
+def _imagenet_c(spec: ShiftSpec, severity, root: Path, params: dict):
+    folder = root / _param(spec, params, "dir") / _param(spec, params, "corruption") / str(severity)
+    names = None
+    if params.get("image_list"):  # a text file of <wnid>/<file> lines under the data root
+        names = [ln.strip() for ln in (root / params["image_list"]).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return _imagenet_list(folder, what=spec.path or spec.id, url=spec.url, transform=params.get("transform", "crop224"),
+                          names=names)
+
+
+def objectnet_groups(root: Path, base: str = "objectnet-1.0") -> dict[str, list[int]]:
+    """ObjectNet image folder -> the ImageNet-1k indices it maps to (113 folders overlap ImageNet).
+
+    Uses the mapping files ObjectNet ships: folder -> ObjectNet label, ObjectNet label ->
+    '; '-separated ImageNet class names, and the ImageNet class names in index order.
+    """
+    m = Path(root) / base / "mappings"
+    folder_to_label = json.loads((m / "folder_to_objectnet_label.json").read_text(encoding="utf-8"))
+    label_to_imagenet = json.loads((m / "objectnet_to_imagenet_1k.json").read_text(encoding="utf-8"))
+    names = [line.strip() for line in (m / "imagenet_to_label_2012_v2").read_text(encoding="utf-8").splitlines()]
+    index = {n: i for i, n in enumerate(names) if n}
+    out: dict[str, list[int]] = {}
+    for folder, label in folder_to_label.items():
+        if label in label_to_imagenet:
+            ids = sorted(index[n.strip()] for n in label_to_imagenet[label].split(";") if n.strip())
+            if ids:
+                out[folder] = ids
+    seen: dict[int, str] = {}
+    for folder, ids in out.items():
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"ObjectNet mappings: ImageNet class {i} maps to both '{seen[i]}' and '{folder}'")
+            seen[i] = folder
+    return out
+
+
+def _objectnet(spec: ShiftSpec, severity, root: Path, params: dict):
+    base = params.get("root", "objectnet-1.0")
+    groups = objectnet_groups(root, base)
+    items: list[tuple[Path, int]] = []
+    for folder in sorted(groups):
+        d = root / base / "images" / folder
+        if d.is_dir():
+            items += [(p, groups[folder][0]) for p in sorted(d.iterdir()) if _is_image(p)]
+    if not items:
+        raise DataMissingError(_missing_message(spec.path or spec.id, root, [f"{base}/images/<folder>/*.png"],
+                                                spec.url, spec.layout))
+    items = _limit(items, params.get("limit"))
+    x = _read_images([p for p, _ in items], image_transform(params.get("transform", "res256crop224")),
+                     crop_border=int(params.get("crop_border", 2)))
+    return x, torch.tensor([c for _, c in items], dtype=torch.int64)
+
+
+FORMATS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "npy-pair": _npy_pair,
+    "npz": _npz,
+    "cifar-c": _cifar_c,
+    "image-folder": _image_folder,
+    "imagenet-c": _imagenet_c,
+    "objectnet": _objectnet,
+}
+
+
+# --------------------------------------------------------------------------- logit masking
+def logit_subset(spec: ShiftSpec, root: Path) -> list[list[int]] | None:
+    """The ID classes a ``mask_logits`` shift covers, as groups of ID indices (None: no masking).
+
+    ImageNet-A/-R: one group per class folder present (200 each); ObjectNet: one group per
+    overlapping ObjectNet class (113), holding every ImageNet class mapped to it.
+    """
+    if not spec.mask_logits:
+        return None
+    params = dict(spec.params)
+    if spec.source == "loader:objectnet":
+        groups = objectnet_groups(Path(root), params.get("root", "objectnet-1.0"))
+        return [groups[f] for f in sorted(groups)]
+    if spec.source == "loader:image-folder":
+        base = Path(root) / _param(spec, params, "root")
+        if not base.is_dir():
+            raise DataMissingError(_missing_message(spec.path or spec.id, Path(root), [str(params["root"]) + "/"],
+                                                    spec.url, spec.layout))
+        idx = sorted({class_index(spec.label_map, d.name, spec.path or spec.id) for d in base.iterdir() if d.is_dir()})
+        return [[i] for i in idx]
+    raise ValueError(f"{spec.path}: key 'mask_logits': not supported for source '{spec.source}'")
+
+
+class SubsetLogits(nn.Module):
+    """Wrap a classifier so it scores only a subset of its classes.
+
+    ``groups[k]`` lists the wrapped model's class indices that make up subset class ``k``; the
+    subset logit is the max over the group (a group of one is a plain selection).  Gradients flow
+    through, so attacks run on the masked model exactly as on any other.
+    """
+
+    def __init__(self, model: nn.Module, groups: Sequence[Sequence[int]]):
+        super().__init__()
+        if not groups or any(len(g) == 0 for g in groups):
+            raise ValueError("masked_model needs non-empty class groups")
+        self.model = model
+        width = max(len(g) for g in groups)
+        table = [list(g) + [g[0]] * (width - len(g)) for g in groups]  # pad by repeating: max unchanged
+        self.register_buffer("index", torch.tensor(table, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits[:, self.index].amax(dim=-1)
+
+
+def _as_groups(class_indices: Sequence[int | Sequence[int]]) -> list[list[int]]:
+    return [[int(c)] if isinstance(c, (int, np.integer)) else [int(i) for i in c] for c in class_indices]
+
+
+def masked_model(model: nn.Module, class_indices: Sequence[int | Sequence[int]]) -> nn.Module:
+    """``model`` restricted to the given ID classes (ints, or groups of ints for ObjectNet)."""
+    return SubsetLogits(model, _as_groups(class_indices)).eval()
+
+
+def subset_labels(y: torch.Tensor, class_indices: Sequence[int | Sequence[int]]) -> torch.Tensor:
+    """ID-space labels -> positions in the subset, to go with :func:`masked_model`."""
+    pos: dict[int, int] = {}
+    for k, g in enumerate(_as_groups(class_indices)):
+        for c in g:
+            pos[c] = k
+    bad = sorted({int(v) for v in y.tolist()} - set(pos))
+    if bad:
+        raise ValueError(f"labels {bad[:10]} are not in the masked class subset")
+    return torch.tensor([pos[int(v)] for v in y.tolist()], dtype=torch.int64)

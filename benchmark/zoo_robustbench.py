@@ -1,0 +1,283 @@
+"""RobustBench model zoo: build ``robustbench:<Name>`` entries from local weights, never downloading.
+
+Weights are read from RobustBench's own cache layout, ``<model_dir>/<dataset>/<threat_model>/<Name>.pt``
+(ensembles: ``<Name>.pt_m<i>.pt``), so a folder filled by ``robustbench.utils.load_model`` on a
+machine with network works as is.  ``model_dir`` is the argument, else $SHIFTBENCH_MODELS, else
+``./models``.  Files are checked against the entry's sha256 when it has one and read with
+``torch.load(weights_only=True)``; the state-dict key fixes are RobustBench's own.
+
+``python -m benchmark.zoo_robustbench generate`` writes one registry entry per model RobustBench
+1.1.1 can build for cifar10 Linf/L2, cifar100 Linf and imagenet Linf.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import WeightsError, verified_state_dict
+from .registry import DEFAULT_REGISTRY, ModelSpec, Registry, RegistryError
+
+GENERATED_THREATS = (("cifar10", "Linf"), ("cifar10", "L2"), ("cifar100", "Linf"), ("imagenet", "Linf"))
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+MODEL_INFO_URL = "https://github.com/RobustBench/robustbench/blob/master/model_info/{dataset}/{threat}/{name}.json"
+# Ensembles whose parts are not `model.models[i]`: robustbench loads them with bespoke code.
+UNSUPPORTED_ENSEMBLES = ("Bai2023Improving", "Bai2024MixedNUTS")
+
+
+def _robustbench():
+    """Import robustbench's zoo (needs benchmark's autoattack alias, installed on import)."""
+    import benchmark  # noqa: F401  (installs the autoattack alias)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from robustbench import utils as rb_utils
+        from robustbench.model_zoo import model_dicts
+        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    return model_dicts, BenchmarkDataset, ThreatModel, rb_utils
+
+
+def model_dir_root(model_dir: str | Path | None = None) -> Path:
+    return Path(model_dir or os.environ.get("SHIFTBENCH_MODELS", "models")).expanduser()
+
+
+def timm_name(name: str, dataset: str, threat: str) -> str:
+    """The timm model name robustbench looks for (its models hosted on the HF hub)."""
+    return f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat.lower()}"
+
+
+def _zoo_entry(spec: ModelSpec) -> tuple[dict, str, str]:
+    model_dicts, BD, TM, _ = _robustbench()
+    if not spec.threat_model:
+        raise RegistryError(spec.path, "threat_model", "a robustbench model needs threat_model (Linf, L2, corruptions)")
+    try:
+        table = model_dicts[BD(spec.dataset)][TM(spec.threat_model)]
+    except (KeyError, ValueError):
+        raise RegistryError(spec.path, "threat_model",
+                            f"robustbench has no zoo for {spec.dataset}/{spec.threat_model}") from None
+    name = spec.source_target
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise RegistryError(spec.path, "source", f"robustbench 1.1.1 has no {spec.dataset}/{spec.threat_model} "
+                            f"model '{name}'{hint}")
+    return table[name], name, spec.threat_model
+
+
+def expected_path(spec: ModelSpec, registry: Registry | None, model_dir: str | Path | None = None) -> Path:
+    """The weights file for an entry: its ``weights`` key if given, else RobustBench's cache layout."""
+    if spec.weights and registry is not None:
+        wp = registry.weights_path(spec)
+        if wp is not None:
+            return wp
+    return model_dir_root(model_dir) / spec.dataset / str(spec.threat_model) / f"{spec.source_target}.pt"
+
+
+def _missing(spec: ModelSpec, path: Path, how: str) -> WeightsError:
+    return WeightsError(
+        f"{spec.path}: weights for robustbench model '{spec.source_target}' not found: {path}\n"
+        f"Nothing is downloaded at run time. On a machine with network, {how}, then copy the file to "
+        f"{path} (or point --model-dir / $SHIFTBENCH_MODELS at the folder holding "
+        f"{spec.dataset}/{spec.threat_model}/). See docs/real-suites.md."
+    )
+
+
+def _checkpoint_state(ckpt: Any, name: str, rb_utils) -> dict:
+    """RobustBench's key fixes: unwrap 'state_dict'/'last', strip 'module.' and 'model.'."""
+    if isinstance(ckpt, dict) and ("Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding"):
+        ckpt = ckpt.get("last", ckpt)
+    state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
+    state = rb_utils.rm_substr_from_state_dict(state, "module.")
+    return rb_utils.rm_substr_from_state_dict(state, "model.")
+
+
+def _load_checkpoint(path: Path, sha256: str | None, spec: ModelSpec) -> Any:
+    try:
+        return verified_state_dict(path, sha256, spec.path)
+    except WeightsError:
+        raise
+    except Exception as exc:  # weights_only refuses pickled objects other than tensors and containers
+        raise WeightsError(
+            f"{spec.path}: {path} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}). Convert it once on a trusted machine: "
+            f"torch.save(torch.load(p, weights_only=False)['state_dict'] or the tensors it holds, p), then "
+            f"record the new sha256 in the entry."
+        ) from None
+
+
+def load(spec: ModelSpec, registry: Registry | None, model_dir: str | Path | None = None) -> nn.Module:
+    """Build a ``robustbench:<Name>`` model with local, verified weights (eval mode, inputs in [0, 1])."""
+    entry, name, threat = _zoo_entry(spec)
+    _, BD, _, rb_utils = _robustbench()
+    dataset = BD(spec.dataset)
+    path = expected_path(spec, registry, model_dir)
+    tname = timm_name(name, spec.dataset, threat)
+    import timm
+
+    if timm.is_model(tname):  # hosted on the HF hub by timm: build empty, load the local copy
+        if not path.is_file():
+            raise _missing(spec, path, f"run torch.save(timm.create_model('{tname}', pretrained=True)"
+                                       ".state_dict(), '<file>')")
+        model = timm.create_model(tname, num_classes=NUM_CLASSES[spec.dataset], pretrained=False)
+        model.load_state_dict(_load_checkpoint(path, spec.sha256, spec))
+        return model.eval()
+    gid = entry["gdrive_id"]
+    if not gid:
+        raise WeightsError(f"{spec.path}: robustbench model '{name}' has no checkpoint of its own (its "
+                           "constructor downloads pretrained weights at build time); it cannot run offline")
+    if isinstance(gid, list):
+        return _load_ensemble(spec, entry, name, path, dataset, rb_utils)
+    if not path.is_file():
+        raise _missing(spec, path, f"run robustbench.utils.load_model('{name}', dataset='{spec.dataset}', "
+                                   f"threat_model='{threat}', model_dir='models')")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = entry["model"]()
+    state = _checkpoint_state(_load_checkpoint(path, spec.sha256, spec), name, rb_utils)
+    if spec.dataset == "imagenet":
+        if name in ("Liu2023Comprehensive_Swin-B", "Liu2023Comprehensive_Swin-L", "Mo2022When_Swin-B",
+                    "RodriguezMunoz2024Characterizing_Swin-B", "RodriguezMunoz2024Characterizing_Swin-L"):
+            from timm.models.swin_transformer import checkpoint_filter_fn
+
+            state = checkpoint_filter_fn(state, model.model)
+        if not _keys_match(model, state):  # most ImageNet checkpoints lack the normaliser's 'model.' prefix
+            state = rb_utils.add_substr_to_state_dict(state, "model.")
+    return rb_utils._safe_load_state_dict(model, name, state, dataset).eval()
+
+
+def _keys_match(model: nn.Module, state: dict) -> bool:
+    own = set(model.state_dict())
+    return len(own & set(state)) >= 0.5 * max(1, len(state))
+
+
+def _load_ensemble(spec: ModelSpec, entry: dict, name: str, path: Path, dataset, rb_utils) -> nn.Module:
+    if name.startswith(UNSUPPORTED_ENSEMBLES):
+        raise WeightsError(f"{spec.path}: robustbench model '{name}' is a mixed ensemble that robustbench loads "
+                           "with bespoke code; shiftbench does not support it yet (wrap it with a python: entry)")
+    parts = [Path(f"{path}_m{i}.pt") for i in range(len(entry["gdrive_id"]))]
+    absent = [p for p in parts if not p.is_file()]
+    if absent:
+        raise _missing(spec, absent[0], f"run robustbench.utils.load_model('{name}', dataset='{spec.dataset}', "
+                                        f"threat_model='{spec.threat_model}', model_dir='models') (it writes "
+                                        f"{len(parts)} files {path.name}_m<i>.pt)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = entry["model"]()
+    for i, p in enumerate(parts):  # sha256 covers the first part only; see the entry's notes
+        ckpt = _load_checkpoint(p, spec.sha256 if i == 0 else None, spec)
+        state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
+        state = rb_utils.rm_substr_from_state_dict(state, "module.")
+        model.models[i] = rb_utils._safe_load_state_dict(model.models[i], name, state, dataset).eval()
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- generator
+def entry_id(dataset: str, threat: str, name: str) -> str:
+    """Registry id of a zoo model, e.g. ``rb-cifar10-Linf-Carmon2019Unlabeled``."""
+    return f"rb-{dataset}-{threat}-{name}"
+
+
+def _buildable(entry: dict, name: str, dataset: str, threat: str) -> tuple[bool, str, str]:
+    """Whether robustbench 1.1.1 can build the model offline; its class name; a reason if not.
+
+    Built on the meta device: no memory is allocated and no weights are read.
+    """
+    import timm
+
+    tname = timm_name(name, dataset, threat)
+    if not entry["gdrive_id"] and not timm.is_model(tname):
+        return False, "", "no checkpoint of its own (constructor downloads weights)"
+    if isinstance(entry["gdrive_id"], list) and name.startswith(UNSUPPORTED_ENSEMBLES):
+        return False, "", "mixed ensemble loaded by bespoke robustbench code"
+    def build() -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return timm.create_model(tname, pretrained=False) if timm.is_model(tname) else entry["model"]()
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # some constructors read tensor values (timm's drop-path schedules): build for real
+        try:
+            with torch.no_grad():
+                model = build()
+        except Exception as exc:  # a broken constructor in robustbench 1.1.1
+            return False, "", f"constructor fails: {type(exc).__name__}: {str(exc)[:120]}"
+    inner = getattr(model, "model", model)
+    n = sum(p.numel() for p in model.parameters())
+    return True, f"{type(inner).__name__} ({n / 1e6:.1f}M params)", ""
+
+
+def _yaml_str(s: str) -> str:
+    import json
+
+    return json.dumps(s)  # JSON strings are valid YAML scalars
+
+
+def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = False) -> dict[str, int]:
+    """Write one YAML per buildable model; return counts per (dataset, threat). Skips are printed."""
+    model_dicts, BD, TM, _ = _robustbench()
+    counts: dict[str, int] = {}
+    for dataset, threat in GENERATED_THREATS:
+        table = model_dicts[BD(dataset)][TM(threat)]
+        folder = Path(out_root) / dataset / "robustbench" / threat
+        folder.mkdir(parents=True, exist_ok=True)
+        written = set()
+        for name, entry in table.items():
+            ok, arch, why = _buildable(entry, name, dataset, threat)
+            if not ok:
+                if not quiet:
+                    print(f"skip {dataset}/{threat}/{name}: {why}", file=sys.stderr)
+                continue
+            eid = entry_id(dataset, threat, name)
+            notes = ["Generated by `python -m benchmark.zoo_robustbench generate`; do not edit by hand."]
+            if isinstance(entry["gdrive_id"], list):
+                notes.append(f"Ensemble of {len(entry['gdrive_id'])} checkpoints <Name>.pt_m<i>.pt; "
+                             "sha256 covers the first.")
+            prep = entry.get("preprocessing")
+            if dataset == "imagenet" and prep and prep != "Res256Crop224":
+                notes.append(f"robustbench preprocesses its inputs with {prep}; shiftbench feeds every ImageNet "
+                             "model Res256Crop224 images, so its numbers can differ from RobustBench's.")
+            lines = [
+                f"id: {eid}",
+                f"source: robustbench:{name}",
+                f"dataset: {dataset}",
+                f"threat_model: {threat}",
+                f"architecture: {_yaml_str(arch)}",
+                "training: see reference",
+                f"reference: {MODEL_INFO_URL.format(dataset=dataset, threat=threat, name=name)}",
+                "sha256: null",
+                f"notes: {_yaml_str(' '.join(notes))}",
+            ]
+            (folder / f"{eid}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            written.add(f"{eid}.yaml")
+        for stale in folder.glob("rb-*.yaml"):  # models robustbench dropped
+            if stale.name not in written:
+                stale.unlink()
+        counts[f"{dataset}-{threat}"] = len(written)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.zoo_robustbench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="write registry/models/<dataset>/robustbench/<threat>/*.yaml")
+    g.add_argument("--out", type=Path, default=DEFAULT_REGISTRY / "models", help="the registry's models folder")
+    g.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    counts = generate(args.out, quiet=args.quiet)
+    for k, v in counts.items():
+        print(f"{k}: {v} entries")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The real suites' registry entries, the RobustBench zoo loader and an end-to-end CIFAR-10 run.
+
+The end-to-end test evaluates the robust ResNet-18 that ships in the pyautoattack wheel on a few
+fake CIFAR-10 images through ``plan_suite`` + ``run_grid``, the path GPU runs take.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import benchmark  # noqa: F401
+from benchmark import loaders, zoo_robustbench
+from benchmark.evaluate import run_grid
+from benchmark.models import WeightsError, load_model
+from benchmark.plan import plan_suite
+from benchmark.registry import ModelSpec, Registry, sha256_file
+
+REAL = Registry(check_files=False)  # other suites' weights may not be trained yet
+REAL_SUITES = ("cifar10-linf", "cifar10-l2", "cifar100-linf", "imagenet-linf")
+
+
+def test_real_suites_are_complete():
+    for sid in REAL_SUITES:
+        suite = REAL.suite(sid)
+        assert len(REAL.suite_models(suite)) > 5, sid
+        for name in suite.dataset_shifts:
+            s = REAL.shift(name)
+            assert s.source.startswith("loader:") and s.source.partition(":")[2] in loaders.FORMATS
+            assert s.url and s.layout and s.files and s.label_map, name
+        c = [s for s in suite.dataset_shifts if "-c-" in s]
+        assert len(c) == 15 and all(REAL.shift(s).severities == (1, 2, 3, 4, 5) for s in c)
+    linf = REAL.suite("cifar10-linf")
+    assert REAL.threat(linf.id_threat).eps == pytest.approx(8 / 255)
+    assert {"cifar10.1", "cifar10.2", "cinic10", "cifar10-r"} <= set(linf.dataset_shifts)
+    kinds = {REAL.threat(t).kind: REAL.threat(t).attack for t in linf.threat_shifts}
+    assert kinds["rotation-translation"] == "rotation-translation" and kinds["spatial"] == "spatial-flow"
+    assert kinds["color"] == "color"
+    assert REAL.threat(REAL.suite("imagenet-linf").id_threat).eps == pytest.approx(4 / 255)
+    masked = {s for s in REAL.suite("imagenet-linf").dataset_shifts if REAL.shift(s).mask_logits}
+    assert masked == {"imagenet-a", "imagenet-r", "objectnet"}
+
+
+def test_generated_zoo_entries_name_real_robustbench_models():
+    model_dicts, BD, TM, _ = zoo_robustbench._robustbench()
+    for ds, tm in zoo_robustbench.GENERATED_THREATS:
+        entries = [m for m in REAL.entries["models"].values()
+                   if m.source_kind == "robustbench" and m.dataset == ds and m.threat_model == tm]
+        assert entries, (ds, tm)
+        for m in entries:
+            assert m.id == zoo_robustbench.entry_id(ds, tm, m.source_target)
+            assert m.source_target in model_dicts[BD(ds)][TM(tm)]
+
+
+def test_autoattack_resnet18_loads_offline_with_checked_sha():
+    spec = REAL.model("autoattack-resnet18")
+    path = REAL.weights_path(spec)
+    assert path.is_file() and sha256_file(path) == spec.sha256
+    model = load_model(spec, REAL)
+    assert not model.training and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _rb_spec(name: str, sha: str | None = None) -> ModelSpec:
+    return ModelSpec(id=f"rb-cifar10-Linf-{name}", source=f"robustbench:{name}", dataset="cifar10",
+                     architecture="x", training="x", threat_model="Linf", sha256=sha, path="<test>")
+
+
+def test_robustbench_missing_weights_names_expected_file(tmp_path):
+    with pytest.raises(WeightsError) as e:
+        zoo_robustbench.load(_rb_spec("Carmon2019Unlabeled"), REAL, model_dir=tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / "cifar10" / "Linf" / "Carmon2019Unlabeled.pt") in msg and "load_model" in msg
+    with pytest.raises(Exception, match="did you mean"):
+        zoo_robustbench.load(_rb_spec("Carmon2019Unlabelled"), REAL, model_dir=tmp_path)
+
+
+def test_robustbench_checkpoint_key_fixes_and_sha(tmp_path):
+    """A checkpoint saved the way RobustBench's are ({'state_dict': 'module.'-prefixed}) loads."""
+    name = "Addepalli2021Towards_RN18"
+    model_dicts, BD, TM, _ = zoo_robustbench._robustbench()
+    torch.manual_seed(0)
+    ref = model_dicts[BD("cifar10")][TM("Linf")][name]["model"]().eval()
+    path = tmp_path / "cifar10" / "Linf" / f"{name}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}, "epoch": 3}, path)
+    model = zoo_robustbench.load(_rb_spec(name, sha256_file(path)), REAL, model_dir=tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), ref(x))
+    with pytest.raises(WeightsError, match="sha256"):
+        zoo_robustbench.load(_rb_spec(name, "0" * 64), REAL, model_dir=tmp_path)
+
+
+def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, monkeypatch):
+    """plan_suite + run_grid on the real cifar10-linf entries, with pgd standing in for apgd-mm."""
+    reg_root = tmp_path / "registry"  # the real cifar10 entries only (other suites are not needed)
+    for sub in ("shifts/cifar10", "threats/cifar10"):
+        shutil.copytree(REAL.root / sub, reg_root / sub)
+    for sub in ("models/cifar10/autoattack-resnet18.yaml", "suites/cifar10-linf.yaml"):
+        (reg_root / sub).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REAL.root / sub, reg_root / sub)
+    threat = reg_root / "threats" / "cifar10" / "cifar10-linf-8.yaml"
+    t = yaml.safe_load(threat.read_text())
+    t.update(attack="pgd", attack_args={"steps": 5})
+    threat.write_text(yaml.safe_dump(t))
+    reg = Registry(reg_root)
+
+    data = tmp_path / "data"
+    (data / "cifar-10-batches-py").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    # smooth colour blobs rather than noise, so that the model is right on some of them
+    base = rng.integers(0, 256, (8, 3, 4, 4)).astype(np.float32)
+    imgs = torch.nn.functional.interpolate(torch.from_numpy(base), size=32, mode="bilinear").numpy()
+    with torch.no_grad():
+        labels = load_model(reg.model("autoattack-resnet18"), reg)(torch.from_numpy(imgs / 255)).argmax(1)
+    labels[::2] = (labels[::2] + 1) % 10  # half of them wrong on purpose
+    with open(data / "cifar-10-batches-py" / "test_batch", "wb") as fh:
+        pickle.dump({"data": imgs.round().astype(np.uint8).reshape(8, -1), "labels": labels.tolist()}, fh)
+    (data / "CIFAR-10.1").mkdir()
+    np.save(data / "CIFAR-10.1" / "cifar10.1_v6_data.npy", imgs.round().astype(np.uint8).transpose(0, 2, 3, 1))
+    np.save(data / "CIFAR-10.1" / "cifar10.1_v6_labels.npy", labels.numpy())
+    src = dict(loaders.ID_SOURCES["cifar10"], files=({"path": "cifar-10-batches-py/test_batch"},))
+    monkeypatch.setitem(loaders.ID_SOURCES, "cifar10", src)  # fake file: no published md5 to match
+
+    cells = plan_suite(reg, "cifar10-linf", models="autoattack-resnet18", shifts="id,cifar10.1",
+                       threats="cifar10-linf-8", n_examples=8)
+    assert [c.data_name for c in cells] == ["id", "cifar10.1"]
+    out = tmp_path / "results"
+    counts = run_grid(cells, reg, out, data_dir=data, progress=False)
+    assert counts == {"planned": 2, "cached": 0, "ran": 2}
+    results = [json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))]
+    assert len(results) == 2
+    for r in results:
+        assert r["n"] == 8 and r["model"] == "autoattack-resnet18" and r["threat"] == "cifar10-linf-8"
+        assert r["clean_acc"] == pytest.approx(0.5)  # the labels were built to make exactly half right
+        assert 0 <= r["robust_acc"] <= r["clean_acc"]
+        assert r["mask_logits"] is False
+    assert run_grid(cells, reg, out, data_dir=data, progress=False)["cached"] == 2
