@@ -8,6 +8,7 @@ settings), n, seed and the harness version of the attack code.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 
 from . import registry as reg
@@ -38,7 +39,7 @@ class Cell:
             return ID_SHIFT
         return self.shift.id if self.severity is None else f"{self.shift.id}-{self.severity}"
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return reg.content_hash(
             {

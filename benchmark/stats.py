@@ -1,10 +1,27 @@
-"""Statistics: confidence intervals on accuracies."""
+"""Statistics: confidence intervals on accuracies.
+
+Two kinds of interval are used on the leaderboard:
+
+* one cell (e.g. ID clean accuracy): the Wilson score interval of k correct out of n, which
+  behaves well near 0 and 1 where the normal approximation does not;
+* a weighted mean over cells (e.g. OOD-D robust = mean over shifts of the mean over
+  severities): a normal approximation over examples.  When every cell has the same n, the
+  per-example outcomes are paired by example index (the cells of a suite evaluate the same
+  subset of indices), so the standard error is that of the per-example weighted mean of the
+  bits; this accounts for the strong correlation between cells of one model.  With unequal n,
+  cells are treated as independent binomials.
+"""
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054
 
 
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion k/n (95% by default)."""
     if n <= 0:
         return (float("nan"), float("nan"))
@@ -13,3 +30,29 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def weighted_mean_interval(outcomes: Sequence[np.ndarray], weights: Sequence[float],
+                           z: float = Z95) -> tuple[float, float, float]:
+    """Weighted mean of per-cell accuracies with a normal-approximation interval.
+
+    ``outcomes`` are the per-example 0/1 outcomes of each cell, ``weights`` sum to 1.
+    Returns (mean, lo, hi), clipped to [0, 1]; NaNs when there is nothing to average.
+    """
+    if len(outcomes) != len(weights):
+        raise ValueError(f"{len(outcomes)} outcome vectors but {len(weights)} weights")
+    if not outcomes:
+        return (float("nan"), float("nan"), float("nan"))
+    w = np.asarray(weights, dtype=float)
+    arrays = [np.asarray(o, dtype=float) for o in outcomes]
+    if any(a.size == 0 for a in arrays):
+        return (float("nan"), float("nan"), float("nan"))
+    means = np.array([a.mean() for a in arrays])
+    value = float(w @ means)
+    sizes = {a.size for a in arrays}
+    if len(sizes) == 1 and arrays[0].size > 1:
+        per_example = w @ np.vstack(arrays)  # paired by example index
+        se = float(per_example.std(ddof=1) / math.sqrt(per_example.size))
+    else:
+        se = math.sqrt(float(sum(wi * wi * m * (1 - m) / a.size for wi, m, a in zip(w, means, arrays))))
+    return (value, max(0.0, value - z * se), min(1.0, value + z * se))

@@ -12,20 +12,21 @@ perturbation set.  The evaluator counts an example robust when the model is corr
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch is heavy: planning and the leaderboard must not import it
+    import torch
 
 # Bump when any attack's numbers can change; it is part of every cell's hash.
 HARNESS_VERSION = "1"
 
 
 class Attack(Protocol):
-    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Any, *,
-                 seed: int, **kwargs: Any) -> torch.Tensor: ...
+    def __call__(self, model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", threat: Any, *,
+                 seed: int, **kwargs: Any) -> "torch.Tensor": ...
 
 
-ATTACKS: dict[str, Callable[..., torch.Tensor]] = {}
+ATTACKS: dict[str, Callable[..., "torch.Tensor"]] = {}
 
 
 def register(name: str):
@@ -38,7 +39,7 @@ def register(name: str):
     return deco
 
 
-def get_attack(name: str) -> Callable[..., torch.Tensor]:
+def get_attack(name: str) -> Callable[..., "torch.Tensor"]:
     _load_all()
     if name not in ATTACKS:
         close = difflib.get_close_matches(name, ATTACKS, n=3)
@@ -57,8 +58,8 @@ def _load_all() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Any, *,
-               seed: int = 0, attack: str | None = None, **overrides: Any) -> torch.Tensor:
+def run_attack(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", threat: Any, *,
+               seed: int = 0, attack: str | None = None, **overrides: Any) -> "torch.Tensor":
     """Run the threat's attack (or ``attack``) with its registry settings plus ``overrides``."""
     fn = get_attack(attack or threat.attack)
     kwargs = dict(threat.attack_args) if attack is None else {}
