@@ -11,7 +11,8 @@
 """
 from __future__ import annotations
 
-import functools
+import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -55,11 +56,42 @@ def shift_seed(spec: ShiftSpec, severity: int | None, seed: int) -> int:
 def load_shift(spec: ShiftSpec, severity: int | None = None, *, seed: int = 0,
                data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The shifted test images and labels (labels in the ID class space)."""
-    return _load_shift_cached(spec, severity, seed, str(data_dir) if data_dir else None)
+    key = (spec, severity, seed, str(data_dir) if data_dir else None)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _load_shift_uncached(*key)
+        _CACHE.put(key, hit)
+    return hit
 
 
-@functools.lru_cache(maxsize=2)  # cells of one shift and severity are adjacent in the plan
-def _load_shift_cached(spec: ShiftSpec, severity, seed, data_dir):
+class _ByteLRU:
+    """LRU cache bounded by bytes: all 91 digits sets (~60 MB) stay in memory across models,
+    while a few ImageNet-sized sets (GBs each) never pile up."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.items, self.size = max_bytes, OrderedDict(), 0
+
+    def get(self, key):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key, value: tuple[torch.Tensor, ...]) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in value)
+        if nbytes > self.max_bytes:
+            return
+        self.items[key] = value
+        self.size += nbytes
+        while self.size > self.max_bytes:
+            _, old = self.items.popitem(last=False)
+            self.size -= sum(t.numel() * t.element_size() for t in old)
+
+
+_CACHE = _ByteLRU(int(os.environ.get("SHIFTBENCH_SHIFT_CACHE_MB", "1024")) * 2**20)
+
+
+def _load_shift_uncached(spec: ShiftSpec, severity, seed, data_dir):
     kind, _, name = spec.source.partition(":")
     if spec.severities and severity not in spec.severities:
         raise ValueError(f"shift '{spec.id}' has severities {list(spec.severities)}, not {severity}")
