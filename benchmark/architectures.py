@@ -72,6 +72,24 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+@architecture("lenet")
+class LeNet(nn.Module):
+    """LeNet-5 style: a 5x5 then a 3x3 convolution with ReLU, two pools; a third arch family
+    so the zoo's ID-vs-OOD trend is not an artefact of one architecture."""
+
+    def __init__(self, c1: int = 6, c2: int = 16, hidden: int = 84, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            Normalize(DIGITS_MEAN, DIGITS_STD),
+            nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Flatten(), nn.Linear(c2 * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def build(arch: str, **arch_args: Any) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise KeyError(f"unknown builtin architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
