@@ -61,9 +61,11 @@ def cmd_ls(args) -> int:
         "suites": ("id", "dataset", "id_threat", "n_examples"),
     }[kind]
     rows = [[str(getattr(s, c) if getattr(s, c) is not None else "-") for c in cols] for s in specs]
-    if kind == "threats":
-        for row in rows:
-            row[3] = f"{float(row[3]):.4g}"
+    if kind == "threats":  # the budget: eps for lp threats, the params for the others
+        cols = ("id", "kind", "norm", "budget", "attack")
+        for row, spec in zip(rows, specs):
+            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (
+                ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "-")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in rows:

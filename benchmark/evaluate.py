@@ -255,10 +255,11 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
                      training="unknown")
     id_threat = reg.threat(s.id_threat)
     n = n_examples or s.n_examples
+    n_shift = n_examples or s.n_shift_examples or s.n_examples
     cells = [Cell(s.id, spec, None, None, id_threat, "id", n, seed)]
     for sid in shift_ids:
         sh = reg.shift(sid)
-        cells += [Cell(s.id, spec, sh, sev, id_threat, "dataset", n, seed) for sev in (sh.severities or (None,))]
+        cells += [Cell(s.id, spec, sh, sev, id_threat, "dataset", n_shift, seed) for sev in (sh.severities or (None,))]
     cells += [Cell(s.id, spec, None, None, reg.threat(t), "threat", n, seed) for t in threat_ids]
     model = model.eval()
     rows = []

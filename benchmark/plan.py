@@ -80,6 +80,7 @@ def plan_suite(
     """
     suite = registry.suite(suite_id)
     n = n_examples or suite.n_examples
+    n_shift = n_examples or suite.n_shift_examples or suite.n_examples
     sd = suite.seed if seed is None else seed
     model_specs = registry.suite_models(suite, models)
     id_threat = registry.threat(suite.id_threat)
@@ -98,7 +99,7 @@ def plan_suite(
                 s = registry.shift(sid)
                 for sev in s.severities or (None,):
                     if keep(s.id, shifts) or (sev is not None and keep(f"{s.id}-{sev}", shifts)):
-                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n, sd))
+                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n_shift, sd))
         if keep(ID_SHIFT, shifts):
             for tid in suite.threat_shifts:
                 t = registry.threat(tid)

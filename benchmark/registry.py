@@ -131,6 +131,7 @@ class SuiteSpec:
     threat_shifts: tuple[str, ...] = ()
     models: tuple[str, ...] = ("*",)  # glob patterns over model ids of this dataset
     n_examples: int = 1000
+    n_shift_examples: int | None = None  # per dataset-shift cell (one severity); default n_examples
     seed: int = 0
     description: str = ""
     path: str = ""
@@ -274,8 +275,11 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
                 raise RegistryError(path, "weights", f"a {spec.source_kind} model needs a weights file")
             if not spec.sha256:
                 raise RegistryError(path, "sha256", "a weights file needs its sha256")
-    if kind == "suites" and spec.n_examples <= 0:
-        raise RegistryError(path, "n_examples", "must be positive")
+    if kind == "suites":
+        if spec.n_examples <= 0:
+            raise RegistryError(path, "n_examples", "must be positive")
+        if spec.n_shift_examples is not None and spec.n_shift_examples <= 0:
+            raise RegistryError(path, "n_shift_examples", "must be positive")
     if kind == "shifts":
         if not all(1 <= s <= 5 for s in spec.severities):
             raise RegistryError(path, "severities", "severities are integers 1..5")
