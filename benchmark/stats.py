@@ -36,7 +36,12 @@ def weighted_mean_interval(outcomes: Sequence[np.ndarray], weights: Sequence[flo
                            z: float = Z95) -> tuple[float, float, float]:
     """Weighted mean of per-cell accuracies with a normal-approximation interval.
 
-    ``outcomes`` are the per-example 0/1 outcomes of each cell, ``weights`` sum to 1.
+    ``outcomes`` are the per-example 0/1 outcomes of each cell, ``weights`` sum to 1.  One
+    model's cells share their test images, so their outcomes are strongly correlated: treating
+    them as independent would give intervals several times too narrow.  Cells of equal size are
+    paired by example index (the standard error of the per-example weighted sum); groups of
+    different sizes are combined as if perfectly correlated (their standard errors add), a
+    conservative bound since sd(A + B) <= sd(A) + sd(B).
     Returns (mean, lo, hi), clipped to [0, 1]; NaNs when there is nothing to average.
     """
     if len(outcomes) != len(weights):
@@ -49,10 +54,10 @@ def weighted_mean_interval(outcomes: Sequence[np.ndarray], weights: Sequence[flo
         return (float("nan"), float("nan"), float("nan"))
     means = np.array([a.mean() for a in arrays])
     value = float(w @ means)
-    sizes = {a.size for a in arrays}
-    if len(sizes) == 1 and arrays[0].size > 1:
-        per_example = w @ np.vstack(arrays)  # paired by example index
-        se = float(per_example.std(ddof=1) / math.sqrt(per_example.size))
-    else:
-        se = math.sqrt(float(sum(wi * wi * m * (1 - m) / a.size for wi, m, a in zip(w, means, arrays))))
+    se = 0.0
+    for size in sorted({a.size for a in arrays}):
+        members = [i for i, a in enumerate(arrays) if a.size == size]
+        if size > 1:
+            per_example = w[members] @ np.vstack([arrays[i] for i in members])  # paired by index
+            se += float(per_example.std(ddof=1) / math.sqrt(size))
     return (value, max(0.0, value - z * se), min(1.0, value + z * se))

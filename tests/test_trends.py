@@ -91,13 +91,27 @@ def test_weighted_mean_interval_paired_and_independent():
     s = (a.astype(float) + b) / 2
     half = 1.959963984540054 * s.std(ddof=1) / math.sqrt(10)
     assert (lo, hi) == pytest.approx((v - half, v + half))
-    # unequal sizes: independent binomials
-    c = np.ones(5, bool)
-    v2, lo2, hi2 = weighted_mean_interval([a, c[:4] & False], [0.5, 0.5])
-    assert v2 == pytest.approx(0.35)
-    half2 = 1.959963984540054 * math.sqrt(0.25 * 0.7 * 0.3 / 10)
-    assert (lo2, hi2) == pytest.approx((0.35 - half2, 0.35 + half2))
+    # unequal sizes: paired within a size, the groups' standard errors add (conservative)
+    c4 = np.array([1, 0, 1, 1], bool)
+    v2, lo2, hi2 = weighted_mean_interval([a, b, c4], [0.25, 0.25, 0.5])
+    assert v2 == pytest.approx(0.25 * a.mean() + 0.25 * b.mean() + 0.5 * c4.mean())
+    se_ab = ((a * 0.25 + b * 0.25).std(ddof=1)) / math.sqrt(10)
+    se_c = (c4 * 0.5).std(ddof=1) / math.sqrt(4)
+    half2 = 1.959963984540054 * (se_ab + se_c)
+    assert (lo2, hi2) == pytest.approx((max(0.0, v2 - half2), min(1.0, v2 + half2)))
+    assert v2 + half2 > 1.0 and hi2 == 1.0, "the interval is clipped to [0, 1]"
+    # many correlated cells of mixed sizes are no tighter than one of them alone
+    rng = np.random.default_rng(0)
+    base = rng.random(600) < 0.6
+    cells = [base.copy() for _ in range(20)] + [base[:200].copy() for _ in range(40)]
+    _, lo4, hi4 = weighted_mean_interval(cells, [1 / 60] * 60)
+    _, lo6, hi6 = weighted_mean_interval([base], [1.0])
+    _, lo5, hi5 = weighted_mean_interval([base[:200]], [1.0])
+    # copies of the same outcomes are not independent evidence: the interval stays as wide as
+    # the weighted mix of the single cells' intervals
+    assert hi4 - lo4 == pytest.approx((hi6 - lo6) / 3 + 2 * (hi5 - lo5) / 3, rel=1e-6)
     # one cell: the plain mean and an interval inside [0, 1]
+    c = np.ones(5, bool)
     v3, lo3, hi3 = weighted_mean_interval([c], [1.0])
     assert v3 == 1.0 and lo3 == hi3 == 1.0
     assert all(math.isnan(x) for x in weighted_mean_interval([], []))
