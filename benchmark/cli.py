@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--models", default=None)
     q.add_argument("--n", type=int, default=None, help="examples per model")
     q.add_argument("--out", default=None, help="write the table (markdown) here")
+    q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_calibrate)

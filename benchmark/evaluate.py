@@ -91,8 +91,11 @@ class Outcome:
 
 def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, *, seed: int,
                    attack: str | None = None, attack_args: dict[str, Any] | None = None,
-                   batch_size: int = DEFAULT_BATCH, checks: bool = True) -> Outcome:
-    """Clean and robust correctness per example.  Only clean-correct examples are attacked."""
+                   batch_size: int = DEFAULT_BATCH, checks: bool = True, deep_checks: bool = False) -> Outcome:
+    """Clean and robust correctness per example.  Only clean-correct examples are attacked.
+
+    ``deep_checks`` adds the trust checks that re-attack a sample (budget monotonicity, a
+    black-box attack); the evaluator asks for them on each model's ID cell."""
     t0 = time.perf_counter()
     clean_pred = predict(model, x, batch_size)
     clean_correct = (clean_pred == y).numpy()
@@ -109,7 +112,8 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         x_adv_all[idx] = x_adv.detach().cpu()
         robust_correct[todo[start:start + batch_size]] = (predict(model, x_adv, batch_size) == yb.cpu()).numpy()
     t2 = time.perf_counter()
-    found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct) if checks else {}
+    found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct, deep=deep_checks,
+                              seed=seed, attack=attack, attack_args=attack_args) if checks else {}
     return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found)
 
 
@@ -152,7 +156,8 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]
 def run_cell(cell: Cell, model: nn.Module, results_dir: Path, *, data_dir=None,
              batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
     model, x, y = prepare(cell, model, data_dir)
-    out = attack_outcome(model, x, y, cell.threat, seed=cell.seed, batch_size=batch_size)
+    out = attack_outcome(model, x, y, cell.threat, seed=cell.seed, batch_size=batch_size,
+                         deep_checks=cell.role == "id")
     payload = result_payload(cell, out, cell.threat.attack)
     store.write_json_atomic(results_dir / cell.filename, payload)
     return payload
@@ -267,7 +272,8 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
 
     for cell in tqdm(cells, disable=not progress, desc="cells"):
         cell_model, x, y = prepare(cell, model, data_dir)
-        out = attack_outcome(cell_model, x, y, cell.threat, seed=seed, attack=attack, batch_size=batch_size)
+        out = attack_outcome(cell_model, x, y, cell.threat, seed=seed, attack=attack, batch_size=batch_size,
+                             deep_checks=cell.role == "id")
         k_clean, k_rob, m = int(out.clean_correct.sum()), int(out.robust_correct.sum()), len(y)
         rows.append({
             "model": name, "role": cell.role, "shift": cell.shift_id if cell.shift else ID_SHIFT,

@@ -10,28 +10,11 @@ import torch
 import yaml
 
 import benchmark  # noqa: F401  (installs the autoattack alias)
-from benchmark import architectures, datasets
+from helpers import train_tiny_mlp
 from benchmark.registry import sha256_file
 
 # Tiny models: one thread is faster than two fighting over a shared machine.
 torch.set_num_threads(1)
-
-
-def train_tiny_mlp(epochs: int = 15, hidden: int = 32, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    x, y = datasets.load_id("digits", "train")
-    model = architectures.build("mlp", hidden=hidden, depth=1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 128):
-            idx = perm[i:i + 128]
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 def write_yaml(path: Path, data: dict) -> Path:

@@ -1,0 +1,266 @@
+"""APGD (Croce & Hein 2020) for Linf / L2 / L1 and the fast default attack ``apgd-mm``.
+
+Our own implementation of the published algorithm: a step size that starts at 2*eps and is
+halved at checkpoints when progress stalls (restarting from the best point found), momentum 0.75,
+best-loss tracking.  L1 uses the exact L1-ball projection of ``_lp`` and a sparse step on the
+largest gradient coordinates that can still move inside the [0, 1] box (in the spirit of
+APGD-L1 / SLIDE).  Everything is per example and batched; examples stop as soon as they are
+misclassified, so a batch gets cheaper as the attack succeeds.
+
+``apgd-mm`` ("minimum margin"): APGD-CE, then targeted DLR (a margin loss for fewer than three
+classes) against each of the top-k other classes, only on the examples still robust.  Examples
+whose loss gradient is exactly zero everywhere (masked gradients: quantised inputs, saturated
+softmax) cannot be attacked by any gradient method; they get a black-box Square attack instead,
+so that a masked model does not get a free robustness score.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import register
+from ._lp import lp_norm, project, random_start
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+MOMENTUM = 0.75  # alpha in the paper
+RHO = 0.75  # a checkpoint halves the step when fewer than RHO of the steps increased the loss
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example cross-entropy (untargeted: maximised)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Targeted DLR: -(z_y - z_t) / (z_pi1 - mean(z_pi3, z_pi4)); scale-invariant, so it survives
+    saturated logits better than CE.  DLR needs >= 3 classes; with two it is the plain margin."""
+    assert target is not None
+    n_cls = logits.shape[1]
+    u = torch.arange(len(y), device=logits.device)
+    margin = logits[u, y] - logits[u, target]
+    if n_cls < 3:
+        return -margin
+    srt = logits.sort(dim=1, descending=True).values
+    tail = srt[:, 2] if n_cls == 3 else (srt[:, 2] + srt[:, 3]) / 2
+    return -margin / (srt[:, 0] - tail + 1e-12)
+
+
+def _checkpoints(steps: int) -> list[int]:
+    """Iterations where the step size may be halved: p0=0, p1=0.22, p_{j+1}=p_j+max(p_j-p_{j-1}-0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({int(math.ceil(q * steps - 1e-9)) for q in p[1:] if q < 1})
+
+
+def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _step(grad: torch.Tensor, x_cur: torch.Tensor, eta: torch.Tensor, norm: str, l1_frac: float) -> torch.Tensor:
+    """Steepest-ascent step of per-example size ``eta``.
+
+    L1: the step goes on the top ``l1_frac`` of the coordinates of |grad| that can still move in
+    the box (a pixel at 0 with a negative gradient is useless), normalised to L1 norm ``eta``.
+    """
+    if norm == "Linf":
+        return _bc(eta, grad) * grad.sign()
+    if norm == "L2":
+        g = grad / _bc(lp_norm(grad, "L2").clamp_min(1e-12), grad)
+        return _bc(eta, grad) * g
+    if norm == "L1":
+        f, xf = grad.flatten(1), x_cur.flatten(1)
+        movable = ((f > 0) & (xf < 1)) | ((f < 0) & (xf > 0))
+        score = f.abs() * movable
+        k = max(1, int(l1_frac * f.shape[1]))
+        thr = score.topk(k, dim=1).values[:, -1:]
+        mask = (score >= thr) & (score > 0)
+        g = f.sign() * mask
+        g = g / g.abs().sum(1, keepdim=True).clamp_min(1e-12)
+        return (eta[:, None] * g).view_as(grad)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+def _loss_grad(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+               loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits, y, target)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad.detach(), logits.detach()
+
+
+def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+         loss: str = "ce", target: torch.Tensor | None = None, steps: int = 100,
+         gen: torch.Generator | None = None, random_init: bool = True,
+         l1_frac: float = 0.02) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run.  Returns ``(x_best, fooled, zero_grad)``.
+
+    ``x_best`` is, per example, the first misclassified point found, else the highest-loss point;
+    ``fooled`` says which examples are misclassified at ``x_best``; ``zero_grad`` flags examples
+    whose gradient was exactly zero at the start (the attack could not see anything there).
+    Examples leave the computation as soon as they are fooled.
+    """
+    loss_fn: LossFn = {"ce": ce_loss, "dlr-t": targeted_dlr_loss}[loss]
+    n = len(x)
+    gen = gen or torch.Generator().manual_seed(0)
+    out = x.detach().clone()
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    zero_grad = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if n == 0 or eps <= 0 or steps <= 0:
+        return out, fooled, zero_grad
+    eta0 = 2.0 * eps if norm != "L1" else 1.0 * eps
+    checkpoints = set(_checkpoints(steps))
+
+    # per-example state of the still-active examples, compressed whenever examples leave
+    cur = random_start(x.detach(), eps, norm, gen) if random_init else x.detach().clone()
+    loss_cur, grad, logits = _loss_grad(model, cur, y, target, loss_fn)
+    zero_grad |= grad.flatten(1).abs().amax(1) == 0
+    st: dict[str, torch.Tensor] = {
+        "idx": torch.arange(n, device=x.device), "x": x.detach(), "y": y, "cur": cur, "prev": cur.clone(),
+        "grad": grad, "loss": loss_cur, "best_x": cur.clone(), "best_loss": loss_cur.clone(),
+        "best_grad": grad.clone(), "eta": torch.full((n,), eta0, device=x.device),
+        "n_incr": torch.zeros(n, device=x.device), "ck_loss": loss_cur.clone(),
+        "ck_halved": torch.ones(n, dtype=torch.bool, device=x.device),
+    }
+    if target is not None:
+        st["t"] = target
+
+    def leave(mask: torch.Tensor, at: str, was_fooled: bool) -> None:
+        """Examples in ``mask`` leave with their point ``st[at]``."""
+        gi = st["idx"][mask]
+        out[gi] = st[at][mask]
+        fooled[gi] = was_fooled
+        keep = ~mask
+        for k in st:
+            st[k] = st[k][keep]
+
+    wrong = logits.argmax(1) != y
+    # an example whose gradient is exactly zero has nothing to follow: it leaves now (at its random
+    # start) rather than spend `steps` iterations; callers see it in `zero_grad`
+    dead = zero_grad & ~wrong
+    leave(wrong, "cur", True)
+    leave(dead[~wrong], "cur", False)
+    last_ck = 0
+    for it in range(steps):
+        if len(st["idx"]) == 0:
+            break
+        cur, prev, xs = st["cur"], st["prev"], st["x"]
+        z = project(cur + _step(st["grad"], cur, st["eta"], norm, l1_frac), xs, eps, norm)
+        if it > 0:
+            z = project(cur + MOMENTUM * (z - cur) + (1 - MOMENTUM) * (cur - prev), xs, eps, norm)
+        new_loss, grad, logits = _loss_grad(model, z, st["y"], st.get("t"), loss_fn)
+        st["prev"], st["cur"], st["grad"] = cur, z, grad
+        st["n_incr"] += (new_loss > st["loss"]).float()
+        st["loss"] = new_loss
+        better = new_loss > st["best_loss"]
+        st["best_x"][better], st["best_loss"][better], st["best_grad"][better] = z[better], new_loss[better], grad[better]
+        leave(logits.argmax(1) != st["y"], "cur", True)
+        if it + 1 in checkpoints:
+            # halve the step where fewer than RHO of the steps increased the loss, or where the
+            # last checkpoint did not halve and the best loss has not moved since; restart those
+            # from their best point
+            halve = (st["n_incr"] < RHO * (it + 1 - last_ck)) | (~st["ck_halved"] & (st["ck_loss"] >= st["best_loss"]))
+            h = _bc(halve, st["cur"])
+            st["eta"] = torch.where(halve, st["eta"] / 2, st["eta"])
+            st["cur"] = torch.where(h, st["best_x"], st["cur"])
+            st["prev"] = torch.where(h, st["cur"], st["prev"])
+            st["grad"] = torch.where(h, st["best_grad"], st["grad"])
+            st["loss"] = torch.where(halve, st["best_loss"], st["loss"])
+            st["ck_halved"], st["ck_loss"] = halve, st["best_loss"].clone()
+            st["n_incr"].zero_()
+            last_ck = it + 1
+    out[st["idx"]] = st["best_x"]
+    return out, fooled, zero_grad
+
+
+def _lp_threat(threat, name: str) -> tuple[float, str]:
+    if threat.kind != "lp":
+        raise ValueError(f"{name} needs an lp threat, '{threat.id}' is kind '{threat.kind}'")
+    return float(threat.eps), str(threat.norm)
+
+
+@register("apgd-ce")
+def apgd_ce_attack(model, x, y, threat, *, seed: int = 0, steps: int = 100, restarts: int = 1,
+                   l1_frac: float = 0.02) -> torch.Tensor:
+    """Untargeted APGD on cross-entropy, ``restarts`` random restarts on the still-robust examples."""
+    eps, norm = _lp_threat(threat, "apgd-ce")
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = x.detach().clone()
+    todo = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(max(1, restarts)):
+        ii = todo.nonzero().squeeze(1)
+        if len(ii) == 0:
+            break
+        adv, fooled, _ = apgd(model, x[ii], y[ii], eps=eps, norm=norm, loss="ce", steps=steps, gen=gen,
+                              l1_frac=l1_frac)
+        x_adv[ii] = adv
+        todo[ii[fooled]] = False
+    return x_adv
+
+
+def minimum_margin(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                   seed: int = 0, steps: int = 50, targets: int = 9, target_steps: int | None = 20,
+                   l1_frac: float = 0.02, square_queries: int = 5000) -> tuple[torch.Tensor, dict[str, int]]:
+    """APGD-CE, then targeted DLR on the top-``targets`` other classes, then Square on examples
+    with vanishing gradients.  Returns ``(x_adv, stats)``; stats count how each stage did."""
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = x.detach().clone()
+    n = len(x)
+    stats = {"n": n, "fooled_ce": 0, "fooled_targeted": 0, "zero_grad": 0, "fooled_square": 0}
+    if n == 0 or eps <= 0:
+        return x_adv, stats
+    adv, fooled, zero_grad = apgd(model, x, y, eps=eps, norm=norm, loss="ce", steps=steps, gen=gen,
+                                  l1_frac=l1_frac)
+    x_adv[:] = adv
+    robust = ~fooled
+    stats["fooled_ce"] = int(fooled.sum())
+    with torch.no_grad():
+        clean_logits = model(x)
+    n_cls = clean_logits.shape[1]
+    order = clean_logits.clone()
+    order[torch.arange(n, device=x.device), y] = -float("inf")
+    ranked = order.argsort(dim=1, descending=True)[:, : max(0, min(targets, n_cls - 1))]
+    t_steps = target_steps or steps
+    for j in range(ranked.shape[1]):
+        ii = robust.nonzero().squeeze(1)
+        if len(ii) == 0:
+            break
+        adv, fooled, zg = apgd(model, x[ii], y[ii], eps=eps, norm=norm, loss="dlr-t", target=ranked[ii, j],
+                               steps=t_steps, gen=gen, l1_frac=l1_frac)
+        zero_grad[ii] &= zg  # masked only if no loss (CE, DLR) gets a gradient
+        x_adv[ii[fooled]] = adv[fooled]
+        robust[ii[fooled]] = False
+        stats["fooled_targeted"] += int(fooled.sum())
+    masked = robust & zero_grad
+    stats["zero_grad"] = int(zero_grad.sum())
+    if masked.any() and square_queries > 0:
+        from .autoattack import square
+
+        ii = masked.nonzero().squeeze(1)
+        adv = square(model, x[ii], y[ii], eps=eps, norm=norm, queries=square_queries, seed=seed)
+        with torch.no_grad():
+            ok = model(adv).argmax(1) != y[ii]
+        x_adv[ii[ok]] = adv[ok]
+        stats["fooled_square"] = int(ok.sum())
+    return x_adv, stats
+
+
+LAST_STATS: dict[str, int] = {}  # what each stage broke in the last apgd-mm call (diagnostics only)
+
+
+@register("apgd-mm")
+def apgd_mm_attack(model, x, y, threat, *, seed: int = 0, steps: int = 50, targets: int = 9,
+                   target_steps: int | None = 20, l1_frac: float = 0.02,
+                   square_queries: int = 5000) -> torch.Tensor:
+    """The fast default attack (see the module docstring and docs/attacks.md)."""
+    eps, norm = _lp_threat(threat, "apgd-mm")
+    x_adv, stats = minimum_margin(model, x, y, eps=eps, norm=norm, seed=seed, steps=steps, targets=targets,
+                                  target_steps=target_steps, l1_frac=l1_frac, square_queries=square_queries)
+    LAST_STATS.clear()
+    LAST_STATS.update(stats)
+    return x_adv
