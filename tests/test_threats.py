@@ -10,16 +10,15 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmark import datasets
-from benchmark.architectures import build
 from benchmark.attacks import get_attack, run_attack
 from benchmark.attacks.color import adjust, color_attack_fn
 from benchmark.attacks.jpeg import from_coeffs, jpeg_linf, to_coeffs
 from benchmark.attacks.spatial import flow_magnitude, spatial_flow, warp
 from benchmark.attacks.transforms import candidates, rotate_translate, rotation_translation
 from benchmark.registry import DEFAULT_REGISTRY, FrozenMap, Registry, ThreatSpec
+from helpers import train_tiny_mlp
 
 N_TEST = 120
 
@@ -27,20 +26,8 @@ N_TEST = 120
 @pytest.fixture(scope="module")
 def setup():
     """A small MLP trained on the digits train split, and clean-correct test examples."""
-    torch.manual_seed(0)
     torch.set_num_threads(1)
-    xtr, ytr = datasets.load_id("digits", "train")
-    model = build("mlp", hidden=64, depth=1)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 128):
-            idx = perm[i:i + 128]
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = train_tiny_mlp(epochs=15, hidden=64, depth=1, lr=3e-3, batch=128)
     for p in model.parameters():
         p.requires_grad_(False)
     x, y = datasets.load_id("digits", "test")
