@@ -34,12 +34,22 @@ def verified_state_dict(path: Path, sha256: str | None, entry_path: str = "") ->
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def fast_layout(model: nn.Module) -> nn.Module:
+    """Our builtin conv nets in channels-last memory layout: on a CPU their attack runs about a
+    third faster (mkldnn convolutions and pooling), logits agree to ~1e-6.  Only for the builtin
+    architectures, which flatten with ``nn.Flatten``; third-party code may ``view`` conv outputs."""
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def load_model(spec: ModelSpec, registry: Registry, *, model_dir: str | Path | None = None) -> nn.Module:
     kind = spec.source_kind
     if kind in ("builtin", "file"):
         model = architectures.build(spec.source_target, **dict(spec.arch_args))
         state = verified_state_dict(registry.weights_path(spec), spec.sha256, spec.path)
         model.load_state_dict(state)
+        model = fast_layout(model)
     elif kind == "python":
         module_name, _, factory = spec.source_target.partition(":")
         if not factory:

@@ -131,3 +131,28 @@ def test_main_writes_then_checks(tmp_path: Path, capsys):
     captured = capsys.readouterr()
     assert "DIFF test-tiny" in captured.out + captured.err
     assert "f" * 64 in entry.read_text()
+
+
+@pytest.mark.parametrize("model_id", ["cnn-pgd-0.10", "lenet-standard", "mlp-standard"])
+def test_loaded_models_agree_with_their_architecture(model_id):
+    """load_model puts conv nets in channels-last layout for speed; that must not change what the
+    model computes, and must keep input gradients (the attacks use them) the same."""
+    from benchmark.models import load_model
+    from benchmark.registry import Registry
+
+    reg = Registry(DEFAULT_REGISTRY)
+    spec = reg.model(model_id)
+    plain = architectures.build(spec.source_target, **dict(spec.arch_args))
+    plain.load_state_dict(torch.load(DEFAULT_REGISTRY / spec.weights, map_location="cpu", weights_only=True))
+    plain.eval()
+    fast = load_model(spec, reg)
+    assert not fast.training
+    x = load_id("digits", "test")[0][:64].clone().requires_grad_(True)
+    grads = []
+    for m in (plain, fast):
+        out = m(x)
+        (g,) = torch.autograd.grad(out.logsumexp(1).sum(), x)
+        grads.append((out.detach(), g))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-4)
+    assert torch.equal(grads[0][0].argmax(1), grads[1][0].argmax(1))
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
