@@ -14,7 +14,7 @@ import math
 import torch
 
 from . import register
-from .transforms import nonneg, per_example_loss, threat_params
+from .transforms import nonneg, signed_pgd, threat_params
 
 BLOCK = 8
 DEFAULT_EPS = 0.1  # only for entries that leave the budget out (calibrated on digits)
@@ -64,40 +64,21 @@ def jpeg_linf(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     """PGD on a coefficient perturbation ``delta`` with ``|delta|_inf <= eps``; the image is
     ``clip(from_coeffs(to_coeffs(x) + delta))``.  Keeps per example the first fooling point.
     With ``return_delta`` also returns that ``delta``."""
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     if h % BLOCK or w % BLOCK:
         raise ValueError(f"the jpeg attack needs image sides divisible by {BLOCK}, got {h}x{w}")
-    best = x.detach().clone()
-    best_delta = torch.zeros_like(best)
     if eps == 0 or steps == 0:
-        return (best, best_delta) if return_delta else best
-    alpha = step_size if step_size is not None else 2.5 * eps / steps
+        best = x.detach().clone()
+        return (best, torch.zeros_like(best)) if return_delta else best
     z0 = to_coeffs(x.detach())
-    gen = torch.Generator().manual_seed(seed)
-    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    for _ in range(max(1, restarts)):
-        active = (~fooled).nonzero().squeeze(1)
-        if len(active) == 0:
-            break
-        za, ya = z0[active], y[active]
-        delta = ((torch.rand(za.shape, generator=gen) * 2 - 1) * eps).to(x)
-        done = torch.zeros(len(active), dtype=torch.bool, device=x.device)
-        for it in range(steps + 1):
-            delta.requires_grad_(True)
-            with torch.enable_grad():
-                xa = from_coeffs(za + delta).clamp(0.0, 1.0)
-                logits = model(xa)
-                (grad,) = torch.autograd.grad(per_example_loss(logits, ya, loss).sum(), delta)
-            with torch.no_grad():
-                keep = ~done  # record the first fooling point, and the latest one for the others
-                best[active[keep]] = xa.detach()[keep]
-                best_delta[active[keep]] = delta.detach()[keep]
-                done |= logits.argmax(1) != ya
-                if it == steps or bool(done.all()):
-                    break
-                step = torch.where(done[:, None, None, None], torch.zeros_like(grad), alpha * grad.sign())
-                delta = (delta.detach() + step).clamp(-eps, eps)
-        fooled[active[done]] = True
+    best, best_delta = signed_pgd(
+        model, x, y, param_shape=tuple(x.shape[1:]),
+        init=lambda active, gen: ((torch.rand((len(active), *x.shape[1:]), generator=gen) * 2 - 1) * eps).to(x),
+        render=lambda active, delta: from_coeffs(z0[active] + delta).clamp(0.0, 1.0),
+        project=lambda delta: delta.clamp(-eps, eps),
+        steps=steps, step_size=step_size if step_size is not None else 2.5 * eps / steps,
+        restarts=restarts, loss=loss, seed=seed)
+    return (best, best_delta) if return_delta else best
     return (best, best_delta) if return_delta else best
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .transforms import nonneg, per_example_loss, threat_params
+from .transforms import nonneg, signed_pgd, threat_params
 
 DEFAULT_MAX_FLOW = 0.5  # pixels; only for entries that leave the budget out
 
@@ -63,46 +63,22 @@ def spatial_flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ma
     flow (N, 2, H, W) such that ``warp(x, flow)`` is ``x_adv``.
     """
     n, _, h, w = x.shape
-    best_flow = torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)
-    best = x.detach().clone()
     if max_flow == 0 or steps == 0:
-        return (best, best_flow) if return_flow else best
-    alpha = step_size if step_size is not None else 2.5 * max_flow / steps
-    gen = torch.Generator().manual_seed(seed)
-    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    for _ in range(max(1, restarts)):
-        active = (~fooled).nonzero().squeeze(1)
-        if len(active) == 0:
-            break
-        xa, ya = x[active], y[active]
-        if random_init:
-            flow = (torch.rand(len(active), 2, h, w, generator=gen) * 2 - 1).to(x.device, x.dtype) * max_flow
-            flow = project_flow(flow, max_flow)
-        else:
-            flow = torch.zeros(len(active), 2, h, w, device=x.device, dtype=x.dtype)
-        done = torch.zeros(len(active), dtype=torch.bool, device=x.device)
-        for it in range(steps + 1):
-            flow.requires_grad_(True)
-            with torch.enable_grad():
-                xw = warp(xa, flow)
-                logits = model(xw)
-                obj = per_example_loss(logits, ya, loss)
-                if smooth_weight:
-                    obj = obj - smooth_weight * smoothness(flow)
-                (grad,) = torch.autograd.grad(obj.sum(), flow)
-            with torch.no_grad():
-                wrong = (logits.argmax(1) != ya) & ~done
-                # record the first fooling flow (and, for unfooled examples, the latest one)
-                keep = wrong | ~done
-                idx = active[keep]
-                best[idx] = xw.detach()[keep]
-                best_flow[idx] = flow.detach()[keep]
-                done |= wrong
-                if it == steps or bool(done.all()):
-                    break
-                step = torch.where(done[:, None, None, None], torch.zeros_like(grad), alpha * grad.sign())
-                flow = project_flow(flow.detach() + step, max_flow)
-        fooled[active[done]] = True
+        best = x.detach().clone()
+        return (best, torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)) if return_flow else best
+
+    def init(active: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if not random_init:
+            return torch.zeros(len(active), 2, h, w, device=x.device, dtype=x.dtype)
+        flow = (torch.rand(len(active), 2, h, w, generator=gen) * 2 - 1).to(x.device, x.dtype) * max_flow
+        return project_flow(flow, max_flow)
+
+    best, best_flow = signed_pgd(
+        model, x, y, param_shape=(2, h, w), init=init, render=lambda active, flow: warp(x[active], flow),
+        project=lambda flow: project_flow(flow, max_flow),
+        steps=steps, step_size=step_size if step_size is not None else 2.5 * max_flow / steps,
+        restarts=restarts, loss=loss, seed=seed,
+        penalty=(lambda flow: smooth_weight * smoothness(flow)) if smooth_weight else None)
     return (best, best_flow) if return_flow else best
 
 

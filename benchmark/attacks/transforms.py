@@ -7,7 +7,7 @@ module also holds the small helpers the other non-Lp attacks share (budget parsi
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,57 @@ def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") ->
         other.scatter_(1, y[:, None], float("-inf"))
         return other.amax(1) - true
     raise ValueError(f"unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+
+
+def signed_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, param_shape: tuple[int, ...],
+               init: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+               render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               project: Callable[[torch.Tensor], torch.Tensor], steps: int, step_size: float,
+               restarts: int = 1, loss: str = "ce",
+               penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed-gradient ascent of ``loss`` over a per-example perturbation parameter (a flow
+    field, block-DCT coefficients, ...), the loop the parametric non-Lp attacks share.
+
+    ``init(active, gen)`` draws the start for the examples ``active`` (indices into ``x``),
+    ``render(active, param)`` makes their images, ``project`` maps a parameter back into the
+    budget; ``penalty(param)`` (per example) is subtracted from the loss.  Keeps per example the
+    first fooling point, else the last iterate; a restart attacks only the examples not yet
+    fooled.  Returns ``(images, params)``, params of shape ``(len(x), *param_shape)``.
+    """
+    n = len(x)
+    best = x.detach().clone()
+    best_param = torch.zeros((n, *param_shape), device=x.device, dtype=x.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for _ in range(max(1, restarts)):
+        active = (~fooled).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        ya = y[active]
+        param = init(active, gen)
+        done = torch.zeros(len(active), dtype=torch.bool, device=x.device)
+        for it in range(steps + 1):
+            param.requires_grad_(True)
+            with torch.enable_grad():
+                xa = render(active, param)
+                logits = model(xa)
+                obj = per_example_loss(logits, ya, loss)
+                if penalty is not None:
+                    obj = obj - penalty(param)
+                (grad,) = torch.autograd.grad(obj.sum(), param)
+            with torch.no_grad():
+                keep = ~done  # record the first fooling point, and the latest one for the others
+                best[active[keep]] = xa.detach()[keep]
+                best_param[active[keep]] = param.detach()[keep]
+                done |= logits.argmax(1) != ya
+                if it == steps or bool(done.all()):
+                    break
+                mask = done.view(-1, *([1] * (grad.dim() - 1)))
+                step = torch.where(mask, torch.zeros_like(grad), step_size * grad.sign())
+                param = project(param.detach() + step)
+        fooled[active[done]] = True
+    return best, best_param
 
 
 # --------------------------------------------------------------------------- the transform
