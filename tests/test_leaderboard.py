@@ -263,3 +263,20 @@ def test_suite_without_threat_shifts(toy):
     assert fits["OOD-T"].line.n == 0 and set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur"}
     text = leaderboard.render(reg2, res.suite, res, summ, fits, command="x", png_ref=None)
     assert "0 threat shift(s): none" in text and "| OOD-T | - | - | - | 0 |" in text
+
+
+def test_committed_leaderboard_matches_committed_results(tmp_path):
+    """The repository's leaderboard.md and trend plot are what the committed results/ render to,
+    and every planned digits cell has a current result: a registry change that alters a cell
+    must come with re-run results and a regenerated board."""
+    from benchmark.registry import DEFAULT_REGISTRY
+
+    repo = DEFAULT_REGISTRY.parent
+    reg = Registry(DEFAULT_REGISTRY)
+    planned = plan_suite(reg, "digits")
+    missing = [c.filename for c in planned if not (repo / "results" / "digits" / c.filename).is_file()]
+    assert not missing, f"{len(missing)} digits cells have no result, e.g. {missing[:3]}; run `make run`"
+    out = leaderboard.write(reg, "digits", repo / "results", tmp_path / "leaderboard.md")
+    assert out.read_bytes() == (repo / "leaderboard.md").read_bytes(), "run `shiftbench leaderboard`"
+    png = tmp_path / "docs" / "digits-trend.png"
+    assert png.read_bytes() == (repo / "docs" / "digits-trend.png").read_bytes()
