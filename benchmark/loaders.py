@@ -349,40 +349,105 @@ def _imagenet_c(spec: ShiftSpec, severity, root: Path, params: dict):
                           names=names)
 
 
+OBJECTNET_MAPPINGS = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
+                      "imagenet_to_label_2012_v2", "pytorch_to_imagenet_2012_id.json")
+
+
+def _mapping_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataMissingError(f"ObjectNet mapping file missing: {path}; it ships in objectnet-1.0/mappings/ "
+                               "of the ObjectNet download (https://objectnet.dev/download.html)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); re-extract it from the ObjectNet download") from None
+
+
 def objectnet_groups(root: Path, base: str = "objectnet-1.0") -> dict[str, list[int]]:
     """ObjectNet image folder -> the ImageNet-1k indices it maps to (113 folders overlap ImageNet).
 
-    Uses the mapping files ObjectNet ships: folder -> ObjectNet label, ObjectNet label ->
-    '; '-separated ImageNet class names, and the ImageNet class names in index order.
+    Uses the four mapping files ObjectNet ships in ``mappings/``:
+
+    * ``folder_to_objectnet_label.json``: image folder -> ObjectNet label;
+    * ``objectnet_to_imagenet_1k.json``: ObjectNet label -> ``'; '``-separated ImageNet class names;
+    * ``imagenet_to_label_2012_v2``: one ImageNet class name per line, in ObjectNet's own class order;
+    * ``pytorch_to_imagenet_2012_id.json``: PyTorch class index (sorted wnids, the index models
+      output) -> line number in ``imagenet_to_label_2012_v2``.
+
+    The line order is *not* the PyTorch order, so names go name -> line -> PyTorch index, as in
+    ObjectNet's own evaluation code and in CLIP_benchmark / imagenet-testbed.  With the published
+    files the 113 ObjectNet classes map to 125 distinct ImageNet classes (no class is shared); a
+    shared class is allowed (it scores for each ObjectNet class it belongs to), see
+    :func:`objectnet_labels`.
     """
     m = Path(root) / base / "mappings"
-    folder_to_label = json.loads((m / "folder_to_objectnet_label.json").read_text(encoding="utf-8"))
-    label_to_imagenet = json.loads((m / "objectnet_to_imagenet_1k.json").read_text(encoding="utf-8"))
-    names = [line.strip() for line in (m / "imagenet_to_label_2012_v2").read_text(encoding="utf-8").splitlines()]
-    index = {n: i for i, n in enumerate(names) if n}
+    folder_to_label = _mapping_json(m / "folder_to_objectnet_label.json")
+    label_to_imagenet = _mapping_json(m / "objectnet_to_imagenet_1k.json")
+    pytorch_to_line = _mapping_json(m / "pytorch_to_imagenet_2012_id.json")
+    names_file = m / "imagenet_to_label_2012_v2"
+    if not names_file.is_file():
+        raise DataMissingError(f"ObjectNet mapping file missing: {names_file}; it ships in objectnet-1.0/mappings/")
+    lines = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines()]
+    where = m / "pytorch_to_imagenet_2012_id.json"
+    try:
+        line_to_index = {int(line): int(idx) for idx, line in pytorch_to_line.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"{where}: expected a JSON object of PyTorch class index -> line number") from None
+    if sorted(line_to_index.values()) != list(range(1000)) or len(line_to_index) != 1000:
+        raise ValueError(f"{where}: expected the 1000 PyTorch class indices 0..999, each mapped to its own line")
+    name_lines: dict[str, list[int]] = {}
+    for i, name in enumerate(lines):
+        if name:
+            name_lines.setdefault(name, []).append(i)
     out: dict[str, list[int]] = {}
     for folder, label in folder_to_label.items():
-        if label in label_to_imagenet:
-            ids = sorted(index[n.strip()] for n in label_to_imagenet[label].split(";") if n.strip())
-            if ids:
-                out[folder] = ids
-    seen: dict[int, str] = {}
-    for folder, ids in out.items():
+        if label not in label_to_imagenet:
+            continue  # one of the ObjectNet classes with no ImageNet counterpart
+        ids = set()
+        for name in (n.strip() for n in str(label_to_imagenet[label]).split(";")):
+            if not name:
+                continue
+            found = name_lines.get(name, [])
+            if len(found) != 1:
+                problem = "is not a line of" if not found else f"is on {len(found)} lines of"
+                raise ValueError(f"{m / 'objectnet_to_imagenet_1k.json'}: ImageNet class '{name}' (ObjectNet "
+                                 f"'{label}') {problem} {names_file}; the mapping files do not match each other")
+            if found[0] not in line_to_index:
+                raise ValueError(f"{where}: no PyTorch class index for line {found[0]} ('{name}')")
+            ids.add(line_to_index[found[0]])
+        if ids:
+            out[folder] = sorted(ids)
+    return out
+
+
+def objectnet_labels(groups: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """One ID-space label per ObjectNet folder: the smallest ImageNet index of its group that no
+    other group holds, so that :func:`subset_labels` maps it back to its own ObjectNet class even
+    where mapping files share an ImageNet class between two ObjectNet classes."""
+    owners: dict[int, int] = {}
+    for ids in groups.values():
         for i in ids:
-            if i in seen:
-                raise ValueError(f"ObjectNet mappings: ImageNet class {i} maps to both '{seen[i]}' and '{folder}'")
-            seen[i] = folder
+            owners[i] = owners.get(i, 0) + 1
+    out = {}
+    for folder, ids in groups.items():
+        own = [i for i in ids if owners[i] == 1]
+        if not own:
+            raise ValueError(f"ObjectNet mappings: every ImageNet class of folder '{folder}' ({list(ids)}) also "
+                             "belongs to another ObjectNet class, so its images cannot be labelled; fix "
+                             "objectnet_to_imagenet_1k.json")
+        out[folder] = min(own)
     return out
 
 
 def _objectnet(spec: ShiftSpec, severity, root: Path, params: dict):
     base = params.get("root", "objectnet-1.0")
     groups = objectnet_groups(root, base)
+    labels = objectnet_labels(groups)
     items: list[tuple[Path, int]] = []
     for folder in sorted(groups):
         d = root / base / "images" / folder
         if d.is_dir():
-            items += [(p, groups[folder][0]) for p in sorted(d.iterdir()) if _is_image(p)]
+            items += [(p, labels[folder]) for p in sorted(d.iterdir()) if _is_image(p)]
     if not items:
         raise DataMissingError(_missing_message(spec.path or spec.id, root, [f"{base}/images/<folder>/*.png"],
                                                 spec.url, spec.layout))
@@ -459,10 +524,16 @@ def masked_model(model: nn.Module, class_indices: Sequence[int | Sequence[int]])
 def subset_labels(y: torch.Tensor, class_indices: Sequence[int | Sequence[int]]) -> torch.Tensor:
     """ID-space labels -> positions in the subset, to go with :func:`masked_model`."""
     pos: dict[int, int] = {}
+    shared: set[int] = set()
     for k, g in enumerate(_as_groups(class_indices)):
         for c in g:
+            if c in pos and pos[c] != k:
+                shared.add(c)
             pos[c] = k
-    bad = sorted({int(v) for v in y.tolist()} - set(pos))
+    present = {int(v) for v in y.tolist()}
+    bad = sorted(present - set(pos))
     if bad:
         raise ValueError(f"labels {bad[:10]} are not in the masked class subset")
+    if present & shared:
+        raise ValueError(f"labels {sorted(present & shared)[:10]} belong to more than one masked class group")
     return torch.tensor([pos[int(v)] for v in y.tolist()], dtype=torch.int64)

@@ -84,9 +84,15 @@ def root(tmp_path_factory) -> Path:
         {"chair": "Chair", "tench_folder": "Tench", "spatula": "Spatula"}))
     (on / "mappings" / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
         {"Chair": "barber chair; folding chair", "Tench": "tench"}))  # Spatula: not in ImageNet
-    labels_2012 = [f"class{i}" for i in range(1000)]
-    labels_2012[0], labels_2012[423], labels_2012[559] = "tench", "barber chair", "folding chair"
+    # ObjectNet lists ImageNet names in its own line order; pytorch_to_imagenet_2012_id.json maps
+    # each PyTorch index (sorted wnids) to its line.  A non-identity order, as in the real files.
+    line_of = {i: (7 * i + 3) % 1000 for i in range(1000)}
+    labels_2012 = [""] * 1000
+    for i, line in line_of.items():
+        labels_2012[line] = {0: "tench", 423: "barber chair", 559: "folding chair"}.get(i, f"class{i}")
     (on / "mappings" / "imagenet_to_label_2012_v2").write_text("\n".join(labels_2012) + "\n")
+    (on / "mappings" / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps(
+        {str(i): line for i, line in line_of.items()}))
     for folder in ("chair", "tench_folder", "spatula"):
         _png(on / "images" / folder / "x.png", (240, 240))
     return r
@@ -202,6 +208,35 @@ def test_objectnet_groups_and_mask(root):
     groups = loaders.logit_subset(spec, root)
     assert groups == [[423, 559], [0]]  # sorted by folder: chair, tench_folder
     assert loaders.subset_labels(y, groups).tolist() == [0, 1]
+
+
+def test_objectnet_mapping_checks(root, tmp_path):
+    import shutil
+
+    base = tmp_path / "objectnet-1.0"
+    shutil.copytree(root / "objectnet-1.0" / "mappings", base / "mappings")
+    (base / "mappings" / "pytorch_to_imagenet_2012_id.json").unlink()
+    with pytest.raises(loaders.DataMissingError, match="pytorch_to_imagenet_2012_id.json"):
+        loaders.objectnet_groups(tmp_path)
+    with pytest.raises(loaders.DataMissingError, match="mappings/pytorch_to_imagenet_2012_id.json"):
+        load_shift(REAL.shift("objectnet"), None, data_dir=tmp_path)  # the entry lists the file
+    shutil.copy(root / "objectnet-1.0" / "mappings" / "pytorch_to_imagenet_2012_id.json", base / "mappings")
+    (base / "mappings" / "objectnet_to_imagenet_1k.json").write_text(json.dumps({"Chair": "barber chair; stool"}))
+    with pytest.raises(ValueError, match="'stool' .* is not a line of"):
+        loaders.objectnet_groups(tmp_path)
+
+
+def test_objectnet_shared_imagenet_class_is_scored_for_both():
+    """The published mappings share no ImageNet class, but a shared one must not mislabel images."""
+    groups = {"chair": [423, 559], "stool": [559, 700]}
+    labels = loaders.objectnet_labels(groups)
+    assert labels == {"chair": 423, "stool": 700}
+    order = [groups[f] for f in sorted(groups)]
+    assert loaders.subset_labels(torch.tensor([423, 700]), order).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="more than one"):
+        loaders.subset_labels(torch.tensor([559]), order)
+    with pytest.raises(ValueError, match="folder 'stool'"):
+        loaders.objectnet_labels({"chair": [423, 559], "stool": [559]})
 
 
 # --------------------------------------------------------------------------- masking
