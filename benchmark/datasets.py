@@ -62,13 +62,17 @@ def to_tensor(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, tor
     return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
-def load_id(dataset: str, split: str = "test", data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The in-distribution images and labels of a dataset."""
+def load_id(dataset: str, split: str = "test", data_dir: str | Path | None = None,
+            preprocessing: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-distribution images and labels of a dataset (ImageNet: read with the model's
+    ``preprocessing``, default ``Res256Crop224``)."""
     if dataset == "digits":
+        if preprocessing is not None:
+            raise ValueError(f"preprocessing {preprocessing!r} given for digits; only ImageNet models take one")
         return to_tensor(*digits(split))
     from . import loaders  # real datasets (CIFAR, ImageNet) in their on-disk formats
 
-    return loaders.load_id(dataset, split, data_root(data_dir))
+    return loaders.load_id(dataset, split, data_root(data_dir), preprocessing)
 
 
 def subset(n: int, total: int, seed: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch import nn
 from . import datasets, store, trust
 from .attacks import HARNESS_VERSION, run_attack
 from .plan import Cell
-from .registry import Registry, ThreatSpec, canonical
+from .registry import DEFAULT_IMAGENET_PREPROCESSING, ModelSpec, Registry, ThreatSpec, canonical
 
 DEFAULT_BATCH = 1000
 
@@ -41,14 +41,35 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def model_preprocessing(model: ModelSpec) -> str | None:
+    """The preprocessing a model's images get: its entry's ``preprocessing``, else ImageNet's
+    default ``Res256Crop224``; ``None`` for CIFAR and digits (images used at their own size)."""
+    if model.dataset != "imagenet":
+        return None
+    return model.preprocessing or DEFAULT_IMAGENET_PREPROCESSING
+
+
+def cell_preprocessing(cell: Cell) -> str | None:
+    """What turned the cell's files into model inputs (stored in each result): the model's
+    preprocessing for ImageNet ID data and the shifts that defer to it, else the shift's own
+    fixed transform (e.g. ``crop224`` for ImageNet-C, ``res32`` for CINIC-10), or ``None``."""
+    prep = model_preprocessing(cell.model)
+    if cell.shift is None or cell.shift.source.startswith("synthetic:"):
+        return prep
+    transform = dict(cell.shift.params).get("transform")
+    return prep if transform == "model" else transform
+
+
 def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (subset of) images and labels a cell evaluates."""
+    """The (subset of) images and labels a cell evaluates; ImageNet images are read with the
+    model's preprocessing, so the data depends on the model entry."""
     from .shifts import load_shift
 
+    prep = model_preprocessing(cell.model)
     if cell.shift is None:
-        x, y = _id_data(cell.model.dataset, str(data_dir) if data_dir else None)
+        x, y = _id_data(cell.model.dataset, str(data_dir) if data_dir else None, prep)
     else:
-        x, y = load_shift(cell.shift, cell.severity, seed=cell.seed, data_dir=data_dir)
+        x, y = load_shift(cell.shift, cell.severity, seed=cell.seed, data_dir=data_dir, preprocessing=prep)
     idx = torch.from_numpy(datasets.subset(cell.n, len(x), cell.seed))
     return x[idx], y[idx]
 
@@ -70,8 +91,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @functools.lru_cache(maxsize=4)
-def _id_data(dataset: str, data_dir: str | None):
-    return datasets.load_id(dataset, "test", data_dir)
+def _id_data(dataset: str, data_dir: str | None, preprocessing: str | None = None):
+    return datasets.load_id(dataset, "test", data_dir, preprocessing)
 
 
 @torch.no_grad()
@@ -150,6 +171,7 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]
             "threat": canonical(cell.threat),
         },
         "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
+        "preprocessing": cell_preprocessing(cell),
     }
 
 
@@ -237,27 +259,31 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
 def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None = None,
              threats: list[str] | None = None, attack: str | None = None, n_examples: int | None = None,
              seed: int = 0, *, registry: Registry | str | None = None, data_dir: str | Path | None = None,
-             batch_size: int = DEFAULT_BATCH, progress: bool = False):
+             batch_size: int = DEFAULT_BATCH, progress: bool = False, preprocessing: str | None = None):
     """Evaluate an in-memory model (inputs in [0, 1], returns logits) on a suite.
 
     ``shifts``/``threats``: ids of dataset / threat shifts; ``None`` means the suite's full set,
     ``[]`` means none (ID only).  ``attack`` overrides every threat's attack.  Returns a pandas
     DataFrame with one row per cell: model, role, shift, severity, threat, attack, n, clean_acc,
-    robust_acc and Wilson 95% intervals.  Nothing is written to ``results/``.
+    robust_acc and Wilson 95% intervals.  Nothing is written to ``results/``.  ``preprocessing``:
+    how ImageNet images become the model's inputs (``registry.IMAGENET_PREPROCESSINGS``, default
+    ``Res256Crop224``).
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
     from .plan import ID_SHIFT
-    from .registry import ModelSpec, default_registry_root
+    from .loaders import model_preprocessing as check_preprocessing
+    from .registry import default_registry_root
 
     reg = registry if isinstance(registry, Registry) else Registry(registry or default_registry_root())
     s = reg.suite(suite)
     shift_ids = list(s.dataset_shifts) if shifts is None else list(shifts)
     threat_ids = list(s.threat_shifts) if threats is None else list(threats)
     name = getattr(model, "shiftbench_name", type(model).__name__)
+    check_preprocessing(s.dataset, preprocessing)  # raises on an unknown name or a non-ImageNet suite
     spec = ModelSpec(id=name, source="python:<in-memory>:model", dataset=s.dataset, architecture=type(model).__name__,
-                     training="unknown")
+                     training="unknown", preprocessing=preprocessing)
     id_threat = reg.threat(s.id_threat)
     n = n_examples or s.n_examples
     n_shift = n_examples or s.n_shift_examples or s.n_examples

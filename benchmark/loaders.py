@@ -16,7 +16,8 @@ Formats (``source: loader:<format>`` in a shift entry, settings in ``params``):
 * ``npz``        one ``.npz`` (CIFAR-10.2): params ``file``, ``images_key``, ``labels_key``.
 * ``cifar-c``    ``<dir>/<corruption>.npy`` (5 x 10,000 images, severity-major) + ``labels.npy``.
 * ``image-folder`` ``<root>/<class>/*`` with ``label_map`` cifar10 | imagenet-wnid | imagenet-index;
-  params ``root``, ``exclude_prefix`` (CINIC-10's CIFAR-origin files), ``transform``, ``limit``.
+  params ``root``, ``exclude_prefix`` (CINIC-10's CIFAR-origin files), ``transform`` (a fixed one,
+  or ``model``: the evaluated model's preprocessing), ``limit``.
 * ``imagenet-c`` ``<dir>/<corruption>/<severity>/<wnid>/*.JPEG`` on RobustBench's 5,000-image list
   (or ``params.image_list``, a text file of ``<wnid>/<file>`` lines under the data root).
 * ``objectnet``  ``objectnet-1.0/images/<folder>/*.png`` + ``objectnet-1.0/mappings/*``.
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .registry import ShiftSpec
+from .registry import DEFAULT_IMAGENET_PREPROCESSING, IMAGENET_PREPROCESSINGS, SHIFT_TRANSFORMS, ShiftSpec
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -153,21 +154,32 @@ def _labels(a: Any) -> torch.Tensor:
 def image_transform(name: str | None) -> Callable[[Any], torch.Tensor]:
     """PIL image -> float tensor (C, H, W) in [0, 1].
 
-    ``res256crop224``: RobustBench's ImageNet preprocessing (resize 256, center crop 224).
-    ``crop224``: center crop only (ImageNet-C images are already 224 x 224).
-    ``res32``: CIFAR-sized re-collections (CINIC-10, CIFAR-10-R) resized to 32 x 32 if needed.
+    A model preprocessing (``registry.IMAGENET_PREPROCESSINGS``), built exactly as robustbench
+    1.1.1 builds it: ``Res256Crop224`` (resize 256, center crop 224), ``BicubicRes256Crop224``,
+    ``Crop288`` (center crop 288, no resize), ``Res224`` (resize to 224 x 224, no crop) and
+    ``BicubicRes224Crop224`` (timm's config for the XCiT models).  Fixed transforms of shift entries:
+    ``res256crop224`` (= ``Res256Crop224``), ``crop224`` (center crop only: ImageNet-C images are
+    already 224 x 224), ``res32`` (CIFAR-sized re-collections resized to 32 x 32 if needed).
     """
     from torchvision import transforms as T
 
+    bicubic = T.InterpolationMode.BICUBIC
     table = {
+        "Res256Crop224": [T.Resize(256), T.CenterCrop(224)],
+        "BicubicRes256Crop224": [T.Resize(256, interpolation=bicubic), T.CenterCrop(224)],
+        "Crop288": [T.CenterCrop(288)],
+        "Res224": [T.Resize([224, 224])],
+        "BicubicRes224Crop224": [T.Resize(224, interpolation=bicubic), T.CenterCrop(224)],
         "res256crop224": [T.Resize(256), T.CenterCrop(224)],
         "crop224": [T.CenterCrop(224)],
         "res32": [T.Resize((32, 32))],
         None: [],
         "none": [],
     }
+    assert set(SHIFT_TRANSFORMS) - {MODEL_TRANSFORM} <= set(table)
     if name not in table:
-        raise ValueError(f"unknown transform {name!r}; known: {', '.join(str(k) for k in table if k)}")
+        raise ValueError(f"unknown transform {name!r}; known: {', '.join(str(k) for k in table if k)} (a shift "
+                         f"entry's '{MODEL_TRANSFORM}' is resolved to the model's preprocessing first)")
     return T.Compose(table[name] + [T.ToTensor()])
 
 
@@ -246,13 +258,44 @@ def class_index(label_map: str | None, folder: str, what: str) -> int:
                      "(use cifar10, imagenet-wnid or imagenet-index)")
 
 
+# --------------------------------------------------------------------------- preprocessing
+MODEL_TRANSFORM = "model"  # a shift entry's params.transform that defers to the model's preprocessing
+
+
+def model_preprocessing(dataset: str, preprocessing: str | None) -> str | None:
+    """The preprocessing a model of ``dataset`` gets: its entry's, else ImageNet's default; none
+    for CIFAR-sized data (used at 32 x 32 as stored)."""
+    if dataset != "imagenet":
+        if preprocessing is not None:
+            raise ValueError(f"preprocessing {preprocessing!r} given for a {dataset} model; only ImageNet "
+                             "models take one")
+        return None
+    if preprocessing is None:
+        return DEFAULT_IMAGENET_PREPROCESSING
+    if preprocessing not in IMAGENET_PREPROCESSINGS:
+        raise ValueError(f"unknown preprocessing {preprocessing!r}; allowed: {', '.join(IMAGENET_PREPROCESSINGS)}")
+    return preprocessing
+
+
+def shift_preprocessing(spec: ShiftSpec, preprocessing: str | None) -> str | None:
+    """What turns a shift's files into images for a model with this ``preprocessing``: the
+    entry's fixed ``params.transform``, or the model's own where the entry says ``model``."""
+    transform = dict(spec.params).get("transform")
+    if transform == MODEL_TRANSFORM:
+        return model_preprocessing(spec.dataset, preprocessing)
+    return transform
+
+
 # --------------------------------------------------------------------------- ID data
-def load_id(dataset: str, split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ID test set of a real dataset (ImageNet: RobustBench's fixed 5,000 validation images)."""
+def load_id(dataset: str, split: str, root: Path,
+            preprocessing: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ID test set of a real dataset (ImageNet: RobustBench's fixed 5,000 validation images,
+    read with the model's ``preprocessing``, default ``Res256Crop224``)."""
     if split != "test":
         raise ValueError(f"only the test split of {dataset} is used by the benchmark, got split={split!r}")
     if dataset not in ID_SOURCES:
         raise KeyError(f"no loader for dataset '{dataset}' (known: digits, {', '.join(ID_SOURCES)})")
+    preprocessing = model_preprocessing(dataset, preprocessing)
     src = ID_SOURCES[dataset]
     root = Path(root)
     what = f"{dataset} test set"
@@ -262,7 +305,7 @@ def load_id(dataset: str, split: str, root: Path) -> tuple[torch.Tensor, torch.T
             d = pickle.load(fh, encoding="latin1")  # the official format; md5-checked above
         x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         return _to_nchw(x, what), _labels(d[src["label_key"]])
-    return _imagenet_list(root / src["root"], what=what, url=src["url"], transform="res256crop224")
+    return _imagenet_list(root / src["root"], what=what, url=src["url"], transform=preprocessing)
 
 
 def _imagenet_list(folder: Path, *, what: str, url: str | None, transform: str,
@@ -281,8 +324,12 @@ def _imagenet_list(folder: Path, *, what: str, url: str | None, transform: str,
 
 
 # --------------------------------------------------------------------------- shifts
-def load_shift(spec: ShiftSpec, severity: int | None, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images and ID-space labels of a ``loader:<format>`` dataset shift."""
+def load_shift(spec: ShiftSpec, severity: int | None, root: Path,
+               preprocessing: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and ID-space labels of a ``loader:<format>`` dataset shift.
+
+    Entries whose ``params.transform`` is ``model`` (the ImageNet image folders and ObjectNet) are
+    read with the model's ``preprocessing``; the others with their own fixed transform."""
     root = Path(root)
     fmt = spec.source.partition(":")[2]
     if fmt not in FORMATS:
@@ -290,7 +337,10 @@ def load_shift(spec: ShiftSpec, severity: int | None, root: Path) -> tuple[torch
     if spec.severities and severity not in spec.severities:
         raise ValueError(f"{spec.path}: shift '{spec.id}' has severities {list(spec.severities)}, not {severity}")
     check_files(spec.files, root, what=f"{spec.path or spec.id}", url=spec.url, layout=spec.layout)
-    x, y = FORMATS[fmt](spec, severity, root, dict(spec.params))
+    params = dict(spec.params)
+    if params.get("transform") == MODEL_TRANSFORM:
+        params["transform"] = shift_preprocessing(spec, preprocessing)
+    x, y = FORMATS[fmt](spec, severity, root, params)
     return x, y
 
 
@@ -452,7 +502,7 @@ def _objectnet(spec: ShiftSpec, severity, root: Path, params: dict):
         raise DataMissingError(_missing_message(spec.path or spec.id, root, [f"{base}/images/<folder>/*.png"],
                                                 spec.url, spec.layout))
     items = _limit(items, params.get("limit"))
-    x = _read_images([p for p, _ in items], image_transform(params.get("transform", "res256crop224")),
+    x = _read_images([p for p, _ in items], image_transform(params.get("transform", DEFAULT_IMAGENET_PREPROCESSING)),
                      crop_border=int(params.get("crop_border", 2)))
     return x, torch.tensor([c for _, c in items], dtype=torch.int64)
 

@@ -28,6 +28,13 @@ DEFAULT_REGISTRY = REPO_ROOT / "registry"
 KINDS = ("models", "shifts", "threats", "suites")
 LP_NORMS = ("Linf", "L2", "L1")
 MODEL_SOURCES = ("builtin", "robustbench", "python", "file")
+# How ImageNet-sized images become a model's 224-ish inputs (a model entry's ``preprocessing``).
+# The first four are robustbench 1.1.1's PREPROCESSINGS (robustbench/data.py); robustbench derives
+# the last from timm's config of the Debenedetti2022Light XCiT models (bicubic, crop_pct 1.0, 224).
+IMAGENET_PREPROCESSINGS = ("Res256Crop224", "BicubicRes256Crop224", "Crop288", "Res224", "BicubicRes224Crop224")
+DEFAULT_IMAGENET_PREPROCESSING = "Res256Crop224"  # robustbench's default for ImageNet
+# A loader shift's ``params.transform``: a fixed transform, or ``model`` (the model's preprocessing).
+SHIFT_TRANSFORMS = ("model", "res256crop224", "crop224", "res32", "none", *IMAGENET_PREPROCESSINGS)
 
 
 class RegistryError(ValueError):
@@ -70,6 +77,7 @@ class ModelSpec:
     sha256: str | None = None
     arch_args: Mapping[str, Any] = field(default_factory=FrozenMap)
     threat_model: str | None = None  # robustbench: Linf | L2 | corruptions
+    preprocessing: str | None = None  # ImageNet models: one of IMAGENET_PREPROCESSINGS (default Res256Crop224)
     train: Mapping[str, Any] = field(default_factory=FrozenMap)  # recipe for `shiftbench zoo train`
     reference: str | None = None  # paper / URL
     notes: str | None = None
@@ -270,6 +278,15 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             )
         if spec.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
             raise RegistryError(path, "sha256", "expected 64 lowercase hex digits")
+        if spec.preprocessing is not None:
+            if spec.preprocessing not in IMAGENET_PREPROCESSINGS:
+                close = difflib.get_close_matches(spec.preprocessing, IMAGENET_PREPROCESSINGS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise RegistryError(path, "preprocessing", f"unknown preprocessing {spec.preprocessing!r}{hint}; "
+                                    f"allowed: {', '.join(IMAGENET_PREPROCESSINGS)}")
+            if spec.dataset != "imagenet":
+                raise RegistryError(path, "preprocessing", "only ImageNet models take a preprocessing (CIFAR and "
+                                    f"digits images are used at their own size), this model is for '{spec.dataset}'")
         if spec.source_kind in ("builtin", "file"):
             if not spec.weights:
                 raise RegistryError(path, "weights", f"a {spec.source_kind} model needs a weights file")
@@ -283,6 +300,9 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
     if kind == "shifts":
         if not all(1 <= s <= 5 for s in spec.severities):
             raise RegistryError(path, "severities", "severities are integers 1..5")
+        transform = spec.params.get("transform")
+        if spec.source.startswith("loader:") and transform is not None and transform not in SHIFT_TRANSFORMS:
+            raise RegistryError(path, "params", f"unknown transform {transform!r}; allowed: {', '.join(SHIFT_TRANSFORMS)}")
 
 
 def load_yaml(path: Path) -> Any:

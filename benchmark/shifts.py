@@ -54,9 +54,17 @@ def shift_seed(spec: ShiftSpec, severity: int | None, seed: int) -> int:
 
 
 def load_shift(spec: ShiftSpec, severity: int | None = None, *, seed: int = 0,
-               data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shifted test images and labels (labels in the ID class space)."""
-    key = (spec, severity, seed, str(data_dir) if data_dir else None)
+               data_dir: str | Path | None = None,
+               preprocessing: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shifted test images and labels (labels in the ID class space).
+
+    ``preprocessing`` is the evaluated model's (ImageNet models); it matters only for entries
+    that defer to it (``params.transform: model``) and for synthetic shifts of ImageNet."""
+    if spec.source.startswith("synthetic:"):
+        preprocessing = preprocessing if spec.dataset == "imagenet" else None
+    elif dict(spec.params).get("transform") != "model":
+        preprocessing = None  # a fixed transform: one cached copy serves every model
+    key = (spec, severity, seed, str(data_dir) if data_dir else None, preprocessing)
     hit = _CACHE.get(key)
     if hit is None:
         hit = _load_shift_uncached(*key)
@@ -91,7 +99,7 @@ class _ByteLRU:
 _CACHE = _ByteLRU(int(os.environ.get("SHIFTBENCH_SHIFT_CACHE_MB", "1024")) * 2**20)
 
 
-def _load_shift_uncached(spec: ShiftSpec, severity, seed, data_dir):
+def _load_shift_uncached(spec: ShiftSpec, severity, seed, data_dir, preprocessing):
     kind, _, name = spec.source.partition(":")
     if spec.severities and severity not in spec.severities:
         raise ValueError(f"shift '{spec.id}' has severities {list(spec.severities)}, not {severity}")
@@ -101,7 +109,7 @@ def _load_shift_uncached(spec: ShiftSpec, severity, seed, data_dir):
         if spec.dataset == "digits":
             x, y = datasets.digits("test")
         else:
-            xt, yt = datasets.load_id(spec.dataset, "test", data_dir)
+            xt, yt = datasets.load_id(spec.dataset, "test", data_dir, preprocessing)
             x, y = xt.numpy(), yt.numpy()
         out = fn(x, severity, rng, **dict(spec.params))
         return datasets.to_tensor(np.clip(out, 0, 1).astype(np.float32), y)
@@ -112,7 +120,7 @@ def _load_shift_uncached(spec: ShiftSpec, severity, seed, data_dir):
     if kind == "loader":
         from . import loaders
 
-        return loaders.load_shift(spec, severity, datasets.data_root(data_dir))
+        return loaders.load_shift(spec, severity, datasets.data_root(data_dir), preprocessing)
     raise ValueError(f"{spec.path}: key 'source': unknown shift source kind '{kind}'")
 
 

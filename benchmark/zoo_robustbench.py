@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .models import WeightsError, verified_state_dict
-from .registry import DEFAULT_REGISTRY, ModelSpec, Registry, RegistryError
+from .registry import DEFAULT_REGISTRY, IMAGENET_PREPROCESSINGS, ModelSpec, Registry, RegistryError
 
 GENERATED_THREATS = (("cifar10", "Linf"), ("cifar10", "L2"), ("cifar100", "Linf"), ("imagenet", "Linf"))
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
@@ -215,17 +216,53 @@ def _buildable(entry: dict, name: str, dataset: str, threat: str) -> tuple[bool,
     return True, f"{type(inner).__name__} ({n / 1e6:.1f}M params)", ""
 
 
+def robustbench_preprocessing(entry: dict, name: str, dataset: str, threat: str) -> str | None:
+    """The preprocessing robustbench 1.1.1 feeds a model (``robustbench.data.get_preprocessing``):
+    its zoo entry's ``preprocessing``, or for timm-hosted models the one derived from timm's config
+    (resize floor(size / crop_pct) with timm's interpolation, center crop size).  None off ImageNet."""
+    if dataset != "imagenet":
+        return None
+    if entry.get("preprocessing"):
+        prep = entry["preprocessing"]
+    else:
+        import timm
+
+        tname = timm_name(name, dataset, threat)
+        cfg = timm.models.get_pretrained_cfg(tname) if timm.is_model(tname) else None
+        if cfg is None:
+            raise ValueError(f"robustbench gives {dataset}/{threat}/{name} no preprocessing and timm has no config "
+                             f"'{tname}' to derive one from")
+        size = int(cfg.input_size[1])
+        scale = int(math.floor(size / cfg.crop_pct))  # as robustbench.data.get_timm_model_preprocessing
+        interp = {"bicubic": "Bicubic", "bilinear": ""}.get(cfg.interpolation, cfg.interpolation)
+        prep = f"{interp}Res{scale}Crop{size}"
+    if prep not in IMAGENET_PREPROCESSINGS:
+        raise ValueError(f"robustbench preprocesses {dataset}/{threat}/{name} with {prep!r}, which shiftbench does "
+                         f"not implement (known: {', '.join(IMAGENET_PREPROCESSINGS)}); add it to "
+                         "registry.IMAGENET_PREPROCESSINGS and loaders.image_transform")
+    return prep
+
+
 def _yaml_str(s: str) -> str:
     import json
 
     return json.dumps(s)  # JSON strings are valid YAML scalars
 
 
-def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = False) -> dict[str, int]:
-    """Write one YAML per buildable model; return counts per (dataset, threat). Skips are printed."""
+def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = False,
+             only: Sequence[str] | None = None) -> dict[str, int]:
+    """Write one YAML per buildable model; return counts per (dataset, threat). Skips are printed.
+
+    ``only``: ``<dataset>-<threat>`` keys (e.g. ``imagenet-Linf``) to regenerate; default all."""
     model_dicts, BD, TM, _ = _robustbench()
+    known = [f"{d}-{t}" for d, t in GENERATED_THREATS]
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown zoo {', '.join(unknown)}; known: {', '.join(known)}")
     counts: dict[str, int] = {}
     for dataset, threat in GENERATED_THREATS:
+        if only and f"{dataset}-{threat}" not in only:
+            continue
         table = model_dicts[BD(dataset)][TM(threat)]
         folder = Path(out_root) / dataset / "robustbench" / threat
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,15 +278,13 @@ def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = Fals
             if isinstance(entry["gdrive_id"], list):
                 notes.append(f"Ensemble of {len(entry['gdrive_id'])} checkpoints <Name>.pt_m<i>.pt; "
                              "sha256 covers the first.")
-            prep = entry.get("preprocessing")
-            if dataset == "imagenet" and prep and prep != "Res256Crop224":
-                notes.append(f"robustbench preprocesses its inputs with {prep}; shiftbench feeds every ImageNet "
-                             "model Res256Crop224 images, so its numbers can differ from RobustBench's.")
+            prep = robustbench_preprocessing(entry, name, dataset, threat)
             lines = [
                 f"id: {eid}",
                 f"source: robustbench:{name}",
                 f"dataset: {dataset}",
                 f"threat_model: {threat}",
+                *([f"preprocessing: {prep}"] if prep else []),
                 f"architecture: {_yaml_str(arch)}",
                 "training: see reference",
                 f"reference: {MODEL_INFO_URL.format(dataset=dataset, threat=threat, name=name)}",
@@ -271,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("generate", help="write registry/models/<dataset>/robustbench/<threat>/*.yaml")
     g.add_argument("--out", type=Path, default=DEFAULT_REGISTRY / "models", help="the registry's models folder")
     g.add_argument("--quiet", action="store_true")
+    g.add_argument("--only", default=None, help="comma-separated <dataset>-<threat> zoos, e.g. imagenet-Linf")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    counts = generate(args.out, quiet=args.quiet)
+    only = [k.strip() for k in args.only.split(",") if k.strip()] if args.only else None
+    counts = generate(args.out, quiet=args.quiet, only=only)
     for k, v in counts.items():
         print(f"{k}: {v} entries")
     return 0

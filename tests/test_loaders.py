@@ -146,6 +146,68 @@ def test_imagenet_id_uses_robustbench_list(tmp_path):
         loaders.load_id("imagenet", "test", tmp_path)
 
 
+def _rb_preprocessings() -> dict:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from robustbench.data import PREPROCESSINGS
+    return PREPROCESSINGS
+
+
+def _imagenet_val(root: Path, names: list[str]) -> None:
+    """ILSVRC2012 validation files in the layout RobustBench reads: val/<wnid>/ILSVRC2012_val_*.JPEG."""
+    sizes = [(500, 375), (375, 500), (300, 260), (260, 300), (640, 480), (250, 200)]  # some below 288
+    for name, size in zip(names, sizes * len(names)):
+        _png(root / "val" / name, size, fmt="JPEG")
+
+
+def test_imagenet_id_val_folder_with_model_preprocessing(tmp_path, monkeypatch):
+    """The ID set read from a val/ folder in the real layout, with each model's preprocessing,
+    pixel for pixel as robustbench 1.1.1 builds it.  The real list has 5,000 files; the test writes
+    the first six of them and reads the list's first six."""
+    names = loaders.robustbench_imagenet_list()[:6]
+    _imagenet_val(tmp_path, names)
+    monkeypatch.setattr(loaders, "robustbench_imagenet_list", lambda: list(names))
+    rb = _rb_preprocessings()
+    x, y = loaders.load_id("imagenet", "test", tmp_path)  # no preprocessing given: Res256Crop224
+    _ok(x, y, (3, 224, 224))
+    assert y.tolist() == [WNIDS[n.split("/")[0]] for n in names]
+    for prep in ("Res256Crop224", "BicubicRes256Crop224", "Crop288", "Res224"):
+        xp, yp = loaders.load_id("imagenet", "test", tmp_path, prep)
+        assert torch.equal(yp, y)
+        for i in (0, 5):  # a large image and one smaller than 288 (Crop288 pads it, as robustbench does)
+            with Image.open(tmp_path / "val" / names[i]) as im:
+                want = rb[prep](im.convert("RGB"))
+            torch.testing.assert_close(xp[i], want, rtol=0, atol=0)
+        if prep == "Res256Crop224":
+            assert torch.equal(xp, x)
+    assert loaders.load_id("imagenet", "test", tmp_path, "Crop288")[0].shape[-1] == 288
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        loaders.load_id("imagenet", "test", tmp_path, "Crop256")
+    (tmp_path / "val" / names[2]).unlink()
+    with pytest.raises(loaders.DataMissingError, match=names[2]):
+        loaders.load_id("imagenet", "test", tmp_path)
+
+
+def test_timm_derived_preprocessing_matches_robustbench():
+    """robustbench derives the XCiT models' preprocessing from timm's config; ours is the same."""
+    import warnings
+
+    from benchmark import zoo_robustbench
+
+    model_dicts, BD, TM, _ = zoo_robustbench._robustbench()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from robustbench.data import get_preprocessing
+    name = "Debenedetti2022Light_XCiT-S12"
+    entry = model_dicts[BD("imagenet")][TM("Linf")][name]
+    assert zoo_robustbench.robustbench_preprocessing(entry, name, "imagenet", "Linf") == "BicubicRes224Crop224"
+    img = Image.fromarray(RNG.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    want = get_preprocessing(BD("imagenet"), TM("Linf"), name, None)(img)
+    torch.testing.assert_close(loaders.image_transform("BicubicRes224Crop224")(img), want, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- shifts (real entries)
 def test_cifar10_natural_shifts(root):
     x, y = load_shift(REAL.shift("cifar10.1"), None, data_dir=root)
@@ -186,6 +248,43 @@ def test_imagenet_folders_and_class_maps(root):
             assert subset == [[i] for i in sorted(idx)]
         else:
             assert subset is None
+        assert spec.params["transform"] == "model"  # read with the evaluated model's preprocessing
+        x288, y288 = load_shift(spec, None, data_dir=root, preprocessing="Crop288")
+        assert x288.shape[-2:] == (288, 288) and torch.equal(y288, y)
+        assert torch.equal(load_shift(spec, None, data_dir=root, preprocessing="Res256Crop224")[0], x)
+
+
+def test_cells_read_imagenet_with_the_models_preprocessing(root, monkeypatch):
+    """The evaluator's path: a cell's data depends on its model's preprocessing (ImageNet only),
+    ImageNet-C is used as published (224 x 224) for every model, and results record it."""
+    from benchmark.evaluate import Outcome, cell_data, cell_preprocessing, result_payload
+    from benchmark.plan import Cell
+    from benchmark.registry import ModelSpec
+
+    monkeypatch.setenv("SHIFTBENCH_DATA", str(root))  # cell_data without data_dir reads $SHIFTBENCH_DATA
+    threat = REAL.threat("imagenet-linf-4")
+
+    def model(prep):
+        return ModelSpec(id=f"m-{prep}", source="python:x:y", dataset="imagenet", architecture="x",
+                         training="x", preprocessing=prep)
+
+    sketch = REAL.shift("imagenet-sketch")
+    cells = {p: Cell("imagenet-linf", model(p), sketch, None, threat, "dataset", 3, 0)
+             for p in ("Res224", "Crop288", None)}
+    shapes = {p: tuple(cell_data(c)[0].shape[-2:]) for p, c in cells.items()}
+    assert shapes == {"Res224": (224, 224), "Crop288": (288, 288), None: (224, 224)}
+    assert [cell_preprocessing(c) for c in cells.values()] == ["Res224", "Crop288", "Res256Crop224"]
+    assert len({c.key for c in cells.values()}) == 3  # the model entry's preprocessing is in the cell hash
+    base = REAL.shift("imagenet-c-fog")
+    imc = dataclasses.replace(base, params=FrozenMap({**base.params, "image_list": "imagenet_list.txt"}))
+    c288 = Cell("imagenet-linf", model("Crop288"), imc, 1, threat, "dataset", 4, 0)
+    assert cell_preprocessing(c288) == "crop224" and cell_data(c288)[0].shape[-1] == 224
+    n = 3
+    out = Outcome(np.ones(n, bool), np.zeros(n, bool), 0.0, 0.0, {})
+    assert result_payload(cells["Crop288"], out, "apgd-mm")["preprocessing"] == "Crop288"
+    assert result_payload(c288, out, "apgd-mm")["preprocessing"] == "crop224"
+    cifar = Cell("cifar10-linf", REAL.model("autoattack-resnet18"), None, None, REAL.threat("cifar10-linf-8"), "id", 3, 0)
+    assert cell_preprocessing(cifar) is None
 
 
 def test_imagenet_c_list_and_severity(root):

@@ -52,9 +52,15 @@ def test_generated_zoo_entries_name_real_robustbench_models():
         entries = [m for m in REAL.entries["models"].values()
                    if m.source_kind == "robustbench" and m.dataset == ds and m.threat_model == tm]
         assert entries, (ds, tm)
+        table = model_dicts[BD(ds)][TM(tm)]
         for m in entries:
             assert m.id == zoo_robustbench.entry_id(ds, tm, m.source_target)
-            assert m.source_target in model_dicts[BD(ds)][TM(tm)]
+            assert m.source_target in table
+            # ImageNet entries carry the preprocessing robustbench feeds the model; others none
+            want = zoo_robustbench.robustbench_preprocessing(table[m.source_target], m.source_target, ds, tm)
+            assert m.preprocessing == want and (want is not None) == (ds == "imagenet"), m.id
+            if table[m.source_target].get("preprocessing"):
+                assert m.preprocessing == table[m.source_target]["preprocessing"]
 
 
 def test_autoattack_resnet18_loads_offline_with_checked_sha():

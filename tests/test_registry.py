@@ -52,6 +52,8 @@ def test_tiny_registry_loads(tiny_registry):
         ("threats/tiny-linf.yaml", {"eps": "eight"}, "eps", "fraction"),
         ("threats/tiny-linf.yaml", {"norm": "Lfoo"}, "norm", "norm in"),
         ("threats/tiny-linf.yaml", {"eps": True}, "eps", "expected a number"),
+        ("models/digits/tiny.yaml", {"preprocessing": "Res256Crop224"}, "preprocessing", "only ImageNet models"),
+        ("models/digits/tiny.yaml", {"preprocessing": "res256crop224"}, "preprocessing", "did you mean 'Res256Crop224'"),
         ("shifts/digits/gaussian_noise.yaml", {"severities": [1, 9]}, "severities", "1..5"),
         ("suites/tiny.yaml", {"dataset_shifts": ["gausian_noise"]}, "dataset_shifts", "did you mean 'gaussian_noise'"),
         ("suites/tiny.yaml", {"id_threat": "nope"}, "id_threat", "no threat named"),
@@ -121,3 +123,13 @@ def test_parse_eps(raw, value):
 def test_content_hash_is_order_independent():
     assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
     assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_imagenet_preprocessing_names_are_validated(tiny_registry):
+    path = tiny_registry / "models" / "digits" / "tiny.yaml"
+    edit(path, dataset="imagenet", preprocessing="Crop288")
+    assert Registry(tiny_registry).model("tiny").preprocessing == "Crop288"
+    edit(path, preprocessing="Crop256")
+    with pytest.raises(RegistryError, match="unknown preprocessing 'Crop256'.*allowed: Res256Crop224") as err:
+        Registry(tiny_registry)
+    assert err.value.key == "preprocessing" and str(path) in str(err.value)
