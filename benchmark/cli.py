@@ -7,6 +7,7 @@
     shiftbench zoo train [--models PAT]
     shiftbench show-shifts --suite digits --out FILE.png
     shiftbench calibrate --suite digits
+    shiftbench verify-archives --suite cifar10-linf [--shifts PAT] [--archive-dir DIR]
 """
 from __future__ import annotations
 
@@ -143,6 +144,22 @@ def cmd_show_shifts(args) -> int:
     return showshifts.main(args)
 
 
+def cmd_verify_archives(args) -> int:
+    from . import archives, datasets
+
+    r = _registry(args)
+    suite = r.suite(args.suite)
+    folder = Path(args.archive_dir) if args.archive_dir else datasets.data_root(args.data_dir)
+    checks = archives.verify_suite(r, suite, folder, args.shifts, report=lambda c: print(c.describe(), flush=True))
+    if not checks:
+        print(f"no archive with a published checksum for suite {args.suite}"
+              + (f" and shifts {args.shifts}" if args.shifts else "") + "; see docs/real-suites.md", file=sys.stderr)
+        return 0
+    bad = [c for c in checks if c.status != "ok"]
+    print(f"{len(checks) - len(bad)} of {len(checks)} archives verified in {folder}", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def cmd_calibrate(args) -> int:
     from . import calibrate
 
@@ -205,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_show_shifts)
+
+    q = sub.add_parser("verify-archives", help="check downloaded dataset archives against their published checksums")
+    q.add_argument("--suite", required=True)
+    q.add_argument("--shifts", default=None, help="patterns over shift ids ('id' is the ID test set)")
+    q.add_argument("--archive-dir", default=None, help="folder holding the downloaded archives (default: the data root)")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_verify_archives)
 
     q = sub.add_parser("calibrate", help="fast attack vs AutoAttack, side by side")
     q.add_argument("--suite", default="digits")

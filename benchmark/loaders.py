@@ -91,7 +91,7 @@ def _digest(path: Path, algo: str) -> str:
 
 
 def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, url: str | None,
-                layout: str | None = None) -> None:
+                layout: str | None = None, hint: str | None = None) -> None:
     """Raise if any listed file is missing (all of them named at once) or has the wrong checksum.
 
     A path ending in ``/`` names a folder that must exist.  Checksums are cached per
@@ -104,7 +104,7 @@ def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, ur
         if not (p.is_dir() if rel.endswith("/") else p.is_file()):
             missing.append(rel)
     if missing:
-        raise DataMissingError(_missing_message(what, root, missing, url, layout))
+        raise DataMissingError(_missing_message(what, root, missing, url, layout, hint))
     for f in files:
         p = root / str(f["path"])
         for algo in ("sha256", "md5"):
@@ -119,13 +119,15 @@ def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, ur
 
 
 def _missing_message(what: str, root: Path, missing: Sequence[str], url: str | None,
-                     layout: str | None) -> str:
+                     layout: str | None, hint: str | None = None) -> str:
     lines = [f"{what}: dataset files missing under the data root {root} (set --data-dir or $SHIFTBENCH_DATA):"]
     lines += [f"  - {m}" for m in missing]
     if url:
         lines.append(f"Get them from {url} (nothing is downloaded automatically).")
     if layout:
         lines.append(f"Expected layout: {layout}")
+    if hint:
+        lines.append(hint)
     lines.append("See docs/real-suites.md.")
     return "\n".join(lines)
 
@@ -336,7 +338,12 @@ def load_shift(spec: ShiftSpec, severity: int | None, root: Path,
         raise KeyError(f"{spec.path}: key 'source': unknown loader format '{fmt}' (known: {', '.join(FORMATS)})")
     if spec.severities and severity not in spec.severities:
         raise ValueError(f"{spec.path}: shift '{spec.id}' has severities {list(spec.severities)}, not {severity}")
-    check_files(spec.files, root, what=f"{spec.path or spec.id}", url=spec.url, layout=spec.layout)
+    hint = None
+    if spec.archives:
+        names = ", ".join(str(a["name"]) for a in spec.archives)
+        hint = (f"Before extracting, check the download ({names}) against its published checksums: "
+                f"shiftbench verify-archives --suite <suite> --shifts {spec.id} --archive-dir <folder>")
+    check_files(spec.files, root, what=f"{spec.path or spec.id}", url=spec.url, layout=spec.layout, hint=hint)
     params = dict(spec.params)
     if params.get("transform") == MODEL_TRANSFORM:
         params["transform"] = shift_preprocessing(spec, preprocessing)

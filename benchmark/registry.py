@@ -105,7 +105,10 @@ class ShiftSpec:
     severities: tuple[int, ...] = ()  # empty: the shift has no severity levels
     params: Mapping[str, Any] = field(default_factory=FrozenMap)
     url: str | None = None
-    files: tuple[Mapping[str, Any], ...] = ()  # [{path, sha256}] relative to the data root
+    files: tuple[Mapping[str, Any], ...] = ()  # [{path, sha256|md5}] relative to the data root
+    # the downloads ``files`` are extracted from: [{name, url, size, md5|sha256, source}], checked by
+    # `shiftbench verify-archives`; ``source`` says where each checksum was published
+    archives: tuple[Mapping[str, Any], ...] = ()
     layout: str | None = None  # human-readable folder layout expected
     label_map: str | None = None  # how labels map to the ID classes (e.g. imagenet-r-200)
     mask_logits: bool = False  # evaluate on the subset's classes only
@@ -300,9 +303,52 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
     if kind == "shifts":
         if not all(1 <= s <= 5 for s in spec.severities):
             raise RegistryError(path, "severities", "severities are integers 1..5")
+        for i, f in enumerate(spec.files):
+            check_file_item(f, path, f"files[{i}]")
+        for i, a in enumerate(spec.archives):
+            check_archive_item(a, path, f"archives[{i}]")
         transform = spec.params.get("transform")
         if spec.source.startswith("loader:") and transform is not None and transform not in SHIFT_TRANSFORMS:
             raise RegistryError(path, "params", f"unknown transform {transform!r}; allowed: {', '.join(SHIFT_TRANSFORMS)}")
+
+
+FILE_KEYS = ("path", "sha256", "md5")
+ARCHIVE_KEYS = ("name", "url", "size", "md5", "sha256", "source")
+_HEX = {"md5": 32, "sha256": 64}
+
+
+def _check_keys(item: Any, allowed: tuple[str, ...], required: tuple[str, ...], path: Path, key: str) -> None:
+    if not isinstance(item, Mapping):
+        raise RegistryError(path, key, f"expected a mapping with keys {', '.join(allowed)}, got {item!r}")
+    unknown = sorted(set(item) - set(allowed))
+    if unknown:
+        raise RegistryError(path, key, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    for k in required:
+        if not isinstance(item.get(k), str) or not item[k].strip():
+            raise RegistryError(path, key, f"needs '{k}' (a non-empty string)")
+    for algo, n in _HEX.items():
+        v = item.get(algo)
+        if v is not None and not (isinstance(v, str) and re.fullmatch(f"[0-9a-f]{{{n}}}", v)):
+            raise RegistryError(path, key, f"{algo} {v!r}: expected {n} lowercase hex digits")
+
+
+def check_file_item(item: Any, path: Path, key: str) -> None:
+    """A shift entry's ``files`` item: ``path`` under the data root, optional ``sha256``/``md5``."""
+    _check_keys(item, FILE_KEYS, ("path",), path, key)
+
+
+def check_archive_item(item: Any, path: Path, key: str) -> None:
+    """A shift entry's ``archives`` item: the file ``name`` as downloaded from ``url``, at least one
+    published checksum (``md5``, ``sha256``), optional ``size`` in bytes, and ``source``: where the
+    checksums were published (never a checksum computed by us from an unverified copy)."""
+    _check_keys(item, ARCHIVE_KEYS, ("name", "url", "source"), path, key)
+    if "/" in item["name"] or "\\" in item["name"]:
+        raise RegistryError(path, key, f"name {item['name']!r}: a plain file name, as downloaded")
+    if not (item.get("md5") or item.get("sha256")):
+        raise RegistryError(path, key, f"archive '{item['name']}' needs a published md5 or sha256")
+    size = item.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise RegistryError(path, key, f"size {size!r}: expected a positive number of bytes")
 
 
 def load_yaml(path: Path) -> Any:

@@ -135,6 +135,8 @@ def test_missing_dataset_lists_files_and_url(tmp_path):
         load_shift(REAL.shift("cifar10.1"), None, data_dir=tmp_path / "x")
     msg = str(e.value)
     assert "cifar10.1_v6_data.npy" in msg and "cifar10.1_v6_labels.npy" in msg and "modestyachts" in msg
+    with pytest.raises(loaders.DataMissingError, match="CIFAR-10-C.tar.*verify-archives .* --shifts cifar10-c-fog"):
+        load_shift(REAL.shift("cifar10-c-fog"), 1, data_dir=tmp_path / "x")
 
 
 def test_imagenet_id_uses_robustbench_list(tmp_path):
@@ -209,8 +211,15 @@ def test_timm_derived_preprocessing_matches_robustbench():
 
 
 # --------------------------------------------------------------------------- shifts (real entries)
+def without_checksums(spec: ShiftSpec) -> ShiftSpec:
+    """The entry with its files' published checksums dropped: fake files cannot match them."""
+    return dataclasses.replace(spec, files=tuple(FrozenMap(path=f["path"]) for f in spec.files))
+
+
 def test_cifar10_natural_shifts(root):
-    x, y = load_shift(REAL.shift("cifar10.1"), None, data_dir=root)
+    with pytest.raises(loaders.DataChecksumError, match="cifar10.1_v6_data.npy has sha256"):
+        load_shift(REAL.shift("cifar10.1"), None, data_dir=root)  # the published sha256 is enforced
+    x, y = load_shift(without_checksums(REAL.shift("cifar10.1")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [0, 1, 2, 3, 4, 9]
     x, y = load_shift(REAL.shift("cifar10.2"), None, data_dir=root)

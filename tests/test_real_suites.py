@@ -109,6 +109,10 @@ def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, monkeypatch):
     for sub in ("models/cifar10/autoattack-resnet18.yaml", "suites/cifar10-linf.yaml"):
         (reg_root / sub).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REAL.root / sub, reg_root / sub)
+    c101 = reg_root / "shifts" / "cifar10" / "cifar10.1.yaml"  # fake files: drop the published sha256
+    entry = yaml.safe_load(c101.read_text())
+    entry["files"] = [{"path": f["path"]} for f in entry["files"]]
+    c101.write_text(yaml.safe_dump(entry))
     threat = reg_root / "threats" / "cifar10" / "cifar10-linf-8.yaml"
     t = yaml.safe_load(threat.read_text())
     t.update(attack="pgd", attack_args={"steps": 5})
