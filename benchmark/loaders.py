@@ -364,8 +364,20 @@ def _npy_pair(spec: ShiftSpec, severity, root: Path, params: dict):
 
 
 def _npz(spec: ShiftSpec, severity, root: Path, params: dict):
-    with np.load(root / _param(spec, params, "file"), allow_pickle=False) as d:
-        x, y = d[params.get("images_key", "images")], d[params.get("labels_key", "labels")]
+    """Two arrays of an ``.npz``.  Members are read lazily, so other members (CIFAR-10.2 also
+    ships label names, Tiny Images indices and keywords) are never loaded, and never unpickled."""
+    path = root / _param(spec, params, "file")
+    keys = params.get("images_key", "images"), params.get("labels_key", "labels")
+    with np.load(path, allow_pickle=False) as d:
+        absent = [k for k in keys if k not in d.files]
+        if absent:
+            raise ValueError(f"{spec.path}: {path} has no array(s) {', '.join(absent)} (it holds "
+                             f"{', '.join(d.files)}); expected layout: {spec.layout}")
+        try:
+            x, y = d[keys[0]], d[keys[1]]
+        except ValueError as exc:  # an object array: would need pickle, which downloads never get
+            raise ValueError(f"{spec.path}: {path}: {exc}; shiftbench does not unpickle downloaded files. "
+                             f"Expected layout: {spec.layout}") from None
     return _to_nchw(x, spec.id), _labels(y)
 
 

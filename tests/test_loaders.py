@@ -24,6 +24,7 @@ REAL = Registry(check_files=False)  # other suites' weights may not be trained y
 WNIDS = loaders.imagenet_wnid_to_index()
 SOME_WNIDS = ["n01440764", "n01443537", "n02119789", "n09468604"]  # indices 0, 1, ..., ...
 RNG = np.random.default_rng(0)
+CIFAR10_NAMES = list(loaders.CIFAR10_CLASSES)
 
 
 def _png(path: Path, size: tuple[int, int], value: int | None = None, fmt: str = "PNG") -> None:
@@ -51,9 +52,12 @@ def root(tmp_path_factory) -> Path:
     (r / "CIFAR-10.1").mkdir()
     np.save(r / "CIFAR-10.1" / "cifar10.1_v6_data.npy", RNG.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
     np.save(r / "CIFAR-10.1" / "cifar10.1_v6_labels.npy", np.array([0, 1, 2, 3, 4, 9]))
-    (r / "CIFAR-10.2").mkdir()
+    (r / "CIFAR-10.2").mkdir()  # the published .npz keys (README of modestyachts/cifar-10.2)
+    keywords = np.empty(5, dtype=object)  # an object array: loading it would need pickle
+    keywords[:] = ["jetliner", "tractor", "tabby", "mare", "sedan"]
     np.savez(r / "CIFAR-10.2" / "cifar102_test.npz", images=RNG.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
-             labels=np.array([9, 8, 7, 6, 5]))
+             labels=np.array([9, 8, 7, 6, 5], dtype=np.int64), label_names=np.array(CIFAR10_NAMES),
+             ti_indices=np.arange(5, dtype=np.int64), keywords=keywords)
     for cls in ("airplane", "truck"):  # two ImageNet-origin images and one CIFAR-origin per class
         for name in ("n0000_1.png", "n0000_2.png", "cifar10-train-1.png"):
             _png(r / "CINIC-10" / "test" / cls / name, (32, 32))
@@ -222,15 +226,35 @@ def test_cifar10_natural_shifts(root):
     x, y = load_shift(without_checksums(REAL.shift("cifar10.1")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [0, 1, 2, 3, 4, 9]
-    x, y = load_shift(REAL.shift("cifar10.2"), None, data_dir=root)
+    x, y = load_shift(REAL.shift("cifar10.2"), None, data_dir=root)  # never touches the pickled keywords
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [9, 8, 7, 6, 5]
+    with np.load(root / "CIFAR-10.2" / "cifar102_test.npz") as d:
+        assert "keywords" in d.files
+        np.testing.assert_allclose(x.numpy(), d["images"].transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
     x, y = load_shift(REAL.shift("cinic10"), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [0, 0, 9, 9]  # the cifar10-* files are left out
     x, y = load_shift(REAL.shift("cifar10-r"), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [2, 8]
+
+
+def test_cifar102_refuses_pickled_arrays_and_says_how_to_convert(tmp_path):
+    spec = REAL.shift("cifar10.2")
+    (tmp_path / "CIFAR-10.2").mkdir()
+    images = np.empty(2, dtype=object)  # images stored as objects would need pickle: refused
+    images[:] = [np.zeros((32, 32, 3), np.uint8)] * 2
+    np.savez(tmp_path / "CIFAR-10.2" / "cifar102_test.npz", images=images, labels=np.array([0, 1]))
+    with pytest.raises(ValueError, match="does not unpickle downloaded files"):
+        load_shift(spec, None, data_dir=tmp_path)
+    np.savez(tmp_path / "CIFAR-10.2" / "cifar102_test.npz", data=np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="no array.s. images, labels"):
+        load_shift(spec, None, data_dir=tmp_path)
+    (tmp_path / "CIFAR-10.2" / "cifar102_test.npz").unlink()
+    with pytest.raises(loaders.DataMissingError) as e:  # an old .npy copy: the message has the one-line conversion
+        load_shift(spec, None, data_dir=tmp_path)
+    assert "np.savez('cifar102_test.npz', images=d['images'], labels=d['labels'])" in str(e.value)
 
 
 @pytest.mark.parametrize("sid", ["cifar10-c-fog", "cifar100-c-jpeg_compression"])
