@@ -161,8 +161,11 @@ def image_transform(name: str | None) -> Callable[[Any], torch.Tensor]:
     ``Crop288`` (center crop 288, no resize), ``Res224`` (resize to 224 x 224, no crop) and
     ``BicubicRes224Crop224`` (timm's config for the XCiT models).  Fixed transforms of shift entries:
     ``res256crop224`` (= ``Res256Crop224``), ``crop224`` (center crop only: ImageNet-C images are
-    already 224 x 224), ``res32`` (CIFAR-sized re-collections resized to 32 x 32 if needed).
+    already 224 x 224), ``res32`` (CIFAR-sized re-collections resized to 32 x 32 if needed),
+    ``box32`` (PIL box filter to 32 x 32, as CIFAR-10-R's make_cifar-r.py builds its images; a
+    no-op on images it already made).
     """
+    from PIL import Image
     from torchvision import transforms as T
 
     bicubic = T.InterpolationMode.BICUBIC
@@ -175,6 +178,7 @@ def image_transform(name: str | None) -> Callable[[Any], torch.Tensor]:
         "res256crop224": [T.Resize(256), T.CenterCrop(224)],
         "crop224": [T.CenterCrop(224)],
         "res32": [T.Resize((32, 32))],
+        "box32": [T.Lambda(lambda im: im if im.size == (32, 32) else im.resize((32, 32), Image.BOX))],
         None: [],
         "none": [],
     }

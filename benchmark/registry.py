@@ -34,7 +34,7 @@ MODEL_SOURCES = ("builtin", "robustbench", "python", "file")
 IMAGENET_PREPROCESSINGS = ("Res256Crop224", "BicubicRes256Crop224", "Crop288", "Res224", "BicubicRes224Crop224")
 DEFAULT_IMAGENET_PREPROCESSING = "Res256Crop224"  # robustbench's default for ImageNet
 # A loader shift's ``params.transform``: a fixed transform, or ``model`` (the model's preprocessing).
-SHIFT_TRANSFORMS = ("model", "res256crop224", "crop224", "res32", "none", *IMAGENET_PREPROCESSINGS)
+SHIFT_TRANSFORMS = ("model", "res256crop224", "crop224", "res32", "box32", "none", *IMAGENET_PREPROCESSINGS)
 
 
 class RegistryError(ValueError):

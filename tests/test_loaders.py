@@ -61,8 +61,8 @@ def root(tmp_path_factory) -> Path:
     for cls in ("airplane", "truck"):  # two ImageNet-origin images and one CIFAR-origin per class
         for name in ("n0000_1.png", "n0000_2.png", "cifar10-train-1.png"):
             _png(r / "CINIC-10" / "test" / cls / name, (32, 32))
-    for cls in ("bird", "ship"):
-        _png(r / "CIFAR-10-R" / cls / "a.png", (40, 40))  # resized to 32x32
+    for cls in ("bird", "ship"):  # one not yet downsampled, one as make_cifar-r.py leaves it (32x32 PNG)
+        _png(r / "CIFAR-10-R" / cls / "a.png", (40, 40) if cls == "bird" else (32, 32))
     for d, n_cls in (("CIFAR-10-C", 10), ("CIFAR-100-C", 100)):
         (r / d).mkdir()
         per = 4  # 5 severities x 4 images; severity s is filled with the value 10 * s
@@ -238,6 +238,10 @@ def test_cifar10_natural_shifts(root):
     x, y = load_shift(REAL.shift("cifar10-r"), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [2, 8]
+    for i, cls in enumerate(("bird", "ship")):  # the authors' downsampling: PIL box filter to 32x32
+        with Image.open(root / "CIFAR-10-R" / cls / "a.png") as im:
+            want = np.asarray(im.convert("RGB").resize((32, 32), Image.BOX), dtype=np.float32) / 255
+        np.testing.assert_allclose(x[i].permute(1, 2, 0).numpy(), want, atol=1e-6)
 
 
 def test_cifar102_refuses_pickled_arrays_and_says_how_to_convert(tmp_path):
