@@ -40,7 +40,10 @@ def test_real_suites_are_complete():
     assert {"cifar10.1", "cifar10.2", "cinic10", "cifar10-r"} <= set(linf.dataset_shifts)
     kinds = {REAL.threat(t).kind: REAL.threat(t).attack for t in linf.threat_shifts}
     assert kinds["rotation-translation"] == "rotation-translation" and kinds["spatial"] == "spatial-flow"
-    assert kinds["color"] == "color"
+    assert kinds["color"] == "color" and kinds["jpeg"] == "jpeg"
+    l2_kinds = {REAL.threat(t).kind for t in REAL.suite("cifar10-l2").threat_shifts}
+    assert {"rotation-translation", "spatial", "color", "jpeg"} <= l2_kinds
+    assert REAL.threat("cifar10-jpeg").params["eps"] == pytest.approx(57.625 * 0.25 / 2 / 255, abs=1e-5)
     assert REAL.threat(REAL.suite("imagenet-linf").id_threat).eps == pytest.approx(4 / 255)
     masked = {s for s in REAL.suite("imagenet-linf").dataset_shifts if REAL.shift(s).mask_logits}
     assert masked == {"imagenet-a", "imagenet-r", "objectnet"}
