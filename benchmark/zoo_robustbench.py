@@ -12,7 +12,9 @@ machine with network works as is.  ``model_dir`` is the argument, else $SHIFTBEN
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import io
 import math
 import os
 import sys
@@ -29,8 +31,12 @@ from .registry import DEFAULT_REGISTRY, IMAGENET_PREPROCESSINGS, ModelSpec, Regi
 GENERATED_THREATS = (("cifar10", "Linf"), ("cifar10", "L2"), ("cifar100", "Linf"), ("imagenet", "Linf"))
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 MODEL_INFO_URL = "https://github.com/RobustBench/robustbench/blob/master/model_info/{dataset}/{threat}/{name}.json"
-# Ensembles whose parts are not `model.models[i]`: robustbench loads them with bespoke code.
-UNSUPPORTED_ENSEMBLES = ("Bai2023Improving", "Bai2024MixedNUTS")
+# Models whose robustbench constructor downloads torchvision weights (it has no checkpoint of its
+# own): robustbench 1.1.1 builds Standard_R50 as normalize_model(resnet50(pretrained=True)), and
+# torchvision maps pretrained=True to ResNet50_Weights.IMAGENET1K_V1 (handle_legacy_interface).
+# Its file, resnet50-0676ba61.pth, carries the first 8 hex digits of its sha256 in its name (the
+# torch.hub naming convention), which we check when the entry has no full sha256.
+TORCHVISION_WEIGHTS = {("imagenet", "Linf", "Standard_R50"): ("resnet50", "ResNet50_Weights", "IMAGENET1K_V1")}
 
 
 def _robustbench():
@@ -130,6 +136,8 @@ def load(spec: ModelSpec, registry: Registry | None, model_dir: str | Path | Non
         model.load_state_dict(_load_checkpoint(path, spec.sha256, spec))
         return model.eval()
     gid = entry["gdrive_id"]
+    if (spec.dataset, threat, name) in TORCHVISION_WEIGHTS:
+        return _load_torchvision(spec, name, threat, path)
     if not gid:
         raise WeightsError(f"{spec.path}: robustbench model '{name}' has no checkpoint of its own (its "
                            "constructor downloads pretrained weights at build time); it cannot run offline")
@@ -158,24 +166,103 @@ def _keys_match(model: nn.Module, state: dict) -> bool:
     return len(own & set(state)) >= 0.5 * max(1, len(state))
 
 
+def torchvision_weights_paths(spec: ModelSpec, path: Path) -> list[Path]:
+    """Where a torchvision-weights model's file may be: our cache layout, then the torch hub cache
+    (``<torch hub dir>/checkpoints/<file>``, where robustbench's constructor would download it)."""
+    arch, enum, member = TORCHVISION_WEIGHTS[(spec.dataset, str(spec.threat_model), spec.source_target)]
+    import torchvision.models as tvm
+
+    url = getattr(tvm, enum)[member].url
+    return [path, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]]
+
+
+def _load_torchvision(spec: ModelSpec, name: str, threat: str, path: Path) -> nn.Module:
+    import re
+
+    import torchvision.models as tvm
+    from robustbench.model_zoo.architectures.utils_architectures import normalize_model
+    from robustbench.model_zoo.imagenet import mu, sigma
+
+    arch, enum, member = TORCHVISION_WEIGHTS[(spec.dataset, threat, name)]
+    url = getattr(tvm, enum)[member].url
+    candidates = torchvision_weights_paths(spec, path)
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise WeightsError(
+            f"{spec.path}: weights for robustbench model '{name}' not found; looked for "
+            + " and ".join(str(p) for p in candidates) + ".\nNothing is downloaded at run time. robustbench builds "
+            f"this model from torchvision's {enum}.{member}: on a machine with network run "
+            f"torchvision.models.{arch}(weights='{member}') (it fills the torch hub cache) or download {url}, "
+            f"then copy the file to {candidates[0]}. See docs/real-suites.md.")
+    if spec.sha256 is None:  # the hub file name's sha256 prefix, as torch.hub's check_hash uses it
+        prefix = re.search(r"-([a-f0-9]{8,})\.", url.rsplit("/", 1)[-1]).group(1)
+        from .registry import sha256_file
+
+        got = sha256_file(found)
+        if not got.startswith(prefix):
+            raise WeightsError(f"{spec.path}: {found} has sha256 {got}, but torchvision's file name {url} says it "
+                               f"starts with {prefix}; the file is corrupt or different: re-download it")
+    state = _load_checkpoint(found, spec.sha256, spec)
+    model = normalize_model(getattr(tvm, arch)(weights=None), mu, sigma)
+    model.model.load_state_dict(state)
+    return model.eval()
+
+
+def _ensemble_targets(model: nn.Module, name: str, n: int) -> list:
+    """Where each checkpoint ``<Name>.pt_m<i>.pt`` of an ensemble goes, as robustbench.utils.load_model
+    puts it: plain ensembles into ``model.models[i]``; Bai2023Improving's two base models into
+    ``comp_model.models[0/1]`` and its third file's ``model``/``bn`` into the mixing network and its
+    batch norm; Bai2024MixedNUTS's files into ``std_model`` and ``rob_model``."""
+    if name.startswith("Bai2023Improving"):
+        cm = model.comp_model
+        return [(cm.models, 0, None), (cm.models, 1, None), (cm, "policy_net", "model"), (cm, "bn", "bn")]
+    if name.startswith("Bai2024MixedNUTS"):
+        return [(model, "std_model", None), (model, "rob_model", None)]
+    return [(model.models, i, None) for i in range(n)]
+
+
 def _load_ensemble(spec: ModelSpec, entry: dict, name: str, path: Path, dataset, rb_utils) -> nn.Module:
-    if name.startswith(UNSUPPORTED_ENSEMBLES):
-        raise WeightsError(f"{spec.path}: robustbench model '{name}' is a mixed ensemble that robustbench loads "
-                           "with bespoke code; shiftbench does not support it yet (wrap it with a python: entry)")
     parts = [Path(f"{path}_m{i}.pt") for i in range(len(entry["gdrive_id"]))]
     absent = [p for p in parts if not p.is_file()]
     if absent:
-        raise _missing(spec, absent[0], f"run robustbench.utils.load_model('{name}', dataset='{spec.dataset}', "
-                                        f"threat_model='{spec.threat_model}', model_dir='models') (it writes "
-                                        f"{len(parts)} files {path.name}_m<i>.pt)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = entry["model"]()
+        raise WeightsError(
+            f"{spec.path}: weights for robustbench model '{name}' not found: "
+            + ", ".join(str(p) for p in absent) + f"\nNothing is downloaded at run time. On a machine with network, run "
+            f"robustbench.utils.load_model('{name}', dataset='{spec.dataset}', threat_model='{spec.threat_model}', "
+            f"model_dir='models') (it writes the {len(parts)} files {path.name}_m<i>.pt), then copy them to "
+            f"{path.parent} (or point --model-dir / $SHIFTBENCH_MODELS at the folder holding "
+            f"{spec.dataset}/{spec.threat_model}/). See docs/real-suites.md.")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # Bai* constructors print
+            warnings.simplefilter("ignore")
+            model = entry["model"]()
+    except Exception as exc:
+        if _needs_cuda(exc):
+            raise WeightsError(f"{spec.path}: {CUDA_ONLY_NOTE} Run it on a machine with a GPU.") from None
+        raise
+    targets = _ensemble_targets(model, name, len(parts))
     for i, p in enumerate(parts):  # sha256 covers the first part only; see the entry's notes
         ckpt = _load_checkpoint(p, spec.sha256 if i == 0 else None, spec)
         state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
         state = rb_utils.rm_substr_from_state_dict(state, "module.")
-        model.models[i] = rb_utils._safe_load_state_dict(model.models[i], name, state, dataset).eval()
+        if name.startswith("Bai2023Improving") and i == 2:  # the mixing network and its output BN
+            for owner, attr, key in targets[2:]:
+                if not isinstance(state, dict) or key not in state:
+                    raise WeightsError(f"{spec.path}: {p} has no '{key}' entry; expected robustbench's "
+                                       f"{name} mixing-network checkpoint")
+                setattr(owner, attr, rb_utils._safe_load_state_dict(getattr(owner, attr), name, state[key], dataset))
+            continue
+        owner, attr, _ = targets[i]
+        if name.startswith("Bai2024MixedNUTS") and attr == "rob_model" and spec.dataset == "imagenet":
+            from timm.models.swin_transformer import checkpoint_filter_fn
+
+            state = rb_utils.add_substr_to_state_dict(checkpoint_filter_fn(state, model.rob_model.model), "model.")
+        part = owner[attr] if isinstance(owner, nn.ModuleList) else getattr(owner, attr)
+        part = rb_utils._safe_load_state_dict(part, name, state, dataset).eval()
+        if isinstance(owner, nn.ModuleList):
+            owner[attr] = part
+        else:
+            setattr(owner, attr, part)
     return model.eval()
 
 
@@ -183,6 +270,27 @@ def _load_ensemble(spec: ModelSpec, entry: dict, name: str, path: Path, dataset,
 def entry_id(dataset: str, threat: str, name: str) -> str:
     """Registry id of a zoo model, e.g. ``rb-cifar10-Linf-Carmon2019Unlabeled``."""
     return f"rb-{dataset}-{threat}-{name}"
+
+
+CUDA_ONLY_NOTE = ("robustbench 1.1.1 builds it only where CUDA is available: its BiT-M constructor "
+                  "(model_zoo/architectures/bit_rn.py) puts its normalisation constants on the GPU.")
+
+
+def _needs_cuda(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, AssertionError)) and ("NVIDIA driver" in text or "CUDA" in text)
+
+
+@contextlib.contextmanager
+def _cuda_calls_stay_on_device():
+    """For the generator's parameter count only: ``Tensor.cuda()`` returns the tensor unchanged, so
+    constructors that call it (robustbench's BiT-M) build on a machine without a GPU."""
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
 
 
 def _buildable(entry: dict, name: str, dataset: str, threat: str) -> tuple[bool, str, str]:
@@ -193,27 +301,39 @@ def _buildable(entry: dict, name: str, dataset: str, threat: str) -> tuple[bool,
     import timm
 
     tname = timm_name(name, dataset, threat)
-    if not entry["gdrive_id"] and not timm.is_model(tname):
+    tv = TORCHVISION_WEIGHTS.get((dataset, threat, name))
+    if not entry["gdrive_id"] and not timm.is_model(tname) and tv is None:
         return False, "", "no checkpoint of its own (constructor downloads weights)"
-    if isinstance(entry["gdrive_id"], list) and name.startswith(UNSUPPORTED_ENSEMBLES):
-        return False, "", "mixed ensemble loaded by bespoke robustbench code"
+
     def build() -> nn.Module:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
+            if tv is not None:  # the constructor would download: build the same net without weights
+                import torchvision.models as tvm
+                from robustbench.model_zoo.architectures.utils_architectures import normalize_model
+                from robustbench.model_zoo.imagenet import mu, sigma
+
+                return normalize_model(getattr(tvm, tv[0])(weights=None), mu, sigma)
             return timm.create_model(tname, pretrained=False) if timm.is_model(tname) else entry["model"]()
 
+    note = ""
     try:
         with torch.device("meta"):
             model = build()
-    except Exception:  # some constructors read tensor values (timm's drop-path schedules): build for real
+    except Exception as first:  # some constructors read tensor values (timm's drop-path schedules): build for real
         try:
-            with torch.no_grad():
-                model = build()
+            if _needs_cuda(first) and not torch.cuda.is_available():
+                note = CUDA_ONLY_NOTE
+                with torch.no_grad(), _cuda_calls_stay_on_device():  # not on meta: it reads tensor values
+                    model = build()
+            else:
+                with torch.no_grad():
+                    model = build()
         except Exception as exc:  # a broken constructor in robustbench 1.1.1
             return False, "", f"constructor fails: {type(exc).__name__}: {str(exc)[:120]}"
     inner = getattr(model, "model", model)
     n = sum(p.numel() for p in model.parameters())
-    return True, f"{type(inner).__name__} ({n / 1e6:.1f}M params)", ""
+    return True, f"{type(inner).__name__} ({n / 1e6:.1f}M params)", note
 
 
 def robustbench_preprocessing(entry: dict, name: str, dataset: str, threat: str) -> str | None:
@@ -268,7 +388,7 @@ def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = Fals
         folder.mkdir(parents=True, exist_ok=True)
         written = set()
         for name, entry in table.items():
-            ok, arch, why = _buildable(entry, name, dataset, threat)
+            ok, arch, why = _buildable(entry, name, dataset, threat)  # why: a note when ok
             if not ok:
                 if not quiet:
                     print(f"skip {dataset}/{threat}/{name}: {why}", file=sys.stderr)
@@ -278,6 +398,13 @@ def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = Fals
             if isinstance(entry["gdrive_id"], list):
                 notes.append(f"Ensemble of {len(entry['gdrive_id'])} checkpoints <Name>.pt_m<i>.pt; "
                              "sha256 covers the first.")
+            if why:
+                notes.append(why)
+            tv = TORCHVISION_WEIGHTS.get((dataset, threat, name))
+            if tv is not None:
+                notes.append(f"robustbench builds it from torchvision's {tv[1]}.{tv[2]} (downloaded by its constructor); "
+                             f"shiftbench reads that file from <model dir>/{dataset}/{threat}/{name}.pt or the torch "
+                             "hub cache and checks the sha256 prefix in torchvision's file name.")
             prep = robustbench_preprocessing(entry, name, dataset, threat)
             lines = [
                 f"id: {eid}",

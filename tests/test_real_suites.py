@@ -66,6 +66,64 @@ def test_generated_zoo_entries_name_real_robustbench_models():
                 assert m.preprocessing == table[m.source_target]["preprocessing"]
 
 
+def test_every_robustbench_model_of_the_generated_zoos_is_an_entry():
+    model_dicts, BD, TM, _ = zoo_robustbench._robustbench()
+    for ds, tm in zoo_robustbench.GENERATED_THREATS:
+        have = {m.source_target for m in REAL.entries["models"].values()
+                if m.source_kind == "robustbench" and m.dataset == ds and m.threat_model == tm}
+        assert have == set(model_dicts[BD(ds)][TM(tm)]), (ds, tm)
+    notes = REAL.model("rb-cifar100-Linf-Bai2023Improving_trades").notes
+    assert "Ensemble of 3 checkpoints" in notes and "CUDA" in notes
+
+
+def _imagenet_spec(name: str, sha: str | None = None) -> ModelSpec:
+    return ModelSpec(id=f"rb-imagenet-Linf-{name}", source=f"robustbench:{name}", dataset="imagenet",
+                     architecture="x", training="x", threat_model="Linf", sha256=sha, path="<test>")
+
+
+def test_standard_r50_reads_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch):
+    """robustbench's constructor would download torchvision's IMAGENET1K_V1 weights; shiftbench reads
+    that file where the download lands and checks the sha256 prefix in its name."""
+    import torchvision
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    with pytest.raises(WeightsError) as e:
+        zoo_robustbench.load(_imagenet_spec("Standard_R50"), REAL, model_dir=tmp_path / "models")
+    msg = str(e.value)
+    assert str(tmp_path / "models" / "imagenet" / "Linf" / "Standard_R50.pt") in msg
+    assert str(hub / "checkpoints" / "resnet50-0676ba61.pth") in msg and "IMAGENET1K_V1" in msg
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet50(weights=None).eval()
+    path = hub / "checkpoints" / "resnet50-0676ba61.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    with pytest.raises(WeightsError, match="starts with 0676ba61"):  # random weights: not torchvision's file
+        zoo_robustbench.load(_imagenet_spec("Standard_R50"), REAL, model_dir=tmp_path / "models")
+    model = zoo_robustbench.load(_imagenet_spec("Standard_R50", sha256_file(path)), REAL, model_dir=tmp_path / "models")
+    x = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref((x - mean) / std))
+
+
+def test_mixed_ensembles_name_every_missing_checkpoint(tmp_path):
+    spec = ModelSpec(id="rb-cifar100-Linf-Bai2023Improving_trades", source="robustbench:Bai2023Improving_trades",
+                     dataset="cifar100", architecture="x", training="x", threat_model="Linf", path="<test>")
+    with pytest.raises(WeightsError) as e:
+        zoo_robustbench.load(spec, REAL, model_dir=tmp_path)
+    msg = str(e.value)
+    for i in range(3):
+        assert str(tmp_path / "cifar100" / "Linf" / f"Bai2023Improving_trades.pt_m{i}.pt") in msg
+    assert "load_model('Bai2023Improving_trades'" in msg
+    if not torch.cuda.is_available():  # robustbench's BiT-M constructor calls .cuda(): say so, do not crash
+        (tmp_path / "cifar100" / "Linf").mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "cifar100" / "Linf" / f"Bai2023Improving_trades.pt_m{i}.pt").write_bytes(b"")
+        with pytest.raises(WeightsError, match="only where CUDA is available"):
+            zoo_robustbench.load(spec, REAL, model_dir=tmp_path)
+
+
 def test_autoattack_resnet18_loads_offline_with_checked_sha():
     spec = REAL.model("autoattack-resnet18")
     path = REAL.weights_path(spec)
