@@ -66,8 +66,9 @@ def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Ten
     from .shifts import load_shift
 
     prep = model_preprocessing(cell.model)
-    if cell.shift is None:
-        x, y = _id_data(cell.model.dataset, str(data_dir) if data_dir else None, prep)
+    if cell.shift is None:  # the data root resolved now, so a changed $SHIFTBENCH_DATA is not served from cache
+        root = None if cell.model.dataset == "digits" else str(datasets.data_root(data_dir))
+        x, y = _id_data(cell.model.dataset, root, prep)
     else:
         x, y = load_shift(cell.shift, cell.severity, seed=cell.seed, data_dir=data_dir, preprocessing=prep)
     idx = torch.from_numpy(datasets.subset(cell.n, len(x), cell.seed))

@@ -64,7 +64,9 @@ def load_shift(spec: ShiftSpec, severity: int | None = None, *, seed: int = 0,
         preprocessing = preprocessing if spec.dataset == "imagenet" else None
     elif dict(spec.params).get("transform") != "model":
         preprocessing = None  # a fixed transform: one cached copy serves every model
-    key = (spec, severity, seed, str(data_dir) if data_dir else None, preprocessing)
+    # the data root is resolved now, so a changed $SHIFTBENCH_DATA is never served from the cache
+    root = None if spec.dataset == "digits" else str(datasets.data_root(data_dir))
+    key = (spec, severity, seed, root, preprocessing)
     hit = _CACHE.get(key)
     if hit is None:
         hit = _load_shift_uncached(*key)
