@@ -162,8 +162,17 @@ def test_robustbench_checkpoint_key_fixes_and_sha(tmp_path):
         zoo_robustbench.load(_rb_spec(name, "0" * 64), REAL, model_dir=tmp_path)
 
 
-def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, monkeypatch):
-    """plan_suite + run_grid on the real cifar10-linf entries, with pgd standing in for apgd-mm."""
+# Small settings for the suite's own attacks, so that the real path runs in seconds on a CPU.
+FAST_ARGS = {
+    "cifar10-linf-8": {"steps": 5, "targets": 1, "target_steps": 3, "square_queries": 20},
+    "cifar10-linf-12": {"steps": 5, "targets": 1, "target_steps": 3, "square_queries": 20},
+    "cifar10-jpeg": {"steps": 3},
+}
+
+
+def _fake_cifar10_world(tmp_path):
+    """A registry with the real cifar10 entries (attack settings shrunk, checksums of fake files
+    dropped) and a data root with 8 CIFAR-10 test images, CIFAR-10.1 and CIFAR-10-C fog."""
     reg_root = tmp_path / "registry"  # the real cifar10 entries only (other suites are not needed)
     for sub in ("shifts/cifar10", "threats/cifar10"):
         shutil.copytree(REAL.root / sub, reg_root / sub)
@@ -174,10 +183,12 @@ def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, monkeypatch):
     entry = yaml.safe_load(c101.read_text())
     entry["files"] = [{"path": f["path"]} for f in entry["files"]]
     c101.write_text(yaml.safe_dump(entry))
-    threat = reg_root / "threats" / "cifar10" / "cifar10-linf-8.yaml"
-    t = yaml.safe_load(threat.read_text())
-    t.update(attack="pgd", attack_args={"steps": 5})
-    threat.write_text(yaml.safe_dump(t))
+    for tid, args in FAST_ARGS.items():  # the suite's own attack, with fewer steps
+        path = reg_root / "threats" / "cifar10" / f"{tid}.yaml"
+        t = yaml.safe_load(path.read_text())
+        assert t["attack"] in ("apgd-mm", "jpeg")
+        t["attack_args"] = args
+        path.write_text(yaml.safe_dump(t))
     reg = Registry(reg_root)
 
     data = tmp_path / "data"
@@ -189,25 +200,79 @@ def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, monkeypatch):
     with torch.no_grad():
         labels = load_model(reg.model("autoattack-resnet18"), reg)(torch.from_numpy(imgs / 255)).argmax(1)
     labels[::2] = (labels[::2] + 1) % 10  # half of them wrong on purpose
+    u8 = imgs.round().astype(np.uint8)
     with open(data / "cifar-10-batches-py" / "test_batch", "wb") as fh:
-        pickle.dump({"data": imgs.round().astype(np.uint8).reshape(8, -1), "labels": labels.tolist()}, fh)
+        pickle.dump({"data": u8.reshape(8, -1), "labels": labels.tolist()}, fh)
     (data / "CIFAR-10.1").mkdir()
-    np.save(data / "CIFAR-10.1" / "cifar10.1_v6_data.npy", imgs.round().astype(np.uint8).transpose(0, 2, 3, 1))
+    np.save(data / "CIFAR-10.1" / "cifar10.1_v6_data.npy", u8.transpose(0, 2, 3, 1))
     np.save(data / "CIFAR-10.1" / "cifar10.1_v6_labels.npy", labels.numpy())
+    (data / "CIFAR-10-C").mkdir()  # 5 severities x 8 images, severity-major, as published
+    fog = np.concatenate([np.clip(u8.transpose(0, 2, 3, 1).astype(int) // 2 + 25 * s, 0, 255) for s in range(1, 6)])
+    np.save(data / "CIFAR-10-C" / "fog.npy", fog.astype(np.uint8))
+    np.save(data / "CIFAR-10-C" / "labels.npy", np.tile(labels.numpy(), 5))
+    return reg, data
+
+
+@pytest.fixture()
+def fake_cifar10(tmp_path, monkeypatch):
     src = dict(loaders.ID_SOURCES["cifar10"], files=({"path": "cifar-10-batches-py/test_batch"},))
     monkeypatch.setitem(loaders.ID_SOURCES, "cifar10", src)  # fake file: no published md5 to match
+    return _fake_cifar10_world(tmp_path)
 
-    cells = plan_suite(reg, "cifar10-linf", models="autoattack-resnet18", shifts="id,cifar10.1",
-                       threats="cifar10-linf-8", n_examples=8)
-    assert [c.data_name for c in cells] == ["id", "cifar10.1"]
+
+def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, fake_cifar10):
+    """plan_suite + run_grid on the real cifar10-linf entries and their own attacks (apgd-mm, jpeg)
+    with fewer steps: ID, a natural shift, a CIFAR-10-C severity and two threat shifts."""
+    reg, data = fake_cifar10
+    cells = plan_suite(reg, "cifar10-linf", models="autoattack-resnet18", shifts="id,cifar10.1,cifar10-c-fog-3",
+                       threats="cifar10-linf-8,cifar10-linf-12,cifar10-jpeg", n_examples=8)
+    assert sorted((c.data_name, c.threat.id) for c in cells) == [
+        ("cifar10-c-fog-3", "cifar10-linf-8"), ("cifar10.1", "cifar10-linf-8"), ("id", "cifar10-jpeg"),
+        ("id", "cifar10-linf-12"), ("id", "cifar10-linf-8")]
     out = tmp_path / "results"
     counts = run_grid(cells, reg, out, data_dir=data, progress=False)
-    assert counts == {"planned": 2, "cached": 0, "ran": 2}
-    results = [json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))]
-    assert len(results) == 2
-    for r in results:
-        assert r["n"] == 8 and r["model"] == "autoattack-resnet18" and r["threat"] == "cifar10-linf-8"
-        assert r["clean_acc"] == pytest.approx(0.5)  # the labels were built to make exactly half right
-        assert 0 <= r["robust_acc"] <= r["clean_acc"]
-        assert r["mask_logits"] is False
-    assert run_grid(cells, reg, out, data_dir=data, progress=False)["cached"] == 2
+    assert counts == {"planned": 5, "cached": 0, "ran": 5}
+    results = {(r["data"], r["threat"]): r for r in (json.loads(p.read_text()) for p in sorted(out.rglob("*.json")))}
+    assert len(results) == 5
+    for (data_name, tid), r in results.items():
+        threat = reg.threat(tid)
+        assert r["n"] == 8 and r["model"] == "autoattack-resnet18"
+        assert r["attack"] == threat.attack and r["attack_args"] == FAST_ARGS[tid]  # the suite's attack, recorded
+        assert r["mask_logits"] is False and r["preprocessing"] is None
+        clean = np.array(list(r["clean_correct"])) == "1"
+        robust = np.array(list(r["robust_correct"])) == "1"
+        assert not (robust & ~clean).any() and r["robust_acc"] <= r["clean_acc"]
+        assert r["checks"]["robust_le_clean"]["ok"] and r["checks"]["in_range"]["ok"]
+        if threat.kind == "lp":
+            assert r["checks"]["in_budget"]["ok"] and r["checks"]["in_budget"]["max_norm"] <= threat.eps + 1e-6
+    assert results[("id", "cifar10-linf-8")]["clean_acc"] == pytest.approx(0.5)  # labels made half right
+    for key in (("cifar10.1", "cifar10-linf-8"), ("id", "cifar10-linf-12"), ("id", "cifar10-jpeg")):
+        assert results[key]["clean_correct"] == results[("id", "cifar10-linf-8")]["clean_correct"]  # same images
+    fog = results[("cifar10-c-fog-3", "cifar10-linf-8")]
+    assert fog["severity"] == 3 and fog["shift"] == "cifar10-c-fog" and fog["role"] == "dataset"
+    assert results[("id", "cifar10-jpeg")]["threat_kind"] == "jpeg" and results[("id", "cifar10-jpeg")]["role"] == "threat"
+    assert "budget_monotone" in results[("id", "cifar10-linf-8")]["checks"]  # deep checks on the ID cell
+    assert run_grid(cells, reg, out, data_dir=data, progress=False)["cached"] == 5
+
+
+def test_run_cli_reads_data_dir_then_shiftbench_data(tmp_path, fake_cifar10, monkeypatch, capsys):
+    """`shiftbench run --data-dir` and, without it, $SHIFTBENCH_DATA name the data root."""
+    from benchmark import cli
+
+    reg, data = fake_cifar10
+    args = ["run", "--suite", "cifar10-linf", "--registry", str(reg.root), "--models", "autoattack-resnet18",
+            "--shifts", "id", "--threats", "cifar10-jpeg", "--n", "4", "--no-progress"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("SHIFTBENCH_DATA", str(empty))  # --data-dir wins over the environment
+    assert cli.main(args + ["--data-dir", str(data), "--results", str(tmp_path / "r1")]) == 0
+    assert len(list((tmp_path / "r1" / "cifar10-linf").rglob("*.json"))) == 1
+    capsys.readouterr()
+    assert cli.main(args + ["--results", str(tmp_path / "r2")]) == 2  # the environment's (empty) root
+    err = capsys.readouterr().err
+    assert str(empty) in err and "cifar-10-batches-py/test_batch" in err and "SHIFTBENCH_DATA" in err
+    monkeypatch.setenv("SHIFTBENCH_DATA", str(data))
+    assert cli.main(args + ["--results", str(tmp_path / "r3")]) == 0
+    (r1,), (r3,) = (list((tmp_path / r / "cifar10-linf").rglob("*.json")) for r in ("r1", "r3"))
+    a, b = json.loads(r1.read_text()), json.loads(r3.read_text())
+    assert a["clean_correct"] == b["clean_correct"] and a["robust_correct"] == b["robust_correct"]
