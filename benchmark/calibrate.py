@@ -97,13 +97,29 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
     return rows
 
 
-def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
-        fast_args: dict[str, Any] | None = None, progress: bool = True) -> list[Row]:
-    """Calibration rows for every zoo model of ``suite_id`` matching ``models``."""
-    from tqdm.auto import tqdm
-
+def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | None, seed: int,
+                   fast_args: dict[str, Any] | None, threads: int) -> list[Row]:
+    """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
+    to back in the same process, so their times are comparable whatever else runs."""
     from . import datasets
     from .models import load_model
+
+    torch.set_num_threads(threads)
+    reg = Registry(registry_root)
+    suite = reg.suite(suite_id)
+    x_all, y_all = datasets.load_id(suite.dataset, "test")
+    idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
+    model = load_model(reg.model(model_id), reg)
+    return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite), seed=seed,
+                           fast_args=fast_args)
+
+
+def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
+        fast_args: dict[str, Any] | None = None, progress: bool = True, workers: int = 1,
+        threads: int = 1) -> list[Row]:
+    """Calibration rows for every zoo model of ``suite_id`` matching ``models`` (in model order),
+    ``workers`` models at a time in separate processes."""
+    from tqdm.auto import tqdm
 
     suite = reg.suite(suite_id)
     specs = reg.suite_models(suite, models)
@@ -111,15 +127,26 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
         raise SystemExit(f"calibrate: no model of suite '{suite_id}' matches {models!r}; "
                          f"see `shiftbench ls models --suite {suite_id}`")
     seed = suite.seed if seed is None else seed
-    x_all, y_all = datasets.load_id(suite.dataset, "test")
-    idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
-    x, y = x_all[idx], y_all[idx]
-    threats = calibration_threats(reg, suite)
-    rows: list[Row] = []
-    for spec in tqdm(specs, desc="calibrate", unit="model", disable=not progress):
-        model = load_model(spec, reg)
-        rows += calibrate_model(model, spec.id, x, y, threats, seed=seed, fast_args=fast_args)
-    return rows
+    jobs = [(str(reg.root), spec.id, suite_id, n, seed, fast_args, threads) for spec in specs]
+    by_model: dict[str, list[Row]] = {}
+    bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
+    try:
+        if workers <= 1:
+            for job in jobs:
+                by_model[job[1]] = _calibrate_one(*job)
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_calibrate_one, *job): job[1] for job in jobs}
+                for fut in as_completed(futures):
+                    by_model[futures[fut]] = fut.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    return [r for spec in specs for r in by_model[spec.id]]
 
 
 def summary(rows: list[Row]) -> dict[str, float]:
@@ -161,9 +188,11 @@ def main(args) -> int:
 
     import torch
 
-    torch.set_num_threads(getattr(args, "threads", 1))  # small models: more threads only contend
+    threads = getattr(args, "threads", 1)  # small models: more threads only contend
+    torch.set_num_threads(threads)
     reg = Registry(args.registry)
-    rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None))
+    rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None),
+               workers=getattr(args, "workers", 1), threads=threads)
     cmd = "shiftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "shiftbench calibrate"
     text = render(rows, getattr(args, "command_line", None) or cmd)
     print(text)

@@ -236,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--models", default=None)
     q.add_argument("--n", type=int, default=None, help="examples per model")
     q.add_argument("--out", default=None, help="write the table (markdown) here")
-    q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    q.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    q.add_argument("--workers", type=int, default=1,
+                   help="models calibrated at a time, each in its own process (both attacks of a row "
+                        "still run back to back in one process)")
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_calibrate)

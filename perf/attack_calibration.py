@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast-args", type=json.loads, default=None, help="JSON overrides for apgd-mm")
     p.add_argument("--demo-zoo", action="store_true", help="train 3 small models instead of the registry zoo")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="models calibrated at a time (processes)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.command_line = "python perf/attack_calibration.py " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:]))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is heavy: planning and the leaderboard must not impor
     import torch
 
 # Bump when any attack's numbers can change; it is part of every cell's hash.
-HARNESS_VERSION = "2"
+HARNESS_VERSION = "3"
 
 
 class Attack(Protocol):
