@@ -103,10 +103,13 @@ def cmd_run(args) -> int:
     from .evaluate import pending, run_grid
 
     todo = pending(cells, results_dir)
+    n_done = len(cells) - len(todo)
     if args.limit is not None:
         todo = todo[: args.limit]
+    # severities of a shift are attacked together (plan.Cell.batch): a pending cell brings its batch
+    todo = pending([c for b in plan.batches(todo) for c in b], results_dir)
     models = sorted({c.model.id for c in cells})
-    print(f"suite {args.suite}: {len(cells)} cells ({len(models)} models), {len(cells) - len(pending(cells, results_dir))} "
+    print(f"suite {args.suite}: {len(cells)} cells ({len(models)} models), {n_done} "
           f"done, {len(todo)} to run -> {results_dir}", file=sys.stderr)
     if args.dry_run:
         for c in todo:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +109,7 @@ class Outcome:
     clean_s: float
     attack_s: float
     checks: dict[str, Any]
+    x_adv: torch.Tensor | None = None  # the attacked images (clean ones where not attacked)
 
 
 def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, *, seed: int,
@@ -136,7 +137,35 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     t2 = time.perf_counter()
     found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct, deep=deep_checks,
                               seed=seed, attack=attack, attack_args=attack_args) if checks else {}
-    return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found)
+    return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found, x_adv_all)
+
+
+def batch_outcomes(batch: Sequence[Cell], model: nn.Module, *, data_dir=None, attack: str | None = None,
+                   attack_args: dict[str, Any] | None = None,
+                   batch_size: int = DEFAULT_BATCH) -> list[tuple[Cell, Outcome]]:
+    """Attack the cells of one :attr:`Cell.batch` (all severities of a dataset shift) in a single
+    pass over their concatenated images, then split the outcomes and run each cell's trust
+    checks on its own images (the deep ones on ID cells).  A cell's attack time is its share of
+    the batch's, by number of clean-correct examples."""
+    prepared = [prepare(c, model, data_dir) for c in batch]
+    threat, seed = batch[0].threat, batch[0].seed
+    if any((c.threat, c.seed) != (threat, seed) for c in batch):
+        raise ValueError(f"cells of one batch must share threat and seed: {[c.describe() for c in batch]}")
+    x = torch.cat([p[1] for p in prepared]) if len(batch) > 1 else prepared[0][1]
+    y = torch.cat([p[2] for p in prepared]) if len(batch) > 1 else prepared[0][2]
+    out = attack_outcome(prepared[0][0], x, y, threat, seed=seed, attack=attack, attack_args=attack_args,
+                         batch_size=batch_size, checks=False)
+    results, start = [], 0
+    n_attacked = max(1, int(out.clean_correct.sum()))
+    for cell, (cell_model, xc, yc) in zip(batch, prepared):
+        sl = slice(start, start + len(yc))
+        start += len(yc)
+        cc, rc, xa = out.clean_correct[sl], out.robust_correct[sl], out.x_adv[sl]
+        share = float(cc.sum()) / n_attacked
+        checks = trust.cell_checks(cell_model, xc, yc, xa, threat, cc, rc, deep=cell.role == "id", seed=seed,
+                                   attack=attack, attack_args=attack_args)
+        results.append((cell, Outcome(cc, rc, out.clean_s * len(yc) / len(y), out.attack_s * share, checks, xa)))
+    return results
 
 
 def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]:
@@ -176,14 +205,18 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]
     }
 
 
-def run_cell(cell: Cell, model: nn.Module, results_dir: Path, *, data_dir=None,
-             batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
-    model, x, y = prepare(cell, model, data_dir)
-    out = attack_outcome(model, x, y, cell.threat, seed=cell.seed, batch_size=batch_size,
-                         deep_checks=cell.role == "id")
-    payload = result_payload(cell, out, cell.threat.attack)
-    store.write_json_atomic(results_dir / cell.filename, payload)
-    return payload
+def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, data_dir=None,
+              batch_size: int = DEFAULT_BATCH) -> list[str]:
+    """Evaluate one batch of cells and write the result of each that is not on disk yet (a
+    resumed run recomputes a half-written batch and keeps the files already there); returns the
+    keys written."""
+    written = []
+    for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
+        path = results_dir / cell.filename
+        if not path.is_file():
+            store.write_json_atomic(path, result_payload(cell, out, cell.threat.attack))
+            written.append(cell.key)
+    return written
 
 
 # --------------------------------------------------------------------------- grid runner
@@ -205,43 +238,49 @@ def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | 
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
-def _run_chunk(cells: list[Cell], registry_root: str, results_dir: str, data_dir: str | None,
+def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: str, data_dir: str | None,
                model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH) -> list[str]:
     torch.set_num_threads(threads)
     done = []
-    for cell in cells:
-        model = _model(registry_root, cell.model.id, cell.model.sha256, model_dir)
-        run_cell(cell, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
-        done.append(cell.key)
+    for batch in chunk:
+        model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir)
+        done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
     return done
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
              workers: int = 1, progress: bool = True, chunk: int = 6,
              batch_size: int = DEFAULT_BATCH) -> dict[str, int]:
-    """Run every pending cell; return counts.  Cells already on disk are skipped (resume)."""
+    """Run every pending cell; return counts.  Cells already on disk are skipped (resume).
+
+    Work goes by :attr:`Cell.batch`: a pending cell brings the other severities of its shift
+    along (they are written too and counted in ``ran``).  ``chunk`` batches of one model make
+    one task for a worker process."""
     from tqdm.auto import tqdm
+
+    from .plan import batches
 
     results_dir = Path(results_dir)
     todo = pending(cells, results_dir)
     counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0}
     if not todo:
         return counts
-    by_model: dict[str, list[Cell]] = defaultdict(list)
-    for c in todo:
-        by_model[c.model.id].append(c)
-    chunks = [cs[i:i + chunk] for cs in by_model.values() for i in range(0, len(cs), chunk)]
+    by_model: dict[str, list[tuple[Cell, ...]]] = defaultdict(list)
+    for b in batches(todo):
+        by_model[b[0].model.id].append(b)
+    chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
+    total = len(pending([c for ch in chunks for b in ch for c in b], results_dir))
     root = str(registry.root)
     dd = str(data_dir) if data_dir else None
     md = str(model_dir) if model_dir else None
-    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1:
             for ch in chunks:
-                bar.set_postfix_str(ch[0].describe(), refresh=False)
-                counts["ran"] += len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads(),
-                                                      batch_size))
-                bar.update(len(ch))
+                bar.set_postfix_str(ch[0][0].describe(), refresh=False)
+                n = len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads(), batch_size))
+                counts["ran"] += n
+                bar.update(n)
         else:
             import multiprocessing as mp
 
@@ -297,11 +336,16 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
     rows = []
     from .stats import wilson
 
-    for cell in tqdm(cells, disable=not progress, desc="cells"):
-        cell_model, x, y = prepare(cell, model, data_dir)
-        out = attack_outcome(cell_model, x, y, cell.threat, seed=seed, attack=attack, batch_size=batch_size,
-                             deep_checks=cell.role == "id")
-        k_clean, k_rob, m = int(out.clean_correct.sum()), int(out.robust_correct.sum()), len(y)
+    from .plan import batches
+
+    outcomes = []
+    bar = tqdm(total=len(cells), disable=not progress, desc="cells")
+    for batch in batches(cells):
+        outcomes += batch_outcomes(batch, model, data_dir=data_dir, attack=attack, batch_size=batch_size)
+        bar.update(len(batch))
+    bar.close()
+    for cell, out in outcomes:
+        k_clean, k_rob, m = int(out.clean_correct.sum()), int(out.robust_correct.sum()), len(out.clean_correct)
         rows.append({
             "model": name, "role": cell.role, "shift": cell.shift_id if cell.shift else ID_SHIFT,
             "severity": cell.severity, "threat": cell.threat.id, "attack": attack or cell.threat.attack,

@@ -7,9 +7,11 @@ settings), n, seed and the harness version of the attack code.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 from dataclasses import dataclass
+from typing import Iterable
 
 from . import registry as reg
 from .attacks import HARNESS_VERSION
@@ -61,6 +63,26 @@ class Cell:
     def describe(self) -> str:
         return f"{self.model.id} | {self.data_name} | {self.threat.id}"
 
+    @property
+    def batch(self) -> tuple["Cell", ...]:
+        """The cells attacked in one batch with this one: every severity of its dataset shift,
+        else the cell alone.  Fixed by the cell itself, never by what else is pending, so that a
+        cell's numbers do not depend on how a run was filtered, split or resumed (a batch of
+        a few hundred images also attacks about 1.7x faster on a CPU than five small ones)."""
+        if self.role != "dataset" or self.severity is None or self.shift is None or not self.shift.severities:
+            return (self,)
+        return tuple(dataclasses.replace(self, severity=s) for s in self.shift.severities)
+
+
+def batches(cells: Iterable[Cell]) -> list[tuple[Cell, ...]]:
+    """The batches that cover ``cells``, each once, in order of first appearance.  A batch may
+    hold cells that are not in ``cells`` (the other severities of a shift)."""
+    out: dict[tuple[str, ...], tuple[Cell, ...]] = {}
+    for c in cells:
+        b = c.batch
+        out.setdefault(tuple(x.key for x in b), b)
+    return list(out.values())
+
 
 def plan_suite(
     registry: reg.Registry,
@@ -109,7 +131,8 @@ def plan_suite(
 
 
 def shard(cells: list[Cell], spec: str | None) -> list[Cell]:
-    """``--shard i/N``: the i-th of N interleaved slices (1-based), stable across runs."""
+    """``--shard i/N``: the i-th of N interleaved slices (1-based), stable across runs.  Slices
+    are cut between batches (:attr:`Cell.batch`), so no batch is attacked by two shards."""
     if not spec:
         return cells
     try:
@@ -118,5 +141,7 @@ def shard(cells: list[Cell], spec: str | None) -> list[Cell]:
         raise ValueError(f"--shard expects i/N such as 2/8, got {spec!r}") from None
     if not 1 <= i <= total:
         raise ValueError(f"--shard {spec}: i must be in 1..{total}")
-    ordered = sorted(cells, key=lambda c: c.key)
-    return [c for j, c in enumerate(ordered) if j % total == i - 1]
+    first = {c.key: b[0].key for b in batches(cells) for c in b}  # each cell -> its batch's first key
+    keys = sorted(set(first.values()))
+    mine = {k for j, k in enumerate(keys) if j % total == i - 1}
+    return [c for c in cells if first[c.key] in mine]

@@ -108,17 +108,43 @@ def test_interrupted_run_resumes_without_loss(tiny_registry, tmp_path):
     reg = Registry(tiny_registry)
     cells = plan.plan_suite(reg, "tiny")
     out = tmp_path / "results"
-    # the third cell crashes (its attack does not exist): the two before it are kept
+    assert [c.role for c in cells] == ["id", "dataset", "dataset", "threat"]
+    # the last cell crashes (its attack does not exist): the ID cell and the shift's batch are kept
     broken = list(cells)
     import dataclasses
 
-    broken[2] = dataclasses.replace(cells[2], threat=dataclasses.replace(cells[2].threat, attack="no-such-attack"))
+    broken[3] = dataclasses.replace(cells[3], threat=dataclasses.replace(cells[3].threat, attack="no-such-attack"))
     with pytest.raises(KeyError, match="unknown attack"):
         run_grid(broken, reg, out, progress=False, chunk=1)
-    assert len(list(out.rglob("*.json"))) == 2
+    assert len(list(out.rglob("*.json"))) == 3
     assert not list(out.rglob(".tmp-*")), "no partial files are left behind"
     counts = run_grid(cells, reg, out, progress=False)
-    assert counts["cached"] == 2 and counts["ran"] == 2
+    assert counts["cached"] == 3 and counts["ran"] == 1
+
+
+def test_severities_are_one_batch_whatever_the_filter(tiny_registry, tmp_path):
+    """Asking for one severity computes and stores its whole batch, with the same numbers as a
+    full run: a cell's result never depends on how the run was filtered."""
+    reg = Registry(tiny_registry)
+    full = plan.plan_suite(reg, "tiny")
+    one = plan.plan_suite(reg, "tiny", shifts="gaussian_noise-3")
+    assert [c.data_name for c in one] == ["gaussian_noise-3"]
+    assert [c.data_name for c in one[0].batch] == ["gaussian_noise-1", "gaussian_noise-3"]
+    counts = run_grid(one, reg, tmp_path / "one", progress=False)
+    assert counts == {"planned": 1, "cached": 0, "ran": 2}
+    run_grid(full, reg, tmp_path / "full", progress=False)
+    for c in one[0].batch:
+        a = store.read_json(tmp_path / "one" / c.filename)
+        b = store.read_json(tmp_path / "full" / c.filename)
+        assert a["clean_correct"] == b["clean_correct"] and a["robust_correct"] == b["robust_correct"]
+        assert "gradients" in a["checks"] and "budget_monotone" not in a["checks"]  # per-cell checks, cheap ones
+    # a half-written batch is recomputed and completed without touching the file already there
+    victim = tmp_path / "one" / one[0].batch[0].filename
+    kept = tmp_path / "one" / one[0].filename
+    mtime = kept.stat().st_mtime_ns
+    victim.unlink()
+    assert run_grid(one[0].batch, reg, tmp_path / "one", progress=False)["ran"] == 1
+    assert victim.is_file() and kept.stat().st_mtime_ns == mtime
 
 
 def test_parallel_workers_match_serial(tiny_registry, tmp_path):

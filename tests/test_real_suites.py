@@ -231,9 +231,10 @@ def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, fake_cifar10):
         ("id", "cifar10-linf-12"), ("id", "cifar10-linf-8")]
     out = tmp_path / "results"
     counts = run_grid(cells, reg, out, data_dir=data, progress=False)
-    assert counts == {"planned": 5, "cached": 0, "ran": 5}
+    assert counts == {"planned": 5, "cached": 0, "ran": 9}  # fog-3 brings its batch: fog 1..5
     results = {(r["data"], r["threat"]): r for r in (json.loads(p.read_text()) for p in sorted(out.rglob("*.json")))}
-    assert len(results) == 5
+    assert len(results) == 9
+    assert {d for d, _ in results if d.startswith("cifar10-c-fog")} == {f"cifar10-c-fog-{s}" for s in range(1, 6)}
     for (data_name, tid), r in results.items():
         threat = reg.threat(tid)
         assert r["n"] == 8 and r["model"] == "autoattack-resnet18"
