@@ -45,11 +45,21 @@ class Row:
         return 100 * (self.fast - self.aa)
 
 
-def calibration_threats(reg: Registry, suite: SuiteSpec) -> list[ThreatSpec]:
+def calibration_threats(reg: Registry, suite: SuiteSpec, patterns: str | None = None) -> list[ThreatSpec]:
     """The ID threat and two Lp threat shifts: the suite's own, else ``<dataset>-linf-large`` and
     ``<dataset>-l2`` from the registry, else built in code (twice the ID budget in the same norm;
-    an L2 budget of half the Linf ball's L2 radius)."""
+    an L2 budget of half the Linf ball's L2 radius).  ``patterns`` (comma-separated globs) picks
+    among the ID threat and the suite's Lp threat shifts instead."""
     id_t = reg.threat(suite.id_threat)
+    if patterns:  # chosen among the suite's Lp threats
+        from .registry import filter_ids
+
+        lp = [t for t in [id_t, *(reg.threat(t) for t in suite.threat_shifts)] if t.kind == "lp"]
+        chosen = filter_ids(lp, patterns)
+        if not chosen:
+            raise SystemExit(f"calibrate: no Lp threat of suite '{suite.id}' matches {patterns!r} "
+                             f"(they are: {', '.join(t.id for t in lp)})")
+        return chosen
     out = [id_t]
     known = reg.entries["threats"]
     wanted = [*suite.threat_shifts, f"{suite.dataset}-linf-large", f"{suite.dataset}-l2"]
@@ -98,7 +108,7 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
 
 
 def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | None, seed: int,
-                   fast_args: dict[str, Any] | None, threads: int) -> list[Row]:
+                   fast_args: dict[str, Any] | None, threads: int, threats: str | None = None) -> list[Row]:
     """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
     to back in the same process, so their times are comparable whatever else runs."""
     from . import datasets
@@ -110,13 +120,13 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     x_all, y_all = datasets.load_id(suite.dataset, "test")
     idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
     model = load_model(reg.model(model_id), reg)
-    return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite), seed=seed,
+    return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite, threats), seed=seed,
                            fast_args=fast_args)
 
 
 def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
         fast_args: dict[str, Any] | None = None, progress: bool = True, workers: int = 1,
-        threads: int = 1) -> list[Row]:
+        threads: int = 1, threats: str | None = None) -> list[Row]:
     """Calibration rows for every zoo model of ``suite_id`` matching ``models`` (in model order),
     ``workers`` models at a time in separate processes."""
     from tqdm.auto import tqdm
@@ -127,7 +137,8 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
         raise SystemExit(f"calibrate: no model of suite '{suite_id}' matches {models!r}; "
                          f"see `shiftbench ls models --suite {suite_id}`")
     seed = suite.seed if seed is None else seed
-    jobs = [(str(reg.root), spec.id, suite_id, n, seed, fast_args, threads) for spec in specs]
+    calibration_threats(reg, suite, threats)  # a bad pattern fails here, not in a worker
+    jobs = [(str(reg.root), spec.id, suite_id, n, seed, fast_args, threads, threats) for spec in specs]
     by_model: dict[str, list[Row]] = {}
     bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
     try:
@@ -192,7 +203,7 @@ def main(args) -> int:
     torch.set_num_threads(threads)
     reg = Registry(args.registry)
     rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None),
-               workers=getattr(args, "workers", 1), threads=threads)
+               workers=getattr(args, "workers", 1), threads=threads, threats=getattr(args, "threats", None))
     cmd = "shiftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "shiftbench calibrate"
     text = render(rows, getattr(args, "command_line", None) or cmd)
     print(text)

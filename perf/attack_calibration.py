@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-zoo", action="store_true", help="train 3 small models instead of the registry zoo")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="models calibrated at a time (processes)")
+    p.add_argument("--threats", default=None, help="patterns over the suite's Lp threats")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.command_line = "python perf/attack_calibration.py " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:]))
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = reg.suite(a.suite)
     x_all, y_all = datasets.load_id(suite.dataset, "test")
     idx = torch.from_numpy(datasets.subset(min(a.n or calibrate.DEFAULT_N, len(x_all)), len(x_all), suite.seed))
-    threats = calibrate.calibration_threats(reg, suite)
+    threats = calibrate.calibration_threats(reg, suite, a.threats)
     rows = []
     for name, model in demo_zoo(suite.seed):
         rows += calibrate.calibrate_model(model, name, x_all[idx], y_all[idx], threats, seed=suite.seed,
