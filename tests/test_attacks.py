@@ -7,8 +7,8 @@ import torch
 import benchmark  # noqa: F401  (aliases pyautoattack as autoattack)
 from benchmark import datasets
 from benchmark.attacks import get_attack, run_attack
-from benchmark.attacks._lp import lp_norm, project, project_l1
-from benchmark.attacks.apgd import _checkpoints, apgd, targeted_dlr_loss
+from benchmark.attacks._lp import lp_norm, project, project_l1, project_l1_box
+from benchmark.attacks.apgd import _checkpoints, _schedule, apgd, minimum_margin, scaled_margin, targeted_dlr_loss
 from benchmark.registry import ThreatSpec
 from helpers import train_tiny_mlp
 
@@ -60,6 +60,69 @@ def test_l1_projection_is_exact():
     for _ in range(20):
         q = project_l1(p + 0.1 * torch.randn(8, 50, generator=g), 3.0)
         assert ((d - p).norm(dim=1) <= (d - q).norm(dim=1) + 1e-5).all()
+
+
+def _l1_box_reference(d, lo, hi, eps):
+    """Projection onto {||v||_1 <= eps, lo <= v <= hi}, in float64 by root finding on the threshold."""
+    import numpy as np
+    from scipy.optimize import brentq
+
+    a, cap = np.abs(d), np.where(d >= 0, hi, -lo).clip(0)
+    phi = lambda t: np.minimum(np.clip(a - t, 0, None), cap).sum() - eps
+    t = 0.0 if phi(0.0) <= 0 else brentq(phi, 0.0, a.max(), xtol=1e-12)
+    return np.sign(d) * np.minimum(np.clip(a - t, 0, None), cap)
+
+
+def test_l1_box_projection_matches_reference():
+    """The bisection projection onto the L1 ball intersected with the box equals a float64 root-finding
+    reference, never exceeds the budget, and stays in the box (also where the box binds)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(12, 64, generator=g)
+    x[:4, :32] = 0.0  # pixels at the edge of the box: half the directions have no room
+    d = 0.6 * torch.randn(12, 64, generator=g)
+    for eps in (0.5, 3.0, 40.0):  # binding, binding, slack (only the box binds)
+        p = project_l1_box(d, -x, 1 - x, eps)
+        assert float(p.abs().sum(1).max()) <= eps * (1 + 1e-6)
+        assert ((x + p) >= -1e-7).all() and ((x + p) <= 1 + 1e-7).all()
+        for i in range(len(d)):
+            ref = _l1_box_reference(d[i].double().numpy(), -x[i].double().numpy(), (1 - x[i]).double().numpy(), eps)
+            assert torch.allclose(p[i].double(), torch.from_numpy(ref), atol=2e-5), (eps, i)
+    # clipping after an L1-ball projection wastes budget the box cuts off; the joint projection does not
+    ball_then_clip = (x + project_l1(d, 3.0)).clamp(0, 1) - x
+    assert (project_l1_box(d, -x, 1 - x, 3.0).abs().sum(1) >= ball_then_clip.abs().sum(1) - 1e-5).all()
+
+
+def test_target_schedule_by_rank():
+    assert _schedule(20, 3) == [20, 20, 20]
+    assert _schedule([12, 8, 5], 5) == [12, 8, 5, 5, 5]  # the last entry repeats
+    assert _schedule([12, 8, 5], 2) == [12, 8]
+    assert _schedule([], 4) == [] and _schedule([7], 0) == []
+
+
+def test_scaled_margin_is_dlr_scaled_and_names_the_runner_up():
+    z = torch.tensor([[4.0, 1.0, 3.0, 0.0], [0.0, 5.0, 1.0, 2.0]])
+    m, t = scaled_margin(z, torch.tensor([0, 2]))
+    assert t.tolist() == [2, 1]
+    assert torch.allclose(m, torch.tensor([(4 - 3) / (4 - 1), (1 - 5) / (5 - 1)]))
+    assert (m[1] < 0).item()  # misclassified: negative margin
+
+
+def test_polish_only_adds_successes(trained):
+    """The polish stage runs on examples still robust after the same seeded stages, so switching it
+    on can only turn robust examples into fooled ones, never the reverse."""
+    m, x, y = trained
+    polished = 0
+    for eps in (0.04, 0.06):
+        kw = dict(eps=eps, norm="Linf", seed=0, steps=2, targets=1, target_steps=1)  # weak stages before
+        a, s_off = minimum_margin(m, x, y, polish_steps=0, **kw)
+        b, s_on = minimum_margin(m, x, y, polish_frac=1.0, polish_steps=20, **kw)
+        with torch.no_grad():
+            rob_off, rob_on = m(a).argmax(1) == y, m(b).argmax(1) == y
+        assert not (rob_on & ~rob_off).any()
+        assert s_off["fooled_polish"] == 0
+        assert int((rob_off & ~rob_on).sum()) == s_on["fooled_polish"]
+        polished += s_on["fooled_polish"]
+    assert polished > 0  # the polish found something the short stages missed
 
 
 def test_checkpoint_schedule():
