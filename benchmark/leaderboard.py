@@ -127,6 +127,9 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
     )
     if suite.description:
         lines += ["", suite.description.strip()]
+    caveats = [t for t in (suite.id_threat, *suite.threat_shifts) if registry.threat(t).caveat]
+    if caveats:
+        lines += ["", "Caveats:", ""] + [f"- `{t}`: {' '.join(registry.threat(t).caveat.split())}" for t in caveats]
     lines += ["", "## Ranking (by OOD robust accuracy)", ""]
     ood = fits["OOD"]
     flag_notes: list[str] = []

@@ -128,6 +128,9 @@ class ThreatSpec:
     params: Mapping[str, Any] = field(default_factory=FrozenMap)  # non-Lp budget parameters
     version: int = 1
     description: str = ""
+    # a known limit of the numbers (e.g. the attack is weaker than AutoAttack here); shown on the
+    # leaderboard, not part of a cell's hash since it does not change any number
+    caveat: str = ""
     path: str = ""
 
 
@@ -367,10 +370,14 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+UNHASHED_FIELDS = ("path", "caveat")  # where an entry lives and what we say about its numbers
+
+
 def canonical(obj: Any) -> Any:
     """A JSON-able, order-stable form of a spec or mapping (for hashing and storage)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "path"}
+        return {f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.name not in UNHASHED_FIELDS}
     if isinstance(obj, Mapping):
         return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):

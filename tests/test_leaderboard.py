@@ -280,3 +280,19 @@ def test_committed_leaderboard_matches_committed_results(tmp_path):
     assert out.read_bytes() == (repo / "leaderboard.md").read_bytes(), "run `shiftbench leaderboard`"
     png = tmp_path / "docs" / "digits-trend.png"
     assert png.read_bytes() == (repo / "docs" / "digits-trend.png").read_bytes()
+
+
+def test_threat_caveat_is_shown_and_keeps_results_current(toy):
+    """A caveat on a threat entry appears on the board and leaves every result current (it changes
+    no number, so it is not part of a cell's hash); a changed description does not."""
+    reg, results, _ = toy
+    path = reg.root / "threats" / "digits" / "toy-l2.yaml"
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "caveat": "weaker than\n AutoAttack here."}, sort_keys=False))
+    reg2 = Registry(reg.root)
+    res, summ, fits = leaderboard.build(reg2, SUITE, results)
+    assert res.n_missing == 1 and res.n_stale == 1  # as without the caveat
+    text = leaderboard.render(reg2, res.suite, res, summ, fits, command="x", png_ref=None)
+    assert "Caveats:\n\n- `toy-l2`: weaker than AutoAttack here.\n" in text
+    path.write_text(yaml.safe_dump({**data, "description": "changed"}, sort_keys=False))
+    assert leaderboard.build(Registry(reg.root), SUITE, results)[0].n_missing == 1 + 5
