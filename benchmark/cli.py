@@ -100,14 +100,12 @@ def cmd_run(args) -> int:
         return 2
     cells = plan.shard(cells, args.shard)
     results_dir = Path(args.results) / args.suite
-    from .evaluate import pending, run_grid
+    from .evaluate import pending, pending_with_batches, run_grid
 
     todo = pending(cells, results_dir)
     n_done = len(cells) - len(todo)
-    if args.limit is not None:
-        todo = todo[: args.limit]
     # severities of a shift are attacked together (plan.Cell.batch): a pending cell brings its batch
-    todo = pending([c for b in plan.batches(todo) for c in b], results_dir)
+    todo = pending_with_batches(todo[: args.limit], results_dir)
     models = sorted({c.model.id for c in cells})
     print(f"suite {args.suite}: {len(cells)} cells ({len(models)} models), {n_done} "
           f"done, {len(todo)} to run -> {results_dir}", file=sys.stderr)

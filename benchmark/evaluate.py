@@ -23,7 +23,7 @@ from torch import nn
 from . import datasets, store, trust
 from .attacks import HARNESS_VERSION, run_attack
 from .plan import Cell
-from .registry import DEFAULT_IMAGENET_PREPROCESSING, ModelSpec, Registry, ThreatSpec, canonical
+from .registry import ModelSpec, Registry, ThreatSpec, canonical
 
 DEFAULT_BATCH = 1000
 
@@ -44,20 +44,20 @@ def package_versions() -> dict[str, str]:
 def model_preprocessing(model: ModelSpec) -> str | None:
     """The preprocessing a model's images get: its entry's ``preprocessing``, else ImageNet's
     default ``Res256Crop224``; ``None`` for CIFAR and digits (images used at their own size)."""
-    if model.dataset != "imagenet":
-        return None
-    return model.preprocessing or DEFAULT_IMAGENET_PREPROCESSING
+    from .loaders import model_preprocessing as for_dataset
+
+    return for_dataset(model.dataset, model.preprocessing)
 
 
 def cell_preprocessing(cell: Cell) -> str | None:
     """What turned the cell's files into model inputs (stored in each result): the model's
     preprocessing for ImageNet ID data and the shifts that defer to it, else the shift's own
     fixed transform (e.g. ``crop224`` for ImageNet-C, ``res32`` for CINIC-10), or ``None``."""
-    prep = model_preprocessing(cell.model)
     if cell.shift is None or cell.shift.source.startswith("synthetic:"):
-        return prep
-    transform = dict(cell.shift.params).get("transform")
-    return prep if transform == "model" else transform
+        return model_preprocessing(cell.model)
+    from .loaders import shift_preprocessing
+
+    return shift_preprocessing(cell.shift, cell.model.preprocessing)
 
 
 def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,6 +224,14 @@ def pending(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
     return [c for c in cells if not (results_dir / c.filename).is_file()]
 
 
+def pending_with_batches(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
+    """What a run of ``cells`` computes: the cells without a result, each with the other cells of
+    its :attr:`Cell.batch` (the severities of its shift) that have none either."""
+    from .plan import batches
+
+    return pending([c for b in batches(pending(cells, results_dir)) for c in b], results_dir)
+
+
 @functools.lru_cache(maxsize=4)
 def _registry(root: str) -> Registry:
     return Registry(root)
@@ -269,7 +277,7 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     for b in batches(todo):
         by_model[b[0].model.id].append(b)
     chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
-    total = len(pending([c for ch in chunks for b in ch for c in b], results_dir))
+    total = len(pending_with_batches(todo, results_dir))
     root = str(registry.root)
     dd = str(data_dir) if data_dir else None
     md = str(model_dir) if model_dir else None
