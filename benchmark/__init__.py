@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 
 def evaluate(*args, **kwargs):
-    """Evaluate an in-memory model on a suite; see :func:`benchmark.evaluate.evaluate`."""
-    from .evaluate import evaluate as _evaluate
+    """Evaluate an in-memory model on a suite; see :func:`benchmark.workflows.evaluate.evaluate`."""
+    from .workflows.evaluate import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
 

@@ -89,7 +89,7 @@ def cmd_validate(args) -> int:
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from . import plan
+    from .run import plan
 
     r = _registry(args)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
         return 2
     cells = plan.shard(cells, args.shard)
     results_dir = Path(args.results) / args.suite
-    from .evaluate import pending, pending_with_batches, run_grid
+    from .run.evaluate import pending, pending_with_batches, run_grid
 
     todo = pending(cells, results_dir)
     n_done = len(cells) - len(todo)
@@ -118,14 +118,14 @@ def cmd_run(args) -> int:
                       workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size)
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.leaderboard:
-        from . import leaderboard
+        from .report import leaderboard
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
     return 0
 
 
 def cmd_leaderboard(args) -> int:
-    from . import leaderboard
+    from .report import leaderboard
 
     r = _registry(args)
     path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
@@ -134,19 +134,19 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from . import zoo
+    from .models import zoo
 
     return zoo.main(args)
 
 
 def cmd_show_shifts(args) -> int:
-    from . import showshifts
+    from .data import picture as showshifts
 
     return showshifts.main(args)
 
 
 def cmd_verify_archives(args) -> int:
-    from . import archives, datasets
+    from .data import archives, datasets
 
     r = _registry(args)
     suite = r.suite(args.suite)
@@ -162,7 +162,7 @@ def cmd_verify_archives(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from . import calibrate
+    from .run import calibrate
 
     return calibrate.main(args)
 

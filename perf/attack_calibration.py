@@ -1,6 +1,6 @@
 """Benchmark: the fast attack (apgd-mm) vs AutoAttack-standard, same examples, same process.
 
-Calls the code of ``shiftbench calibrate`` (benchmark.calibrate).  With ``--demo-zoo`` it trains
+Calls the code of ``shiftbench calibrate`` (benchmark.run.calibrate).  With ``--demo-zoo`` it trains
 three small digits models in-process (a few seconds each; for use before the zoo exists).
 
     .venv/bin/python perf/attack_calibration.py --suite digits --n 200 --out docs/calibration.md
@@ -22,7 +22,8 @@ def demo_zoo(seed: int = 0) -> list[tuple[str, torch.nn.Module]]:
     """Three quickly trained digits models: standard MLP, Linf-0.1 PGD-trained MLP and CNN."""
     import torch.nn.functional as F
 
-    from benchmark import architectures, datasets
+    from benchmark.models import architectures
+    from benchmark.data import datasets
     from benchmark.attacks.pgd import pgd
 
     xtr, ytr = datasets.load_id("digits", "train")
@@ -50,7 +51,8 @@ def demo_zoo(seed: int = 0) -> list[tuple[str, torch.nn.Module]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmark import calibrate, datasets
+    from benchmark.run import calibrate
+    from benchmark.data import datasets
     from benchmark.registry import Registry, default_registry_root
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import benchmark  # noqa: F401  (aliases pyautoattack as autoattack)
-    from benchmark import datasets
-    from benchmark.models import load_model
+    from benchmark.data import datasets
+    from benchmark.models.load import load_model
     from benchmark.registry import DEFAULT_REGISTRY, Registry
 
     device = torch.device(a.device)

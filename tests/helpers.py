@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark import architectures, datasets
+from benchmark.models import architectures
+from benchmark.data import datasets
 
 
 def train_tiny_mlp(epochs: int = 15, hidden: int = 32, depth: int = 1, lr: float = 1e-2,

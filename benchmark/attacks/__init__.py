@@ -1,4 +1,6 @@
-"""Attacks: our own PGD / APGD code, non-Lp threat attacks, and an adapter over pyautoattack.
+"""Attacks: takes a model, images in [0, 1], labels and a threat; hands on adversarial images.
+
+Our own PGD / APGD code, non-Lp threat attacks, and an adapter over pyautoattack.
 
 Every attack has one signature::
 

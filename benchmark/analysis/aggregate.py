@@ -1,0 +1,243 @@
+"""Aggregate: a suite's result files -> one table row per cell -> one summary row per model.
+
+Only results whose key is in the suite's *current* plan count: a file left over from older
+weights, settings or harness versions has a key the plan no longer produces and is ignored
+(and counted as stale).  Planned cells without a file are counted as missing.  Reading is
+driven by file names (the key is the last ``__`` part), so stale files are never parsed.
+
+Summary per model (accuracies are fractions; each has ``_lo``/``_hi`` 95% bounds):
+
+* ``id_clean``, ``id_robust``: the ID cell; Wilson intervals from the per-example bits.
+* per dataset shift: mean over its severities (clean and robust);
+  ``ood_d_clean``/``ood_d_robust``: mean over dataset shifts;
+* per threat shift: robust accuracy; ``ood_t_robust``: mean over threat shifts;
+* ``ood_robust``: mean of OOD-D robust and OOD-T robust (the one present when the suite has
+  only one kind of shift).
+Means over cells get the paired normal-approximation interval of
+:func:`benchmark.analysis.stats.weighted_mean_interval`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..run import plan as planner
+from ..run import store
+from ..registry import Registry, SuiteSpec
+from .stats import weighted_mean_interval, wilson
+
+METRICS = ("id_clean", "id_robust", "ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust")
+CELL_COLUMNS = ("key", "model", "role", "data", "shift", "severity", "threat", "attack", "n", "clean_acc",
+                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path")
+
+
+@dataclass
+class SuiteResults:
+    """The present, current cells of a suite plus what is missing or stale."""
+
+    suite: SuiteSpec
+    cells: pd.DataFrame  # one row per planned cell with a result file (CELL_COLUMNS)
+    planned: pd.DataFrame  # one row per planned cell: key, model, role, data, shift, severity, threat, present
+    stale: list[Path] = field(default_factory=list)  # result files whose key is not in the plan
+
+    @property
+    def n_planned(self) -> int:
+        return len(self.planned)
+
+    @property
+    def n_present(self) -> int:
+        return len(self.cells)
+
+    @property
+    def n_missing(self) -> int:
+        return int((~self.planned["present"]).sum()) if len(self.planned) else 0
+
+    @property
+    def n_stale(self) -> int:
+        return len(self.stale)
+
+
+def _key_of(filename: str) -> str:
+    return filename[:-5].rsplit("__", 1)[-1]
+
+
+def _scan(folder: Path) -> dict[str, list[Path]]:
+    """Result files under ``folder`` grouped by the key in their name (os.scandir is fast)."""
+    found: dict[str, list[Path]] = {}
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            if e.is_dir():
+                stack.append(Path(e.path))
+            elif e.name.endswith(".json") and not e.name.startswith(".tmp-"):
+                found.setdefault(_key_of(e.name), []).append(Path(e.path))
+    return found
+
+
+def _failed_checks(checks: Any) -> tuple[str, ...]:
+    """``name (detail=value, ...)`` for every check whose ``ok`` is false."""
+    out = []
+    for name, val in sorted((checks or {}).items()):
+        if isinstance(val, dict) and val.get("ok") is False:
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(val.items()) if k != "ok")
+            out.append(f"{name} ({detail})" if detail else name)
+    return tuple(out)
+
+
+def _row(path: Path, payload: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
+    """A table row: identity from the plan (the key matched), numbers from the file."""
+    try:
+        n = int(payload["n"])
+        clean = store.unbits(payload["clean_correct"])
+        robust = store.unbits(payload["robust_correct"])
+        row = {c: planned[c] for c in ("key", "model", "role", "data", "shift", "severity", "threat")}
+        row["attack"] = str(payload["attack"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a shiftbench result ({exc!r}); delete it and re-run `shiftbench run`") from None
+    if clean.size != n or robust.size != n:
+        raise ValueError(f"{path}: key 'clean_correct'/'robust_correct' hold {clean.size}/{robust.size} outcomes, "
+                         f"'n' says {n}; delete the file and re-run `shiftbench run`")
+    row.update(n=n, clean_acc=float(clean.mean()) if n else float("nan"),
+               robust_acc=float(robust.mean()) if n else float("nan"), clean_correct=clean,
+               robust_correct=robust, failed_checks=_failed_checks(payload.get("checks")), path=str(path))
+    return row
+
+
+def load(registry: Registry, suite_id: str, results_root: Path) -> SuiteResults:
+    """Read ``results_root/<suite>/`` against the suite's current plan."""
+    suite = registry.suite(suite_id)
+    cells = planner.plan_suite(registry, suite_id)
+    folder = Path(results_root) / suite_id
+    files = _scan(folder)
+    # Cell.key hashes the whole spec: compute it once per cell (via the file name)
+    names = [c.filename for c in cells]
+    keys = [_key_of(n) for n in names]
+    planned_keys = set(keys)
+    stale = sorted(p for k, ps in files.items() if k not in planned_keys for p in ps)
+    rows, plan_rows = [], []
+    for c, name, key in zip(cells, names, keys):
+        expected = folder / name
+        found = sorted(files.get(key, []))
+        path = expected if expected in found else (found[0] if found else None)
+        plan_rows.append({"key": key, "model": c.model.id, "role": c.role, "data": c.data_name,
+                          "shift": c.shift_id, "severity": c.severity, "threat": c.threat.id,
+                          "present": path is not None})
+        if path is None:
+            continue
+        with open(path, "rb") as fh:
+            try:
+                payload = json.loads(fh.read())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc}); delete it and re-run `shiftbench run`") from None
+        if payload.get("key") != key:
+            stale.append(path)  # renamed or hand-edited: its content is not this cell
+            plan_rows[-1]["present"] = False
+            continue
+        rows.append(_row(path, payload, plan_rows[-1]))
+    return SuiteResults(suite, pd.DataFrame(rows, columns=list(CELL_COLUMNS)),
+                        pd.DataFrame(plan_rows, columns=["key", "model", "role", "data", "shift", "severity",
+                                                         "threat", "present"]), sorted(stale))
+
+
+# --------------------------------------------------------------------------- summary
+def _mean(rows: list[dict[str, Any]], weights: list[float], col: str) -> tuple[float, float, float]:
+    return weighted_mean_interval([r[col] for r in rows], weights)
+
+
+def _id_metric(row: dict[str, Any] | None, col: str) -> tuple[float, float, float]:
+    if row is None:
+        return (float("nan"),) * 3
+    bits = row[col]
+    lo, hi = wilson(int(bits.sum()), int(bits.size))
+    return (float(bits.mean()) if bits.size else float("nan"), lo, hi)
+
+
+def _flags(rows: list[dict[str, Any]], n_missing: int, n_planned: int) -> tuple[str, ...]:
+    """Human-readable reasons to distrust a model's numbers."""
+    by_check: dict[str, list[str]] = {}
+    for r in rows:
+        for f in r["failed_checks"]:
+            by_check.setdefault(f.split(" ", 1)[0], []).append(f"{r['data']} x {r['threat']}: {f}")
+    out = [f"trust check '{name}' failed in {len(w)} cell(s), e.g. {w[0]}" for name, w in sorted(by_check.items())]
+    if n_missing:
+        out.append(f"incomplete: {n_missing} of {n_planned} cells missing; means use the cells present")
+    return tuple(out)
+
+
+@dataclass
+class Summary:
+    """Per-model summary (``models``) and per-shift numbers in long form (``per_shift``)."""
+
+    models: pd.DataFrame  # index: model id; METRICS (+ _lo/_hi), attacks, flags, architecture, training
+    per_shift: pd.DataFrame  # model, kind (dataset|threat), shift, clean(+lo/hi), robust(+lo/hi), cells
+
+
+def summarize(registry: Registry, results: SuiteResults) -> Summary:
+    """One row per model of the suite (models without any result are left out)."""
+    suite = results.suite
+    cells = results.cells
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in cells.to_dict("records"):
+        by_model.setdefault(r["model"], []).append(r)
+    planned_by_model = results.planned.groupby("model")["present"].agg(["size", "sum"]) \
+        if len(results.planned) else pd.DataFrame(columns=["size", "sum"])
+    model_rows, shift_rows = [], []
+    for model_id in sorted(by_model):
+        rows = by_model[model_id]
+        spec = registry.entries["models"].get(model_id)
+        id_row = next((r for r in rows if r["role"] == "id"), None)
+        out: dict[str, Any] = {"model": model_id}
+        for name, col in (("id_clean", "clean_correct"), ("id_robust", "robust_correct")):
+            out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _id_metric(id_row, col)
+        # dataset shifts: severities averaged within a shift, then shifts averaged
+        groups = [(s, [r for r in rows if r["role"] == "dataset" and r["shift"] == s]) for s in suite.dataset_shifts]
+        groups = [(s, g) for s, g in groups if g]
+        d_rows, d_w = [], []
+        for s, g in groups:
+            w = [1.0 / len(g)] * len(g)
+            c, clo, chi = _mean(g, w, "clean_correct")
+            rb, rlo, rhi = _mean(g, w, "robust_correct")
+            shift_rows.append({"model": model_id, "kind": "dataset", "shift": s, "clean": c, "clean_lo": clo,
+                               "clean_hi": chi, "robust": rb, "robust_lo": rlo, "robust_hi": rhi, "cells": len(g)})
+            d_rows += g
+            d_w += [x / len(groups) for x in w]
+        for name, col in (("ood_d_clean", "clean_correct"), ("ood_d_robust", "robust_correct")):
+            out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _mean(d_rows, d_w, col)
+        t_rows = [r for t in suite.threat_shifts for r in rows if r["role"] == "threat" and r["threat"] == t]
+        for r in t_rows:
+            c, clo, chi = _id_metric(r, "clean_correct")
+            rb, rlo, rhi = _id_metric(r, "robust_correct")
+            shift_rows.append({"model": model_id, "kind": "threat", "shift": r["threat"], "clean": c,
+                               "clean_lo": clo, "clean_hi": chi, "robust": rb, "robust_lo": rlo,
+                               "robust_hi": rhi, "cells": 1})
+        t_w = [1.0 / len(t_rows)] * len(t_rows) if t_rows else []
+        out["ood_t_robust"], out["ood_t_robust_lo"], out["ood_t_robust_hi"] = _mean(t_rows, t_w, "robust_correct")
+        parts = [(d_rows, d_w), (t_rows, t_w)]
+        parts = [p for p in parts if p[0]]
+        o_rows = [r for p in parts for r in p[0]]
+        o_w = [w / len(parts) for p in parts for w in p[1]]
+        out["ood_robust"], out["ood_robust_lo"], out["ood_robust_hi"] = _mean(o_rows, o_w, "robust_correct")
+        out["attacks"] = tuple(sorted({str(r["attack"]) for r in rows}))
+        size = int(planned_by_model.loc[model_id, "size"]) if model_id in planned_by_model.index else len(rows)
+        out["cells"] = len(rows)
+        out["planned"] = size
+        out["flags"] = _flags(rows, size - len(rows), size)
+        out["architecture"] = spec.architecture if spec else "?"
+        out["training"] = spec.training if spec else "?"
+        model_rows.append(out)
+    models = pd.DataFrame(model_rows)
+    if len(models):
+        models = models.set_index("model")
+    per_shift = pd.DataFrame(shift_rows, columns=["model", "kind", "shift", "clean", "clean_lo", "clean_hi", "robust",
+                                                  "robust_lo", "robust_hi", "cells"])
+    return Summary(models, per_shift)

@@ -1,0 +1,213 @@
+"""Calibrate the fast default attack (``apgd-mm``) against AutoAttack-standard, side by side.
+
+For every zoo model of a suite and for the ID threat plus two Lp threat shifts, both attacks run
+on the same clean-correct examples in the same process; the table reports each one's robust
+accuracy, the gap (fast minus AutoAttack, in points: positive means the fast attack missed
+adversarial examples) and the wall times.  Targets: mean gap <= 0.3, max gap <= 1.0 point,
+fast attack <= 1/20 of AutoAttack's time.
+
+    shiftbench calibrate --suite digits [--models PAT] [--n N] [--out FILE.md]
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..registry import Registry, SuiteSpec, ThreatSpec
+
+FAST = "apgd-mm"
+DEFAULT_N = 200
+TARGET_MEAN_GAP, TARGET_MAX_GAP, TARGET_TIME_RATIO = 0.3, 1.0, 1 / 20
+
+
+@dataclass
+class Row:
+    model: str
+    threat: str
+    norm: str
+    eps: float
+    n: int
+    clean: float
+    fast: float
+    aa: float
+    fast_s: float
+    aa_s: float
+
+    @property
+    def gap(self) -> float:
+        """Fast minus AutoAttack robust accuracy, in points."""
+        return 100 * (self.fast - self.aa)
+
+
+def calibration_threats(reg: Registry, suite: SuiteSpec, patterns: str | None = None) -> list[ThreatSpec]:
+    """The ID threat and two Lp threat shifts: the suite's own, else ``<dataset>-linf-large`` and
+    ``<dataset>-l2`` from the registry, else built in code (twice the ID budget in the same norm;
+    an L2 budget of half the Linf ball's L2 radius).  ``patterns`` (comma-separated globs) picks
+    among the ID threat and the suite's Lp threat shifts instead."""
+    id_t = reg.threat(suite.id_threat)
+    if patterns:  # chosen among the suite's Lp threats
+        from ..registry import filter_ids
+
+        lp = [t for t in [id_t, *(reg.threat(t) for t in suite.threat_shifts)] if t.kind == "lp"]
+        chosen = filter_ids(lp, patterns)
+        if not chosen:
+            raise SystemExit(f"calibrate: no Lp threat of suite '{suite.id}' matches {patterns!r} "
+                             f"(they are: {', '.join(t.id for t in lp)})")
+        return chosen
+    out = [id_t]
+    known = reg.entries["threats"]
+    wanted = [*suite.threat_shifts, f"{suite.dataset}-linf-large", f"{suite.dataset}-l2"]
+    for tid in dict.fromkeys(wanted):
+        t = known.get(tid)
+        if t is not None and t.kind == "lp" and t.id != id_t.id and len(out) < 3:
+            out.append(t)
+    if id_t.kind == "lp":
+        if len(out) < 3:
+            out.append(dataclasses.replace(id_t, id=f"{id_t.id}-x2 (built-in)", eps=2 * id_t.eps, path=""))
+        if len(out) < 3 and id_t.norm == "Linf":
+            d = {"digits": 256}.get(suite.dataset, 3 * 32 * 32)
+            out.append(dataclasses.replace(id_t, id=f"{id_t.id}-l2 (built-in)", norm="L2",
+                                           eps=round(id_t.eps * math.sqrt(d) / 2, 3), path=""))
+    return out[:3]
+
+
+def _robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor,
+                    threats: list[ThreatSpec], *, seed: int = 0, fast_args: dict[str, Any] | None = None,
+                    aa_version: str = "standard") -> list[Row]:
+    """Both attacks on the clean-correct examples of ``x`` for each threat."""
+    from ..attacks import run_attack
+
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    xc, yc = x[ok], y[ok]
+    n = len(y)
+    rows = []
+    for t in threats:
+        args = dict(t.attack_args) if t.attack == FAST else {}
+        args.update(fast_args or {})
+        t0 = time.perf_counter()
+        xf = run_attack(model, xc, yc, t, seed=seed, attack=FAST, **args)
+        t1 = time.perf_counter()
+        xa = run_attack(model, xc, yc, t, seed=seed, attack="autoattack", version=aa_version)
+        t2 = time.perf_counter()
+        rows.append(Row(name, t.id, str(t.norm), float(t.eps), n, float(ok.float().mean()),
+                        float(_robust(model, xf, yc).sum()) / n, float(_robust(model, xa, yc).sum()) / n,
+                        t1 - t0, t2 - t1))
+    return rows
+
+
+def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | None, seed: int,
+                   fast_args: dict[str, Any] | None, threads: int, threats: str | None = None) -> list[Row]:
+    """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
+    to back in the same process, so their times are comparable whatever else runs."""
+    from ..data import datasets
+    from ..models.load import load_model
+
+    torch.set_num_threads(threads)
+    reg = Registry(registry_root)
+    suite = reg.suite(suite_id)
+    x_all, y_all = datasets.load_id(suite.dataset, "test")
+    idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
+    model = load_model(reg.model(model_id), reg)
+    return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite, threats), seed=seed,
+                           fast_args=fast_args)
+
+
+def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
+        fast_args: dict[str, Any] | None = None, progress: bool = True, workers: int = 1,
+        threads: int = 1, threats: str | None = None) -> list[Row]:
+    """Calibration rows for every zoo model of ``suite_id`` matching ``models`` (in model order),
+    ``workers`` models at a time in separate processes."""
+    from tqdm.auto import tqdm
+
+    suite = reg.suite(suite_id)
+    specs = reg.suite_models(suite, models)
+    if not specs:
+        raise SystemExit(f"calibrate: no model of suite '{suite_id}' matches {models!r}; "
+                         f"see `shiftbench ls models --suite {suite_id}`")
+    seed = suite.seed if seed is None else seed
+    calibration_threats(reg, suite, threats)  # a bad pattern fails here, not in a worker
+    jobs = [(str(reg.root), spec.id, suite_id, n, seed, fast_args, threads, threats) for spec in specs]
+    by_model: dict[str, list[Row]] = {}
+    bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
+    try:
+        if workers <= 1:
+            for job in jobs:
+                by_model[job[1]] = _calibrate_one(*job)
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_calibrate_one, *job): job[1] for job in jobs}
+                for fut in as_completed(futures):
+                    by_model[futures[fut]] = fut.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    return [r for spec in specs for r in by_model[spec.id]]
+
+
+def summary(rows: list[Row]) -> dict[str, float]:
+    gaps = [r.gap for r in rows]
+    fast_s, aa_s = sum(r.fast_s for r in rows), sum(r.aa_s for r in rows)
+    return {"mean_gap": sum(gaps) / len(gaps) if gaps else float("nan"),
+            "max_gap": max(gaps) if gaps else float("nan"),
+            "time_ratio": fast_s / aa_s if aa_s else float("nan"), "fast_s": fast_s, "aa_s": aa_s}
+
+
+def targets_met(s: dict[str, float]) -> bool:
+    """Gaps are multiples of 100/n points: compare after rounding away float noise (1.0000000002)."""
+    return (round(s["mean_gap"], 6) <= TARGET_MEAN_GAP and round(s["max_gap"], 6) <= TARGET_MAX_GAP
+            and round(s["time_ratio"], 6) <= TARGET_TIME_RATIO)
+
+
+def render(rows: list[Row], command: str) -> str:
+    """Markdown table + summary line (what docs/attacks.md shows)."""
+    s = summary(rows)
+    lines = [f"<!-- generated by: {command} -->",
+             "| model | threat | norm | eps | n | clean % | apgd-mm % | AutoAttack % | gap (pp) | apgd-mm s | AA s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.threat} | {r.norm} | {r.eps:g} | {r.n} | {100 * r.clean:.1f} | "
+                     f"{100 * r.fast:.1f} | {100 * r.aa:.1f} | {r.gap:+.2f} | {r.fast_s:.1f} | {r.aa_s:.1f} |")
+    ok = targets_met(s)
+    lines += ["", f"**Summary**: mean gap {s['mean_gap']:+.2f} pp (target <= {TARGET_MEAN_GAP}), "
+                  f"max gap {s['max_gap']:+.2f} pp (target <= {TARGET_MAX_GAP}), "
+                  f"time ratio {s['time_ratio']:.3f} = 1/{1 / s['time_ratio']:.0f} "
+                  f"(target <= 1/{round(1 / TARGET_TIME_RATIO)}; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). "
+                  f"Targets {'met' if ok else 'NOT met'}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(args) -> int:
+    """``shiftbench calibrate``: print the table (and write it to ``--out``); 0 if targets are met."""
+    import shlex
+    import sys
+
+    import torch
+
+    threads = getattr(args, "threads", 1)  # small models: more threads only contend
+    torch.set_num_threads(threads)
+    reg = Registry(args.registry)
+    rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None),
+               workers=getattr(args, "workers", 1), threads=threads, threats=getattr(args, "threats", None))
+    cmd = "shiftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "shiftbench calibrate"
+    text = render(rows, getattr(args, "command_line", None) or cmd)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    return 0 if targets_met(summary(rows)) else 1

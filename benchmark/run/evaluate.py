@@ -1,0 +1,302 @@
+"""Evaluate: run cells, write one result JSON per cell.
+
+The result of a cell is written atomically to ``results/<suite>/<model>/<data>__<threat>__<key>.json``;
+a present file means the cell is done, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import datasets
+from . import store, trust
+from ..attacks import HARNESS_VERSION, run_attack
+from .plan import Cell
+from ..registry import ModelSpec, Registry, ThreatSpec, canonical
+
+DEFAULT_BATCH = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("shiftbench", "torch", "numpy", "pyautoattack", "robustbench"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def model_preprocessing(model: ModelSpec) -> str | None:
+    """The preprocessing a model's images get: its entry's ``preprocessing``, else ImageNet's
+    default ``Res256Crop224``; ``None`` for CIFAR and digits (images used at their own size)."""
+    from ..data.loaders import model_preprocessing as for_dataset
+
+    return for_dataset(model.dataset, model.preprocessing)
+
+
+def cell_preprocessing(cell: Cell) -> str | None:
+    """What turned the cell's files into model inputs (stored in each result): the model's
+    preprocessing for ImageNet ID data and the shifts that defer to it, else the shift's own
+    fixed transform (e.g. ``crop224`` for ImageNet-C, ``res32`` for CINIC-10), or ``None``."""
+    if cell.shift is None or cell.shift.source.startswith("synthetic:"):
+        return model_preprocessing(cell.model)
+    from ..data.loaders import shift_preprocessing
+
+    return shift_preprocessing(cell.shift, cell.model.preprocessing)
+
+
+def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (subset of) images and labels a cell evaluates; ImageNet images are read with the
+    model's preprocessing, so the data depends on the model entry."""
+    from ..data.shifts import load_shift
+
+    prep = model_preprocessing(cell.model)
+    if cell.shift is None:  # the data root resolved now, so a changed $SHIFTBENCH_DATA is not served from cache
+        root = None if cell.model.dataset == "digits" else str(datasets.data_root(data_dir))
+        x, y = _id_data(cell.model.dataset, root, prep)
+    else:
+        x, y = load_shift(cell.shift, cell.severity, seed=cell.seed, data_dir=data_dir, preprocessing=prep)
+    idx = torch.from_numpy(datasets.subset(cell.n, len(x), cell.seed))
+    return x[idx], y[idx]
+
+
+def prepare(cell: Cell, model: nn.Module, data_dir=None) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Data for a cell, and the model restricted to the shift's classes where the shift says
+    ``mask_logits`` (e.g. ImageNet-R's 200 classes); labels then index the subset."""
+    x, y = cell_data(cell, data_dir)
+    if cell.shift is not None and cell.shift.mask_logits:
+        from ..data import loaders
+
+        groups = loaders.logit_subset(cell.shift, datasets.data_root(data_dir))
+        model, y = loaders.masked_model(model, groups), loaders.subset_labels(y, groups)
+    return model, x, y
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
+@functools.lru_cache(maxsize=4)
+def _id_data(dataset: str, data_dir: str | None, preprocessing: str | None = None):
+    return datasets.load_id(dataset, "test", data_dir, preprocessing)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    dev = model_device(model)
+    return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class Outcome:
+    clean_correct: np.ndarray
+    robust_correct: np.ndarray
+    clean_s: float
+    attack_s: float
+    checks: dict[str, Any]
+    x_adv: torch.Tensor | None = None  # the attacked images (clean ones where not attacked)
+
+
+def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, *, seed: int,
+                   attack: str | None = None, attack_args: dict[str, Any] | None = None,
+                   batch_size: int = DEFAULT_BATCH, checks: bool = True, deep_checks: bool = False) -> Outcome:
+    """Clean and robust correctness per example.  Only clean-correct examples are attacked.
+
+    ``deep_checks`` adds the trust checks that re-attack a sample (budget monotonicity, a
+    black-box attack); the evaluator asks for them on each model's ID cell."""
+    t0 = time.perf_counter()
+    clean_pred = predict(model, x, batch_size)
+    clean_correct = (clean_pred == y).numpy()
+    t1 = time.perf_counter()
+    robust_correct = clean_correct.copy()
+    todo = np.flatnonzero(clean_correct)
+    x_adv_all = x.clone()
+    torch.manual_seed(seed)
+    for start in range(0, len(todo), batch_size):
+        idx = torch.from_numpy(todo[start:start + batch_size])
+        dev = model_device(model)
+        xb, yb = x[idx].to(dev), y[idx].to(dev)
+        x_adv = run_attack(model, xb, yb, threat, seed=seed + start, attack=attack, **(attack_args or {}))
+        x_adv_all[idx] = x_adv.detach().cpu()
+        robust_correct[todo[start:start + batch_size]] = (predict(model, x_adv, batch_size) == yb.cpu()).numpy()
+    t2 = time.perf_counter()
+    found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct, deep=deep_checks,
+                              seed=seed, attack=attack, attack_args=attack_args) if checks else {}
+    return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found, x_adv_all)
+
+
+def batch_outcomes(batch: Sequence[Cell], model: nn.Module, *, data_dir=None, attack: str | None = None,
+                   attack_args: dict[str, Any] | None = None,
+                   batch_size: int = DEFAULT_BATCH) -> list[tuple[Cell, Outcome]]:
+    """Attack the cells of one :attr:`Cell.batch` (all severities of a dataset shift) in a single
+    pass over their concatenated images, then split the outcomes and run each cell's trust
+    checks on its own images (the deep ones on ID cells).  A cell's attack time is its share of
+    the batch's, by number of clean-correct examples."""
+    prepared = [prepare(c, model, data_dir) for c in batch]
+    threat, seed = batch[0].threat, batch[0].seed
+    if any((c.threat, c.seed) != (threat, seed) for c in batch):
+        raise ValueError(f"cells of one batch must share threat and seed: {[c.describe() for c in batch]}")
+    x = torch.cat([p[1] for p in prepared]) if len(batch) > 1 else prepared[0][1]
+    y = torch.cat([p[2] for p in prepared]) if len(batch) > 1 else prepared[0][2]
+    out = attack_outcome(prepared[0][0], x, y, threat, seed=seed, attack=attack, attack_args=attack_args,
+                         batch_size=batch_size, checks=False)
+    results, start = [], 0
+    n_attacked = max(1, int(out.clean_correct.sum()))
+    for cell, (cell_model, xc, yc) in zip(batch, prepared):
+        sl = slice(start, start + len(yc))
+        start += len(yc)
+        cc, rc, xa = out.clean_correct[sl], out.robust_correct[sl], out.x_adv[sl]
+        share = float(cc.sum()) / n_attacked
+        checks = trust.cell_checks(cell_model, xc, yc, xa, threat, cc, rc, deep=cell.role == "id", seed=seed,
+                                   attack=attack, attack_args=attack_args)
+        results.append((cell, Outcome(cc, rc, out.clean_s * len(yc) / len(y), out.attack_s * share, checks, xa)))
+    return results
+
+
+def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]:
+    n = len(out.clean_correct)
+    return {
+        "schema": store.RESULT_SCHEMA,
+        "key": cell.key,
+        "suite": cell.suite,
+        "model": cell.model.id,
+        "role": cell.role,
+        "data": cell.data_name,
+        "shift": cell.shift_id,
+        "severity": cell.severity,
+        "threat": cell.threat.id,
+        "threat_kind": cell.threat.kind,
+        "norm": cell.threat.norm,
+        "eps": cell.threat.eps,
+        "attack": attack_name,
+        "attack_args": canonical(cell.threat.attack_args),
+        "n": n,
+        "seed": cell.seed,
+        "clean_acc": float(out.clean_correct.mean()) if n else float("nan"),
+        "robust_acc": float(out.robust_correct.mean()) if n else float("nan"),
+        "clean_correct": store.bits(out.clean_correct),
+        "robust_correct": store.bits(out.robust_correct),
+        "checks": out.checks,
+        "timing": {"clean_s": round(out.clean_s, 4), "attack_s": round(out.attack_s, 4)},
+        "harness": HARNESS_VERSION,
+        "versions": package_versions(),
+        "spec": {
+            "model": canonical(cell.model),
+            "shift": canonical(cell.shift) if cell.shift is not None else None,
+            "threat": canonical(cell.threat),
+        },
+        "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
+        "preprocessing": cell_preprocessing(cell),
+    }
+
+
+def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, data_dir=None,
+              batch_size: int = DEFAULT_BATCH) -> list[str]:
+    """Evaluate one batch of cells and write the result of each that is not on disk yet (a
+    resumed run recomputes a half-written batch and keeps the files already there); returns the
+    keys written."""
+    written = []
+    for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
+        path = results_dir / cell.filename
+        if not path.is_file():
+            store.write_json_atomic(path, result_payload(cell, out, cell.threat.attack))
+            written.append(cell.key)
+    return written
+
+
+# --------------------------------------------------------------------------- grid runner
+def pending(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
+    return [c for c in cells if not (results_dir / c.filename).is_file()]
+
+
+def pending_with_batches(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
+    """What a run of ``cells`` computes: the cells without a result, each with the other cells of
+    its :attr:`Cell.batch` (the severities of its shift) that have none either."""
+    from .plan import batches
+
+    return pending([c for b in batches(pending(cells, results_dir)) for c in b], results_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _registry(root: str) -> Registry:
+    return Registry(root)
+
+
+@functools.lru_cache(maxsize=2)
+def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | None) -> nn.Module:
+    from ..models.load import load_model
+
+    reg = _registry(registry_root)
+    model = load_model(reg.model(model_id), reg, model_dir=model_dir)
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: str, data_dir: str | None,
+               model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH) -> list[str]:
+    torch.set_num_threads(threads)
+    done = []
+    for batch in chunk:
+        model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir)
+        done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+    return done
+
+
+def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
+             workers: int = 1, progress: bool = True, chunk: int = 6,
+             batch_size: int = DEFAULT_BATCH) -> dict[str, int]:
+    """Run every pending cell; return counts.  Cells already on disk are skipped (resume).
+
+    Work goes by :attr:`Cell.batch`: a pending cell brings the other severities of its shift
+    along (they are written too and counted in ``ran``).  ``chunk`` batches of one model make
+    one task for a worker process."""
+    from tqdm.auto import tqdm
+
+    from .plan import batches
+
+    results_dir = Path(results_dir)
+    todo = pending(cells, results_dir)
+    counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0}
+    if not todo:
+        return counts
+    by_model: dict[str, list[tuple[Cell, ...]]] = defaultdict(list)
+    for b in batches(todo):
+        by_model[b[0].model.id].append(b)
+    chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
+    total = len(pending_with_batches(todo, results_dir))
+    root = str(registry.root)
+    dd = str(data_dir) if data_dir else None
+    md = str(model_dir) if model_dir else None
+    bar = tqdm(total=total, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            for ch in chunks:
+                bar.set_postfix_str(ch[0][0].describe(), refresh=False)
+                n = len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads(), batch_size))
+                counts["ran"] += n
+                bar.update(n)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1, batch_size) for ch in chunks]
+                for fut in as_completed(futures):
+                    n = len(fut.result())
+                    counts["ran"] += n
+                    bar.update(n)
+    finally:
+        bar.close()
+    return counts

@@ -1,0 +1,300 @@
+"""Aggregation and the rendered leaderboard, from synthetic result files written in a tmp dir.
+
+The results are made with the real path: a registry of real entries, the real plan (so keys
+are the ones the suite expects), ``evaluate.result_payload`` and ``store.write_json_atomic``.
+Only the per-example outcomes are synthetic (drawn from a fixed seed), which keeps this fast.
+Set ``UPDATE_GOLDEN=1`` to rewrite tests/report/golden/leaderboard_toy.md.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmark.analysis import aggregate
+from benchmark.report import leaderboard
+from benchmark.run import store
+from benchmark.run.evaluate import Outcome, result_payload
+from benchmark.run.plan import plan_suite
+from benchmark.registry import Registry
+
+GOLDEN = Path(__file__).parent / "golden" / "leaderboard_toy.md"
+SUITE = "toy"
+N = 40
+# model id -> (architecture, training, clean accuracy, robust/clean ratio under the ID threat)
+MODELS = {
+    "toy-mlp-std": ("MLP", "standard", 0.95, 0.05),
+    "toy-mlp-at": ("MLP", "PGD-AT", 0.85, 0.55),
+    "toy-cnn-std": ("SmallCNN", "standard", 0.97, 0.10),
+    "toy-cnn-at": ("SmallCNN", "PGD-AT", 0.90, 0.70),
+    "toy-cnn-trades": ("SmallCNN", "TRADES", 0.88, 0.75),
+}
+MISSING = ("toy-mlp-std", "noise-3")  # (model, data) of the one cell we leave out
+FLAGGED = ("toy-cnn-trades", "toy-l2")  # (model, threat) of a cell whose budget check fails
+
+
+def _yaml(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def make_registry(root: Path) -> Registry:
+    """Five models (user-code sources: never loaded here), two dataset shifts, two threat shifts."""
+    for mid, (arch, training, _, _) in MODELS.items():
+        _yaml(root / "models" / "digits" / f"{mid}.yaml", {
+            "id": mid, "source": f"python:toy_models:{mid.replace('-', '_')}", "dataset": "digits",
+            "architecture": arch, "training": training})
+    _yaml(root / "shifts" / "digits" / "noise.yaml", {
+        "id": "noise", "dataset": "digits", "source": "synthetic:gaussian_noise", "family": "noise",
+        "severities": [1, 3]})
+    _yaml(root / "shifts" / "digits" / "blur.yaml", {
+        "id": "blur", "dataset": "digits", "source": "synthetic:gaussian_blur", "family": "blur"})
+    threats = {"toy-linf": ("Linf", 0.1, "pgd"), "toy-linf-big": ("Linf", 0.2, "pgd"), "toy-l2": ("L2", 1.0, "apgd")}
+    for tid, (norm, eps, attack) in threats.items():
+        _yaml(root / "threats" / "digits" / f"{tid}.yaml", {
+            "id": tid, "kind": "lp", "norm": norm, "eps": eps, "attack": attack, "attack_args": {"steps": 2}})
+    _yaml(root / "suites" / f"{SUITE}.yaml", {
+        "id": SUITE, "dataset": "digits", "id_threat": "toy-linf", "dataset_shifts": ["noise", "blur"],
+        "threat_shifts": ["toy-linf-big", "toy-l2"], "n_examples": N, "seed": 0,
+        "description": "A synthetic suite for the leaderboard tests."})
+    return Registry(root)
+
+
+def _difficulty(cell) -> float:
+    """How much harder than ID a cell is (a fraction of accuracy kept)."""
+    if cell.role == "dataset":
+        return {"noise": 0.9 - 0.1 * (cell.severity or 0), "blur": 0.8}[cell.shift.id]
+    if cell.role == "threat":
+        return {"toy-linf-big": 0.5, "toy-l2": 0.7}[cell.threat.id]
+    return 1.0
+
+
+def write_results(reg: Registry, results_root: Path) -> list:
+    """One result file per planned cell (but one), plus one stale file from an older setting."""
+    cells = plan_suite(reg, SUITE)
+    folder = results_root / SUITE
+    for i, cell in enumerate(cells):
+        if (cell.model.id, cell.data_name) == MISSING:
+            continue
+        _, _, clean_p, ratio = MODELS[cell.model.id]
+        rng = np.random.default_rng(1000 + i)
+        keep = _difficulty(cell)
+        clean = rng.random(N) < clean_p * (keep if cell.role == "dataset" else 1.0)
+        robust = clean & (rng.random(N) < ratio * (keep if cell.role != "id" else 1.0))
+        checks = {"robust_le_clean": {"ok": True}, "in_range": {"ok": True},
+                  "in_budget": {"ok": True, "max_norm": cell.threat.eps}, "deterministic": {"ok": True}}
+        if (cell.model.id, cell.threat.id) == FLAGGED:
+            checks["in_budget"] = {"ok": False, "max_norm": 1.5}
+        payload = result_payload(cell, Outcome(clean, robust, 0.01, 0.02, checks), cell.threat.attack)
+        store.write_json_atomic(folder / cell.filename, payload)
+    old = plan_suite(reg, SUITE, models="toy-mlp-at", shifts="id", n_examples=N // 2)[0]  # other n: other key
+    clean = np.ones(N // 2, bool)
+    store.write_json_atomic(folder / old.filename, result_payload(old, Outcome(clean, clean, 0, 0, {}), "pgd"))
+    return cells
+
+
+@pytest.fixture()
+def toy(tmp_path: Path):
+    reg = make_registry(tmp_path / "registry")
+    results = tmp_path / "results"
+    cells = write_results(reg, results)
+    return reg, results, cells
+
+
+def test_aggregation_drops_stale_and_counts_missing(toy):
+    reg, results, cells = toy
+    res = aggregate.load(reg, SUITE, results)
+    assert res.n_planned == len(cells) == 5 * (1 + 3 + 2)
+    assert res.n_missing == 1 and res.n_stale == 1
+    assert res.n_present == len(cells) - 1 == len(res.cells)
+    assert res.cells["key"].is_unique and set(res.cells["key"]) <= {c.key for c in cells}
+    assert all(p.stat().st_size > 0 for p in res.stale)
+    assert "__" in res.stale[0].name and res.stale[0].name.startswith("id__toy-linf__")
+    missing = res.planned[~res.planned["present"]]
+    assert list(zip(missing["model"], missing["data"])) == [MISSING]
+
+
+def test_summary_matches_hand_computed_means(toy):
+    reg, results, _ = toy
+    res = aggregate.load(reg, SUITE, results)
+    summ = aggregate.summarize(reg, res)
+    m = summ.models
+    assert list(m.index) == sorted(MODELS)
+    c = res.cells.set_index(["model", "data", "threat"])
+    mid = "toy-cnn-at"
+
+    def rob(data, threat="toy-linf"):
+        return c.loc[(mid, data, threat), "robust_acc"]
+
+    noise = (rob("noise-1") + rob("noise-3")) / 2
+    ood_d = (noise + rob("blur")) / 2
+    ood_t = (rob("id", "toy-linf-big") + rob("id", "toy-l2")) / 2
+    assert m.loc[mid, "id_robust"] == pytest.approx(rob("id"))
+    assert m.loc[mid, "ood_d_robust"] == pytest.approx(ood_d)
+    assert m.loc[mid, "ood_t_robust"] == pytest.approx(ood_t)
+    assert m.loc[mid, "ood_robust"] == pytest.approx((ood_d + ood_t) / 2)
+    # the model with a missing severity averages what is present, and says so
+    std = m.loc["toy-mlp-std"]
+    assert std["ood_d_clean"] == pytest.approx(
+        (c.loc[("toy-mlp-std", "noise-1", "toy-linf"), "clean_acc"] + c.loc[("toy-mlp-std", "blur", "toy-linf"),
+                                                                             "clean_acc"]) / 2)
+    assert any("incomplete: 1 of 6" in f for f in std["flags"])
+    assert any("in_budget" in f and "toy-l2" in f for f in m.loc["toy-cnn-trades", "flags"])
+    assert m.loc["toy-cnn-at", "flags"] == ()
+    assert m.loc["toy-cnn-trades", "attacks"] == ("apgd", "pgd")
+    assert m.loc["toy-cnn-trades", "architecture"] == "SmallCNN" and m.loc["toy-cnn-trades", "training"] == "TRADES"
+    # invariants: robust <= clean; every interval holds its estimate
+    assert (m["id_robust"] <= m["id_clean"]).all() and (m["ood_d_robust"] <= m["ood_d_clean"]).all()
+    for col in aggregate.METRICS:
+        assert ((m[f"{col}_lo"] <= m[col] + 1e-12) & (m[col] <= m[f"{col}_hi"] + 1e-12)).all(), col
+
+
+def test_leaderboard_golden(toy, tmp_path):
+    reg, results, _ = toy
+    out = leaderboard.write(reg, SUITE, results, tmp_path / "site" / "leaderboard.md")
+    text = out.read_text(encoding="utf-8")
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert GOLDEN.is_file(), f"{GOLDEN} missing: run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == GOLDEN.read_text(encoding="utf-8"), "leaderboard changed; if intended, rerun with UPDATE_GOLDEN=1"
+    assert text.startswith("<!-- generated by: shiftbench leaderboard --suite toy; do not edit -->\n")
+    assert (out.parent / "docs" / "toy-trend.png").is_file() and "](docs/toy-trend.png)" in text
+
+
+def test_ranking_by_ood_robust(toy):
+    reg, results, _ = toy
+    _, summ, fits = leaderboard.build(reg, SUITE, results)
+    order = leaderboard.ranking(summ.models)
+    ood = [summ.models.loc[m, "ood_robust"] for m in order]
+    assert ood == sorted(ood, reverse=True)
+    # the synthetic zoo has a clear positive ID -> OOD trend
+    assert fits["OOD"].line.slope > 0 and fits["OOD"].line.n == 5
+    assert set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur", "toy-linf-big", "toy-l2"}
+
+
+def test_regeneration_is_byte_identical(toy, tmp_path):
+    reg, results, _ = toy
+    a = leaderboard.write(reg, SUITE, results, tmp_path / "a" / "board.md")
+    b = leaderboard.write(reg, SUITE, results, tmp_path / "b" / "board.md")
+    png_a, png_b = a.parent / "docs" / "toy-trend.png", b.parent / "docs" / "toy-trend.png"
+    assert a.read_bytes() == b.read_bytes()
+    assert png_a.read_bytes() == png_b.read_bytes() and png_a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = png_a.read_bytes()
+    leaderboard.write(reg, SUITE, results, a)  # rewrite in place: unchanged
+    assert png_a.read_bytes() == first
+    # a changed result changes the output
+    victim = sorted((results / SUITE / "toy-cnn-at").glob("id__toy-linf__*.json"))[0]
+    payload = store.read_json(victim)
+    payload["robust_correct"] = "0" * N
+    store.write_json_atomic(victim, payload)
+    c = leaderboard.write(reg, SUITE, results, tmp_path / "c" / "board.md")
+    assert c.read_bytes() != a.read_bytes()
+
+
+def test_cli_leaderboard_and_errors(toy, tmp_path, capsys):
+    from benchmark import cli
+
+    reg, results, _ = toy
+    out = tmp_path / "cli" / "lb.md"
+    rc = cli.main(["leaderboard", "--suite", SUITE, "--registry", str(reg.root), "--results", str(results),
+                   "--out", str(out)])
+    assert rc == 0 and out.is_file() and "| Rank | Model |" in out.read_text()
+    rc = cli.main(["leaderboard", "--suite", SUITE, "--registry", str(reg.root), "--results",
+                   str(tmp_path / "empty"), "--out", str(tmp_path / "x.md")])
+    assert rc == 2 and "shiftbench run --suite toy" in capsys.readouterr().err
+
+
+def test_corrupt_result_names_the_file(toy):
+    reg, results, _ = toy
+    victim = sorted((results / SUITE / "toy-mlp-at").glob("blur__*.json"))[0]
+    payload = store.read_json(victim)
+    payload["clean_correct"] = payload["clean_correct"][:-1]
+    store.write_json_atomic(victim, payload)
+    with pytest.raises(ValueError, match=victim.name):
+        aggregate.load(reg, SUITE, results)
+
+
+def test_formatting_helpers():
+    assert leaderboard.pct(0.5321, 0.49, 0.57) == "53.2 ±4.0"
+    assert leaderboard.pct(float("nan")) == "-"
+    assert leaderboard.signed_pp(0.021, -0.004, 0.045) == "+2.1 [-0.4, +4.5]"
+    assert math.isnan(float("nan")) and leaderboard.signed_pp(float("nan"), 0, 0) == "-"
+
+
+def test_real_evaluator_results_render(tiny_registry, tmp_path):
+    """Result files written by the real evaluator (tiny MLP, PGD) aggregate and render; with a
+    single model there is no trend, which the page must survive."""
+    from benchmark.run.evaluate import run_grid
+
+    reg = Registry(tiny_registry)
+    cells = plan_suite(reg, "tiny", n_examples=60)
+    results = tmp_path / "results"
+    run_grid(cells, reg, results / "tiny", progress=False)
+    res = aggregate.load(reg, "tiny", results)
+    # the suite's own n is 120: results made with n=60 are not the current plan
+    assert res.n_present == 0 and res.n_stale == len(cells) == 4 and res.n_missing == 4
+    run_grid(plan_suite(reg, "tiny"), reg, results / "tiny", progress=False)
+    out = leaderboard.write(reg, "tiny", results, tmp_path / "lb" / "tiny.md")
+    _, summ, fits = leaderboard.build(reg, "tiny", results)
+    row = summ.models.loc["tiny"]
+    assert 0.5 < row["id_clean"] <= 1 and row["id_robust"] <= row["id_clean"]
+    assert row["ood_robust"] == pytest.approx((row["ood_d_robust"] + row["ood_t_robust"]) / 2)
+    assert row["flags"] == () and row["attacks"] == ("pgd",)
+    assert fits["OOD"].line.n == 1 and math.isnan(fits["OOD"].line.slope)
+    text = out.read_text()
+    assert "| 1 | tiny |" in text and "4 of 4 cells present, 0 missing, 4 stale" in text
+
+
+def test_suite_without_threat_shifts(toy):
+    """Dropping the threat shifts from the suite makes their results stale and OOD = OOD-D."""
+    reg, results, _ = toy
+    suite_file = reg.root / "suites" / f"{SUITE}.yaml"
+    data = yaml.safe_load(suite_file.read_text())
+    data["threat_shifts"] = []
+    suite_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    reg2 = Registry(reg.root)
+    res, summ, fits = leaderboard.build(reg2, SUITE, results)
+    assert res.n_stale == 1 + 5 * 2 and res.n_planned == 5 * 4
+    m = summ.models
+    assert np.allclose(m["ood_robust"], m["ood_d_robust"]) and m["ood_t_robust"].isna().all()
+    assert fits["OOD-T"].line.n == 0 and set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur"}
+    text = leaderboard.render(reg2, res.suite, res, summ, fits, command="x", png_ref=None)
+    assert "0 threat shift(s): none" in text and "| OOD-T | - | - | - | 0 |" in text
+
+
+def test_committed_leaderboard_matches_committed_results(tmp_path):
+    """The repository's leaderboard.md and trend plot are what the committed results/ render to,
+    and every planned digits cell has a current result: a registry change that alters a cell
+    must come with re-run results and a regenerated board."""
+    from benchmark.registry import DEFAULT_REGISTRY
+
+    repo = DEFAULT_REGISTRY.parent
+    reg = Registry(DEFAULT_REGISTRY)
+    planned = plan_suite(reg, "digits")
+    missing = [c.filename for c in planned if not (repo / "results" / "digits" / c.filename).is_file()]
+    assert not missing, f"{len(missing)} digits cells have no result, e.g. {missing[:3]}; run `make run`"
+    out = leaderboard.write(reg, "digits", repo / "results", tmp_path / "leaderboard.md")
+    assert out.read_bytes() == (repo / "leaderboard.md").read_bytes(), "run `shiftbench leaderboard`"
+    png = tmp_path / "docs" / "digits-trend.png"
+    assert png.read_bytes() == (repo / "docs" / "digits-trend.png").read_bytes()
+
+
+def test_threat_caveat_is_shown_and_keeps_results_current(toy):
+    """A caveat on a threat entry appears on the board and leaves every result current (it changes
+    no number, so it is not part of a cell's hash); a changed description does not."""
+    reg, results, _ = toy
+    path = reg.root / "threats" / "digits" / "toy-l2.yaml"
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "caveat": "weaker than\n AutoAttack here."}, sort_keys=False))
+    reg2 = Registry(reg.root)
+    res, summ, fits = leaderboard.build(reg2, SUITE, results)
+    assert res.n_missing == 1 and res.n_stale == 1  # as without the caveat
+    text = leaderboard.render(reg2, res.suite, res, summ, fits, command="x", png_ref=None)
+    assert "Caveats:\n\n- `toy-l2`: weaker than AutoAttack here.\n" in text
+    path.write_text(yaml.safe_dump({**data, "description": "changed"}, sort_keys=False))
+    assert leaderboard.build(Registry(reg.root), SUITE, results)[0].n_missing == 1 + 5
