@@ -113,15 +113,35 @@ def cmd_run(args) -> int:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
         return 0
+    device = _device_or_exit(args.device)
+    if device is None:
+        return 2
     t0 = time.perf_counter()
     counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
-                      workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size)
+                      workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
+                      device=device)
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.leaderboard:
         from .report import leaderboard
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
     return 0
+
+
+def _device_or_exit(device: str) -> str | None:
+    """``--device``: the resolved device name, or None (message printed) when it is unavailable."""
+    from .run.evaluate import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where models run: auto (CUDA when available), cpu or cuda; data moves there once")
 
 
 def cmd_leaderboard(args) -> int:
@@ -164,6 +184,8 @@ def cmd_verify_archives(args) -> int:
 def cmd_calibrate(args) -> int:
     from .run import calibrate
 
+    if _device_or_exit(args.device) is None:
+        return 2
     return calibrate.main(args)
 
 
@@ -199,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
     q.add_argument("--results", default=str(RESULTS_ROOT))
     q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
+    _add_device(q)
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_run)
@@ -244,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=1,
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")
+    _add_device(q)
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_calibrate)
