@@ -93,7 +93,7 @@ def cmd_run(args) -> int:
 
     r = _registry(args)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, seed=args.seed)
+                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
     if not cells:
         print(f"error: no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
               f"threats={args.threats}); see `shiftbench ls models --suite {args.suite}`", file=sys.stderr)

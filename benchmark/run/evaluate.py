@@ -265,6 +265,7 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
             "shift": canonical(cell.shift) if cell.shift is not None else None,
             "threat": canonical(cell.threat),
         },
+        "weights_pinned": dict(cell.weights) if cell.weights is not None else None,
         "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
         "preprocessing": cell_preprocessing(cell),
     }
