@@ -41,18 +41,12 @@ def lock_path(registry_root: Path | str) -> Path:
 
 def read_lock(path: Path) -> dict[str, dict[str, str]]:
     """``{model id: {file name: sha256}}`` (empty when there is no lock file yet)."""
-    import json
+    from ..data.pins import PinError, read_pins
 
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text())
-        models = data["models"]
-        assert isinstance(models, dict)
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a weights lock file ({type(exc).__name__}: {exc}); "
-                           "restore it from version control or delete it to record every checksum again") from None
-    return models
+        return read_pins(path)
+    except PinError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def pinned(registry_root: Path | str, model_id: str, files: list[Path], entry_path: str = "") -> dict[str, str]:
@@ -63,30 +57,22 @@ def pinned(registry_root: Path | str, model_id: str, files: list[Path], entry_pa
     checkpoints are read: their sha256 go into the registry's lock file, with a message saying
     so, and every later load is checked against them, so a replaced checkpoint is an error rather
     than a stale result.  The pinned checksums are part of the cell key (run/plan.py)."""
-    import fcntl
-    import json
     import sys
+
+    from ..data.pins import PinError, pin
 
     path = lock_path(registry_root)
     got = {p.name: sha256_file(p) for p in files}
-    known = read_lock(path).get(model_id)
-    if known is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".flock"), "w") as guard:  # workers may record at the same time
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            models = read_lock(path)
-            known = models.get(model_id)
-            if known is None:
-                models[model_id] = got
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(json.dumps({"schema": 1, "models": dict(sorted(models.items()))}, indent=1,
-                                          sort_keys=True) + "\n")
-                tmp.replace(path)
-                print(f"{entry_path or model_id}: its entry has no sha256; recorded the sha256 of "
-                      f"{', '.join(sorted(got))} in {path} (trust on first use). Later loads are verified "
-                      f"against it and it is part of every cell key; commit the lock file to pin it for "
-                      f"everyone.", file=sys.stderr)
-                return got
+    try:
+        known, recorded = pin(path, model_id, got)
+    except PinError as exc:
+        raise WeightsError(str(exc)) from None
+    if recorded:
+        print(f"{entry_path or model_id}: its entry has no sha256; recorded the sha256 of "
+              f"{', '.join(sorted(got))} in {path} (trust on first use). Later loads are verified "
+              f"against it and it is part of every cell key; commit the lock file to pin it for "
+              f"everyone.", file=sys.stderr)
+        return known
     for name, sha in got.items():
         want = known.get(name)
         if want is None:
