@@ -186,19 +186,27 @@ def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         st["best_x"][better], st["best_loss"][better], st["best_grad"][better] = z[better], new_loss[better], grad[better]
         leave(logits.argmax(1) != st["y"], "cur", True)
         if it + 1 in checkpoints:
-            # halve the step where fewer than RHO of the steps increased the loss, or where the
-            # last checkpoint did not halve and the best loss has not moved since; restart those
-            # from their best point
-            halve = (st["n_incr"] <= RHO * (it + 1 - last_ck)) | (~st["ck_halved"] & (st["ck_loss"] >= st["best_loss"]))
-            h = _bc(halve, st["cur"])
-            st["eta"] = torch.where(halve, st["eta"] / 2, st["eta"])
-            st["cur"] = torch.where(h, st["best_x"], st["cur"])  # "prev" stays: momentum towards the best point
-            st["grad"] = torch.where(h, st["best_grad"], st["grad"])
-            st["ck_halved"], st["ck_loss"] = halve, st["best_loss"].clone()
-            st["n_incr"].zero_()
+            checkpoint(st, it + 1 - last_ck)
             last_ck = it + 1
     out[st["idx"]] = st["best_x"]
     return out, fooled, zero_grad
+
+
+def checkpoint(st: dict[str, torch.Tensor], window: int) -> torch.Tensor:
+    """A checkpoint, as in the reference implementation: halve the step where at most ``RHO`` of
+    the ``window`` steps since the last checkpoint increased the loss, or where the last
+    checkpoint did not halve and the best loss has not moved since; restart those from their
+    best point.  ``prev`` is kept, so the first step after a restart has momentum towards the
+    best point (``best - previous iterate``), as the reference's ``x_adv_old``.  Returns the
+    examples halved."""
+    halve = (st["n_incr"] <= RHO * window) | (~st["ck_halved"] & (st["ck_loss"] >= st["best_loss"]))
+    h = _bc(halve, st["cur"])
+    st["eta"] = torch.where(halve, st["eta"] / 2, st["eta"])
+    st["cur"] = torch.where(h, st["best_x"], st["cur"])
+    st["grad"] = torch.where(h, st["best_grad"], st["grad"])
+    st["ck_halved"], st["ck_loss"] = halve, st["best_loss"].clone()
+    st["n_incr"].zero_()
+    return halve
 
 
 def _lp_threat(threat, name: str) -> tuple[float, str]:
