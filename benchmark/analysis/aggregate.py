@@ -192,7 +192,7 @@ def metric_parts(rows: list[dict[str, Any]], suite: SuiteSpec) -> dict[str, tupl
     d_rows = [r for g in groups for r in g]
     d_w = [1.0 / len(g) / len(groups) for g in groups for _ in g]
     t_rows = [r for t in suite.threat_shifts for r in rows if r["role"] == "threat" and r["threat"] == t]
-    t_w = [1.0 / len(t_rows)] * len(t_rows)
+    t_w = [1.0 / len(t_rows)] * len(t_rows) if t_rows else []
     both = [p for p in ((d_rows, d_w), (t_rows, t_w)) if p[0]]
     o_rows = [r for p in both for r in p[0]]
     o_w = [w / len(both) for p in both for w in p[1]]

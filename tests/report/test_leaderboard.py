@@ -172,9 +172,13 @@ def test_ranking_by_ood_robust(toy):
     order = leaderboard.ranking(summ.models)
     ood = [summ.models.loc[m, "ood_robust"] for m in order]
     assert ood == sorted(ood, reverse=True)
-    # the synthetic zoo has a clear positive ID -> OOD trend
-    assert fits["OOD"].line.slope > 0 and fits["OOD"].line.n == 5
-    assert set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur", "toy-linf-big", "toy-l2"}
+    # the model with a missing cell is not ranked and not fitted, though it has the lowest numbers
+    assert MISSING[0] not in order and leaderboard.incomplete(summ.models) == [MISSING[0]]
+    assert len(order) == 4
+    # the synthetic zoo has a clear positive ID -> OOD trend, fitted on the four complete models
+    assert fits["OOD"].line.slope > 0 and fits["OOD"].line.n == 4 and MISSING[0] not in fits["OOD"].models
+    assert set(fits) == {"OOD", "OOD-D", "OOD-T", "family:noise", "family:blur", "noise", "blur", "toy-linf-big",
+                         "toy-l2"}
 
 
 def test_regeneration_is_byte_identical(toy, tmp_path):
@@ -262,9 +266,11 @@ def test_suite_without_threat_shifts(toy):
     assert res.n_stale == 1 + 5 * 2 and res.n_planned == 5 * 4
     m = summ.models
     assert np.allclose(m["ood_robust"], m["ood_d_robust"]) and m["ood_t_robust"].isna().all()
-    assert fits["OOD-T"].line.n == 0 and set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur"}
+    assert fits["OOD-T"].line.n == 0 and set(fits) == {"OOD", "OOD-D", "OOD-T", "family:noise", "family:blur",
+                                                       "noise", "blur"}
     text = leaderboard.render(reg2, res.suite, res, summ, fits, command="x", png_ref=None)
-    assert "0 threat shift(s): none" in text and "| OOD-T | - | - | - | 0 |" in text
+    assert "0 threat shift(s): none" in text and "| OOD-T | raw | - | - | - | - | - | 0 | - |" in text
+    assert "| OOD-T | probit | - | - | - | - | - | 0 | - |" in text
 
 
 def test_committed_leaderboard_matches_committed_results(tmp_path):
