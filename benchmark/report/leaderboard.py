@@ -538,7 +538,7 @@ def plot_severity(res: aggregate.SuiteResults, models: list[str], suite_id: str)
     models; severity 0 is the ID data."""
     curves = severity_curves(res, models)
     with _style():
-        fig = _figure(6.0, 3.8)
+        fig = _figure(8.0, 3.8)
         ax = fig.subplots()
         for i, m in enumerate(models):
             sev = sorted(curves[m])
@@ -550,7 +550,7 @@ def plot_severity(res: aggregate.SuiteResults, models: list[str], suite_id: str)
         ax.set_ylim(0, 100)
         ax.grid(True, lw=0.4, color="0.85")
         if models:
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.set_title(f"{suite_id}: accuracy against severity (best, median, last ranked model)", fontsize=9)
         fig.tight_layout()
         return _png(fig)
