@@ -556,7 +556,7 @@ def plot_severity(res: aggregate.SuiteResults, models: list[str], suite_id: str)
         return _png(fig)
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def write_if_changed(path: Path, data: bytes) -> None:
     """Atomic write; an unchanged file is left untouched (its mtime too)."""
     if path.is_file() and path.read_bytes() == data:
         return
@@ -583,14 +583,21 @@ def build_board(registry: Registry, suite_id: str, results_root: Path) -> Board:
     return analyse(registry, res, summ)
 
 
+def plot_kinds(board: Board) -> list[str]:
+    """``trend`` and ``shifts``, and ``severity`` when a dataset shift has severities."""
+    kinds = ["trend", "shifts"]
+    if any(board.registry.shift(s).severities for s in board.suite.dataset_shifts):
+        kinds.append("severity")
+    return kinds
+
+
 def plots(board: Board) -> dict[str, bytes]:
-    """The page's PNGs by kind: ``trend``, ``shifts``, ``severity``."""
+    """The page's PNGs by kind (:func:`plot_kinds`)."""
     ranks = {m: i for i, m in enumerate(board.ranked, 1)}
-    out = {"trend": plot(board.fits, board.suite.id, ranks, board.probit),
-           "shifts": plot_shifts(board.fits, board.suite)}
-    if any(registry_sev for registry_sev in (board.registry.shift(s).severities for s in board.suite.dataset_shifts)):
-        out["severity"] = plot_severity(board.res, representative_models(board.ranked), board.suite.id)
-    return out
+    make = {"trend": lambda: plot(board.fits, board.suite.id, ranks, board.probit),
+            "shifts": lambda: plot_shifts(board.fits, board.suite),
+            "severity": lambda: plot_severity(board.res, representative_models(board.ranked), board.suite.id)}
+    return {k: make[k]() for k in plot_kinds(board)}
 
 
 def write(registry: Registry, suite_id: str, results_root: Path, out: Path | None = None, *,
@@ -611,6 +618,9 @@ def write(registry: Registry, suite_id: str, results_root: Path, out: Path | Non
     text = render(registry, res.suite, res, board.summ, board.fits, command=command, png_ref=refs["trend"],
                   board=board, plot_refs=refs)
     for k, data in pngs.items():
-        _write_if_changed(paths[k], data)
-    _write_if_changed(out, text.encode("utf-8"))
+        write_if_changed(paths[k], data)
+    write_if_changed(out, text.encode("utf-8"))
     return out
+
+
+_write_if_changed = write_if_changed  # the old private name
