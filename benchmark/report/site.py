@@ -363,18 +363,20 @@ def model_page(board: Board, m: str, command: str) -> str:
                                             ("Robust", "num"), ("Cells", "num")], srows, id_="per-shift")
     cells = board.res.cells[board.res.cells["model"] == m]
     d = cells[cells["role"] == "dataset"]
-    sevs = sorted({int(v) for v in d["severity"].dropna()})
+    planned_sevs = {s: tuple(reg.shift(s).severities or ()) for s in suite.dataset_shifts}
+    sevs = sorted({v for vs in planned_sevs.values() for v in vs})
     if sevs:
         grid = {(x.shift, int(x.severity)): x for x in d.itertuples() if x.severity == x.severity}
         vrows = []
-        for s in suite.dataset_shifts:
-            if not reg.shift(s).severities:
+        for s, planned in planned_sevs.items():
+            if not planned:
                 continue
             row = [(e(s), None, "")]
             for v in sevs:
                 x = grid.get((s, v))
-                row.append((f"{100 * x.robust_acc:.1f} / {100 * x.clean_acc:.1f}" if x is not None else "missing",
-                            None, "num"))
+                text = (f"{100 * x.robust_acc:.1f} / {100 * x.clean_acc:.1f}" if x is not None
+                        else "missing" if v in planned else "")
+                row.append((text, None, "num"))
             vrows.append(row)
         body += ["<h2>Per severity (robust / clean, %)</h2>"] + _table(
             [("Shift", "text")] + [(f"Severity {v}", "num") for v in sevs], vrows, id_="per-severity")

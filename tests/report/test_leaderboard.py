@@ -187,7 +187,11 @@ def test_regeneration_is_byte_identical(toy, tmp_path):
     b = leaderboard.write(reg, SUITE, results, tmp_path / "b" / "board.md")
     png_a, png_b = a.parent / "docs" / "toy-trend.png", b.parent / "docs" / "toy-trend.png"
     assert a.read_bytes() == b.read_bytes()
-    assert png_a.read_bytes() == png_b.read_bytes() and png_a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("trend", "shifts", "severity"):  # every plot: same bytes, a real PNG, embedded in the page
+        pa, pb = a.parent / "docs" / f"toy-{kind}.png", b.parent / "docs" / f"toy-{kind}.png"
+        assert pa.read_bytes() == pb.read_bytes() and pa.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
+        assert f"](docs/toy-{kind}.png)" in a.read_text()
+        assert b"Software" not in pa.read_bytes()
     first = png_a.read_bytes()
     leaderboard.write(reg, SUITE, results, a)  # rewrite in place: unchanged
     assert png_a.read_bytes() == first
@@ -304,3 +308,49 @@ def test_threat_caveat_is_shown_and_keeps_results_current(toy):
     assert "Caveats:\n\n- `toy-l2`: weaker than AutoAttack here.\n" in text
     path.write_text(yaml.safe_dump({**data, "description": "changed"}, sort_keys=False))
     assert leaderboard.build(Registry(reg.root), SUITE, results)[0].n_missing == 1 + 5
+
+
+def test_mixed_versions_are_stated(toy, tmp_path):
+    """Results computed with different package versions (or settings recorded next to them) are
+    named on the board with their cell counts; uniform versions say nothing."""
+    reg, results, _ = toy
+    text = leaderboard.write(reg, SUITE, results, tmp_path / "a" / "lb.md").read_text()
+    assert "Mixed versions" not in text
+    victims = sorted((results / SUITE / "toy-cnn-at").glob("*.json"))[:2]
+    for v in victims:
+        payload = store.read_json(v)
+        payload["versions"] = {**payload["versions"], "torch": "0.0.1-old"}
+        store.write_json_atomic(v, payload)
+    res = aggregate.load(reg, SUITE, results)
+    mixed = aggregate.mixed_versions(res)
+    assert list(mixed) == ["torch"] and mixed["torch"]["0.0.1-old"] == 2
+    assert sum(mixed["torch"].values()) == res.n_present
+    text = leaderboard.write(reg, SUITE, results, tmp_path / "b" / "lb.md").read_text()
+    assert "Mixed versions" in text and "torch 0.0.1-old (2 cells), " in text
+
+
+def test_aer_intervals_include_example_noise_and_bold_only_when_significant(toy):
+    reg, results, _ = toy
+    res = aggregate.load(reg, SUITE, results)
+    summ = aggregate.summarize(reg, res)
+    board = leaderboard.analyse(reg, res, summ)
+    ood = board.fits["OOD"]
+    assert ood.example_noise and board.probit["OOD"].example_noise and not board.fits["noise"].example_noise
+    from benchmark.analysis import trends
+
+    # the board's intervals are those of the fit fed with the per-example bootstrap of the complete
+    # models (that this widens intervals is tested in tests/analysis/test_trends.py)
+    complete = leaderboard.ranking(summ.models)
+    sub = aggregate.Summary(summ.models.loc[sorted(complete)], summ.per_shift)
+    noise = aggregate.example_bootstrap(res, sub, n_boot=ood.n_boot, seed=ood.seed)
+    again = trends.fit_trend("OOD", tuple(sub.models.index), sub.models["id_robust"], sub.models["ood_robust"],
+                             x_boot=noise["id_robust"], y_boot=noise["ood_robust"])
+    models_only = trends.fit_trend("OOD", ood.models, ood.x, ood.y)
+    assert np.array_equal(again.aer_ci, ood.aer_ci) and not np.array_equal(models_only.aer_ci, ood.aer_ci)
+    # each model's bootstrap ID robust accuracy scatters around its value by about its binomial sd
+    sd = noise["id_robust"].std(axis=0)
+    p = sub.models["id_robust"].to_numpy()
+    assert sd == pytest.approx(np.sqrt(p * (1 - p) / N), rel=0.15)
+    for m in ood.models:
+        cell = leaderboard.aer_text(ood, m)
+        assert cell.startswith("**") == ood.aer_significant(m)
