@@ -6,8 +6,8 @@ plan and result files) in a tmp dir.
 """
 from __future__ import annotations
 
+import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -103,6 +103,8 @@ def _browser_missing() -> str | None:
 @pytest.fixture()
 def browser():
     why = _browser_missing()
+    if why and os.environ.get("SHIFTBENCH_REQUIRE_BROWSER") == "1":  # CI (.ci/run): never skip
+        pytest.fail(f"SHIFTBENCH_REQUIRE_BROWSER=1 but {why}")
     if why:
         pytest.skip(f"browser test skipped: {why}")
     from selenium import webdriver
@@ -134,7 +136,7 @@ def _visible_models(driver) -> list[str]:
             if r.is_displayed()]
 
 
-def test_site_in_headless_chromium(toy_site, browser, tmp_path):
+def test_site_in_headless_chromium(browser, toy_site, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
