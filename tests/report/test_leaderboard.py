@@ -354,3 +354,18 @@ def test_aer_intervals_include_example_noise_and_bold_only_when_significant(toy)
     for m in ood.models:
         cell = leaderboard.aer_text(ood, m)
         assert cell.startswith("**") == ood.aer_significant(m)
+
+
+def test_no_complete_model_renders_and_fits_nothing(toy, tmp_path):
+    """With a cell missing from every model nothing is ranked or fitted; the page lists them all."""
+    reg, results, _ = toy
+    for m in MODELS:
+        victim = sorted((results / SUITE / m).glob("blur__*.json"))[0]
+        victim.unlink()
+    out = leaderboard.write(reg, SUITE, results, tmp_path / "lb.md")
+    text = out.read_text()
+    _, summ, fits = leaderboard.build(reg, SUITE, results)
+    assert leaderboard.ranking(summ.models) == [] and leaderboard.incomplete(summ.models) == sorted(MODELS)
+    assert fits["OOD"].line.n == 0
+    assert "Ceiling: no OOD trend" in text and "| toy-cnn-at | 5 of 6 | blur x toy-linf |" in text
+    assert all(f"| {m} | " in text for m in MODELS)
