@@ -188,6 +188,10 @@ def trend_fit_json(fit, cx, cy, labels: list[str], path: str) -> dict:
 def cmd_trends(args) -> int:
     from .analysis import tables, trends
 
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot {args.n_boot}: need at least 1 bootstrap replicate")
+    if not 0 < args.clip_eps < 0.5:
+        raise ValueError(f"--clip-eps {args.clip_eps}: must lie in (0, 0.5)")
     cx, cy, labels = tables.read_xy(Path(args.csv), args.x, args.y, args.label)
     fit = trends.fit_trend(f"{args.y} ~ {args.x}", labels, cx.values, cy.values, scale=args.scale,
                            n_boot=args.n_boot, seed=args.seed, clip_eps=args.clip_eps)

@@ -97,6 +97,15 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys, text, args, message):
     assert str(path) in lines[0]
 
 
+@pytest.mark.parametrize("flag,value,message", [("--n-boot", "0", "need at least 1 bootstrap replicate"),
+                                                ("--clip-eps", "0.7", "must lie in (0, 0.5)")])
+def test_bad_options(tmp_path, capsys, flag, value, message):
+    path = _csv(tmp_path, FRACTION)
+    rc = cli.main(["trends", "fit", "--csv", str(path), "--x", "id", "--y", "ood", flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0]
+
+
 def test_missing_file_and_bad_scale(tmp_path, capsys):
     rc = cli.main(["trends", "fit", "--csv", str(tmp_path / "nope.csv"), "--x", "a", "--y", "b"])
     err = capsys.readouterr().err.strip().splitlines()
