@@ -165,8 +165,8 @@ def test_robustbench_checkpoint_key_fixes_and_sha(tmp_path):
 
 # Small settings for the suite's own attacks, so that the real path runs in seconds on a CPU.
 FAST_ARGS = {
-    "cifar10-linf-8": {"steps": 5, "targets": 1, "target_steps": 3, "square_queries": 20},
-    "cifar10-linf-12": {"steps": 5, "targets": 1, "target_steps": 3, "square_queries": 20},
+    "cifar10-linf-8": {"steps": 5, "targets": 1, "target_steps": 3},
+    "cifar10-linf-12": {"steps": 5, "targets": 1, "target_steps": 3},
     "cifar10-jpeg": {"steps": 3},
 }
 
