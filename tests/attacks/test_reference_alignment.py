@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import benchmark  # noqa: F401
-from benchmark.attacks.apgd import RHO, _checkpoints, checkpoint
+from benchmark.attacks.apgd import RHO, _checkpoints, _l1_checkpoints, checkpoint
 from benchmark.attacks.pgd import pgd
 
 
@@ -28,6 +28,7 @@ def _reference_checkpoints(n: int) -> list[int]:
 def test_checkpoint_schedule_matches_the_reference_for_small_and_large_budgets():
     for n in (3, 5, 8, 12, 20, 40, 100, 250):
         assert _checkpoints(n) == _reference_checkpoints(n), n
+    assert _l1_checkpoints(20) == [5, 9, 12, 14, 16, 18, 19, 20]  # L1: the paper's fractions (see apgd.py)
 
 
 def _state(n_incr: float, window: int) -> dict[str, torch.Tensor]:
