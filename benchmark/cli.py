@@ -232,8 +232,11 @@ def cmd_export_baseline(args) -> int:
 
 
 def cmd_regress(args) -> int:
+    import torch
+
     from .workflows import regress
 
+    torch.set_num_threads(args.threads)
     r = _registry(args)
     res = regress.regress(args.model, args.baseline, quick=args.quick, alpha=args.alpha, registry=r,
                           weights=args.weights, allow_code=args.allow_code, n_examples=args.n, seed=args.seed,
@@ -324,6 +327,8 @@ def _add_workflow_parsers(sub) -> None:
                    help="allow a python:module:factory model (imports and runs that module)")
     q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's; must match the baseline)")
     q.add_argument("--seed", type=int, default=None, help="(default: the suite's; must match the baseline)")
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small models attack fastest on one thread per core)")
     q.add_argument("--no-progress", action="store_true")
     _add_common(q)
     _add_data(q)

@@ -70,8 +70,8 @@ def export_baseline(registry: Registry, suite: str, model: str, results: str | P
         flags = (f" --n {n_examples}" if n_examples else "") + (f" --seed {seed}" if seed is not None else "")
         raise FileNotFoundError(f"no stored result of model '{spec.id}' in {results_dir} for its {len(cells)} "
                                 f"planned cells; run `shiftbench run --suite {suite} --models {spec.id}{flags}` first")
-    used_threats = sorted({c.threat.id for c in cells})
-    used_shifts = sorted({c.shift.id for c in cells if c.shift is not None})
+    used_threats = sorted({c["threat"] for c in out_cells})  # the entries the exported cells were made with
+    used_shifts = sorted({c["shift"] for c in out_cells if c["role"] == "dataset"})
     return {
         "format": BASELINE_FORMAT, "schema": BASELINE_SCHEMA, "suite": suite, "model": spec.id,
         "model_spec": canonical(spec), "harness": HARNESS_VERSION, "n_examples": n_examples,
