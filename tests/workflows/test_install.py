@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BASELINE_MODEL, N
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "benchmark", "registry")
@@ -65,6 +64,7 @@ def test_wheel_carries_the_builtin_registry(installed):
 
 def test_installed_package_from_another_repository(installed, digits_baseline, tmp_path):
     _, target = installed
+    model, n = digits_baseline["model"], digits_baseline["n"]
     elsewhere = tmp_path / "defense-repo"
     elsewhere.mkdir()
     probe = shiftbench(target, elsewhere, "validate")
@@ -76,11 +76,11 @@ def test_installed_package_from_another_repository(installed, digits_baseline, t
     assert run.returncode == 0, run.stderr
     assert len(list((elsewhere / "results" / "digits" / "mlp-standard").glob("id__digits-l2__*.json"))) == 1
     # a baseline exported by the installed package, compared by regress --quick
-    exported = shiftbench(target, elsewhere, "export-baseline", "--suite", "digits", "--model", BASELINE_MODEL,
-                          "--n", N, "--results", str(digits_baseline["results"]), "--out", "baseline.json")
+    exported = shiftbench(target, elsewhere, "export-baseline", "--suite", "digits", "--model", model,
+                          "--n", n, "--results", str(digits_baseline["results"]), "--out", "baseline.json")
     assert exported.returncode == 0, exported.stderr
-    same = shiftbench(target, elsewhere, "regress", "--model", BASELINE_MODEL, "--baseline", "baseline.json",
-                      "--quick", "--n", N, "--no-progress", "--report", "regress.md")
+    same = shiftbench(target, elsewhere, "regress", "--model", model, "--baseline", "baseline.json",
+                      "--quick", "--n", n, "--no-progress", "--report", "regress.md")
     assert same.returncode == 0, same.stderr + same.stdout
     assert "no cell significantly less robust" in (elsewhere / "regress.md").read_text()
     # a user entry layered over the built-in registry, by --registry and by $SHIFTBENCH_REGISTRY
@@ -97,4 +97,4 @@ def test_installed_package_from_another_repository(installed, digits_baseline, t
     for listing in (by_flag, by_env):
         assert listing.returncode == 0, listing.stderr
         ids = {line.split()[0] for line in listing.stdout.splitlines()[1:]}
-        assert {"my-mlp", "mlp-standard", BASELINE_MODEL} <= ids
+        assert {"my-mlp", "mlp-standard", model} <= ids

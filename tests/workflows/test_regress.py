@@ -12,7 +12,13 @@ import benchmark
 from benchmark import cli
 from benchmark.attacks import HARNESS_VERSION
 from benchmark.workflows import regress as rg
-from conftest import BASELINE_MODEL, N, WEAKER_MODEL
+
+BASELINE_MODEL, WEAKER_MODEL, N = "mlp-pgd-0.10", "mlp-standard", "60"  # as made by the digits_baseline fixture
+
+
+@pytest.fixture(autouse=True)
+def _same_models(digits_baseline):
+    assert (digits_baseline["model"], digits_baseline["weaker"], digits_baseline["n"]) == (BASELINE_MODEL, WEAKER_MODEL, N)
 
 
 def test_baseline_holds_what_a_comparison_needs(digits_baseline):

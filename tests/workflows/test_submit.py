@@ -177,3 +177,15 @@ def test_claimed_accuracy_is_required(board, tmp_path, tiny_model, capsys):
     torch.save(tiny_model.state_dict(), tmp_path / "w.pt")
     assert cli.main(args(entry, reg, results, out, "--weights", str(tmp_path / "w.pt"))) == 2
     assert "key 'claimed'" in capsys.readouterr().err
+
+
+def test_registry_template_is_a_valid_entry_once_filled_in(tmp_path):
+    """registry/templates/model.yaml is valid as shipped, once renamed to its id; it is not loaded
+    as an entry where it lies."""
+    from benchmark.registry import DEFAULT_REGISTRY, Registry, build_spec, load_yaml
+
+    template = DEFAULT_REGISTRY / "templates" / "model.yaml"
+    data = load_yaml(template)
+    spec = build_spec("models", data, tmp_path / f"{data['id']}.yaml")
+    assert spec.claimed["clean_acc"] == 0.95 and spec.source == "builtin:cnn"
+    assert data["id"] not in Registry(DEFAULT_REGISTRY, check_files=False).entries["models"]
