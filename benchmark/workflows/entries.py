@@ -103,6 +103,12 @@ def load(spec: ModelSpec | nn.Module, registry: Registry, *, model_dir: str | Pa
     A ``python:`` module is looked up on the path and in the current folder (the user's repository)."""
     if isinstance(spec, nn.Module):
         return spec.eval()
-    if spec.source_kind == "python" and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return load_model(spec, registry, model_dir=model_dir)
+    cwd = os.getcwd()
+    added = spec.source_kind == "python" and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return load_model(spec, registry, model_dir=model_dir)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)

@@ -109,3 +109,22 @@ def test_unreadable_baseline_and_code_opt_in(tmp_path, digits_baseline, capsys):
     assert "not a shiftbench baseline" in capsys.readouterr().err
     rc = cli.main(["regress", "--model", "python:os:getcwd", "--baseline", str(digits_baseline["baseline"]), "--n", N])
     assert rc == 2 and "--allow-code" in capsys.readouterr().err
+
+
+def test_model_as_entry_file_or_python_factory(digits_baseline, tmp_path, monkeypatch, capsys):
+    """The baseline's model given as its entry file (weights found above it), and as the user's own
+    factory (python:module:factory + --weights, with --allow-code): identical outcomes."""
+    from benchmark.registry import DEFAULT_REGISTRY
+
+    entry = DEFAULT_REGISTRY / "models" / "digits" / f"{BASELINE_MODEL}.yaml"
+    res = benchmark.regress(str(entry), digits_baseline["baseline"], n_examples=int(N))
+    assert res.ok and int((res.cells["lost"] + res.cells["gained"]).sum()) == 0
+    (tmp_path / "my_defense.py").write_text(
+        "from benchmark.models import architectures\n\n\n"
+        "def build():\n    return architectures.build('mlp', hidden=96, depth=2)\n")
+    monkeypatch.chdir(tmp_path)  # the user's repository: its modules import from the current folder
+    weights = DEFAULT_REGISTRY / "weights" / "digits" / f"{BASELINE_MODEL}.pt"
+    rc = cli.main(["regress", "--model", "python:my_defense:build", "--weights", str(weights), "--baseline",
+                   str(digits_baseline["baseline"]), "--n", N, "--quick", "--allow-code", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "`my_defense.build` vs baseline" in out and out.count("| 0 / 0 |") == 7
