@@ -125,17 +125,22 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def quick_subset(cells: list[dict[str, Any]], registry: Registry, suite_id: str) -> list[dict[str, Any]]:
-    """The baseline cells ``--quick`` evaluates (QUICK_RULE)."""
+    """The baseline cells ``--quick`` evaluates (QUICK_RULE).  A shift or threat whose baseline
+    cells hold no robust example is passed over: nothing there can get worse."""
     suite = registry.suite(suite_id)
-    present = {c["shift"] for c in cells if c["role"] == "dataset"}
+
+    def robust_somewhere(pick) -> set[str]:
+        return {name for c in cells if (name := pick(c)) and "1" in c["robust_correct"]}
+
+    shifts_ok = robust_somewhere(lambda c: c["shift"] if c["role"] == "dataset" else None)
+    threats_ok = robust_somewhere(lambda c: c["threat"] if c["role"] == "threat" else None)
     shifts, families = [], set()
     for sid in suite.dataset_shifts:
         fam = registry.shift(sid).family
-        if sid in present and fam not in families and len(shifts) < QUICK_SHIFTS:
+        if sid in shifts_ok and fam not in families and len(shifts) < QUICK_SHIFTS:
             shifts.append(sid)
             families.add(fam)
-    have_threats = {c["threat"] for c in cells if c["role"] == "threat"}
-    threats = [t for t in suite.threat_shifts if t in have_threats and registry.threat(t).kind == "lp"][:QUICK_THREATS]
+    threats = [t for t in suite.threat_shifts if t in threats_ok and registry.threat(t).kind == "lp"][:QUICK_THREATS]
     return [c for c in cells if c["role"] == "id" or (c["role"] == "dataset" and c["shift"] in shifts)
             or (c["role"] == "threat" and c["threat"] in threats)]
 

@@ -92,14 +92,21 @@ def test_quick_subset_rule(digits_baseline):
     data = rg.read_baseline(digits_baseline["baseline"])
     chosen = {(c["data"], c["threat"]) for c in rg.quick_subset(data["cells"], layered(), "digits")}
     assert chosen == {(c["data"], c["threat"]) for c in data["cells"]}  # the slice is within the quick subset
-    fake = [{"role": "dataset", "shift": s, "data": f"{s}-1", "threat": "digits-linf"}
-            for s in ("gaussian_noise", "shot_noise", "defocus_blur", "contrast", "rotation")]
-    fake += [{"role": "threat", "shift": "id", "data": "id", "threat": t}
+    fake = [{"role": "dataset", "shift": s, "data": f"{s}-1", "threat": "digits-linf", "robust_correct": "01"}
+            for s in ("gaussian_noise", "shot_noise", "defocus_blur", "contrast", "brightness", "rotation")]
+    fake += [{"role": "threat", "shift": "id", "data": "id", "threat": t, "robust_correct": "10"}
              for t in ("digits-linf-large", "digits-l2", "digits-l1", "digits-color")]
     picked = [(c["data"], c["threat"]) for c in rg.quick_subset(fake, layered(), "digits")]
     # one shift per family (noise, blur, digital), the first two Lp threat shifts
     assert picked == [("gaussian_noise-1", "digits-linf"), ("defocus_blur-1", "digits-linf"),
                       ("contrast-1", "digits-linf"), ("id", "digits-linf-large"), ("id", "digits-l2")]
+    # where the baseline has no robust example nothing can get worse: the next in line is taken
+    for c in fake:
+        if c["shift"] == "contrast" or c["threat"] == "digits-linf-large":
+            c["robust_correct"] = "00"
+    picked = [(c["data"], c["threat"]) for c in rg.quick_subset(fake, layered(), "digits")]
+    assert ("brightness-1", "digits-linf") in picked and ("contrast-1", "digits-linf") not in picked
+    assert [t for d, t in picked if d == "id"] == ["digits-l2", "digits-l1"]
 
 
 def test_unreadable_baseline_and_code_opt_in(tmp_path, digits_baseline, capsys):
