@@ -161,18 +161,14 @@ def check_settings(baseline: dict[str, Any], registry: Registry, *, n_examples: 
     this_seed = suite.seed if seed is None else seed
     if baseline["seed"] != this_seed:
         problems.append(f"seed: baseline {baseline['seed']}, this run {this_seed}")
-    for tid, entry in baseline["threats"].items():
-        now = canonical(registry.threat(tid)) if tid in registry.entries["threats"] else None
-        if now is None:
-            problems.append(f"threat '{tid}': not in this registry")
-        elif now != entry:
-            problems.append(f"threat '{tid}': " + "; ".join(_diff(entry, now)))
-    for sid, entry in baseline["shifts"].items():
-        now = canonical(registry.shift(sid)) if sid in registry.entries["shifts"] else None
-        if now is None:
-            problems.append(f"shift '{sid}': not in this registry")
-        elif now != entry:
-            problems.append(f"shift '{sid}': " + "; ".join(_diff(entry, now)))
+    for kind in ("threats", "shifts"):  # the full entries the baseline's cells were made with
+        for name, entry in baseline[kind].items():
+            table = registry.entries[kind]
+            now = canonical(table[name]) if name in table else None
+            if now is None:
+                problems.append(f"{kind[:-1]} '{name}': not in this registry")
+            elif now != entry:
+                problems.append(f"{kind[:-1]} '{name}': " + "; ".join(_diff(entry, now)))
     placeholder = ModelSpec(id=model, source="python:<baseline>:model", dataset=suite.dataset,
                             architecture="?", training="?")
     id_threat = registry.threat(suite.id_threat) if suite.id_threat in registry.entries["threats"] else None
