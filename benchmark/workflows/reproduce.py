@@ -78,7 +78,10 @@ class ReproduceResult:
         c = self.counts
         lines = [f"Reproduced {len(self.cells)} stored cell(s) of suite `{self.suite}`: {c['exact']} exactly, "
                  f"{c['within']} within tolerance, {c['differs']} differing; {len(self.stale)} stale result file(s) "
-                 f"not compared, {self.missing} planned cell(s) without a stored result.", ""]
+                 f"not compared, {self.missing} planned cell(s) without a stored result.", "",
+                 "| Cells | Count |", "| :--- | ---: |", f"| reproduced exactly | {c['exact']} |",
+                 f"| within tolerance | {c['within']} |", f"| differing | {c['differs']} |",
+                 f"| stale (not compared) | {len(self.stale)} |", f"| no stored result | {self.missing} |", ""]
         shown = self.cells[self.cells["status"] != "exact"] if len(self.cells) else self.cells
         if len(shown):
             lines += ["| Model | Data | Threat | n | Robust flips (lost / gained) | Clean flips (lost / gained) "
