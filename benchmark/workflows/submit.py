@@ -243,8 +243,8 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
                  progress=progress)
         for c in cells:
             tx.move(staging / suite / c.filename, results_root / suite / c.filename)
-        tx.guard(out_md)
-        tx.guard(leaderboard.plot_path(out_md, suite))
+        for path in _board_files(out_md, suite):
+            tx.guard(path)
         leaderboard.write(reg, suite, results_root, out_md)
         result = summarize(reg, suite, results_root, new.id, command=command or _reproduce_command(reg, suite, new.id))
         result = dataclasses.replace(result, clean_measured=measured, clean_claimed=claimed, entry=dest_entry,
@@ -261,6 +261,14 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
     return result
 
 
+def _board_files(out_md: Path, suite: str) -> list[Path]:
+    """The leaderboard page and every plot it may (re)write: ``docs/<suite>-*.png`` beside it."""
+    docs = out_md.parent / "docs"
+    plots = {leaderboard.plot_path(out_md, suite)} | {docs / f"{suite}-{k}.png" for k in ("shifts", "severity")}
+    plots |= set(docs.glob(f"{suite}-*.png")) if docs.is_dir() else set()
+    return [out_md, *sorted(plots)]
+
+
 def _reproduce_command(registry: Registry, suite: str, model: str) -> str:
     layer = f" --registry {registry.root}" if len(registry.roots) > 1 else ""
     return f"shiftbench reproduce --suite {suite} --models {model}{layer}"
@@ -268,15 +276,18 @@ def _reproduce_command(registry: Registry, suite: str, model: str) -> str:
 
 def summarize(registry: Registry, suite: str, results: str | Path, model: str, *, command: str = "") -> SubmitResult:
     """A model's place on a suite's leaderboard, from the stored results."""
-    res, summ, fits = leaderboard.build(registry, suite, Path(results))
+    board = leaderboard.build_board(registry, suite, Path(results))
+    summ, order = board.summ, board.ranked  # complete models only, as on the page
     if model not in summ.models.index:
         raise FileNotFoundError(f"no current result of model '{model}' for suite '{suite}' under {results}")
-    order = leaderboard.ranking(summ.models)
+    if model not in order:
+        raise FileNotFoundError(f"model '{model}' has missing cells in suite '{suite}' under {results}, so it is not "
+                                f"ranked: {', '.join(board.missing.get(model, [])[:3])}")
     row = summ.models.loc[model]
     metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     ps = summ.per_shift[summ.per_shift["model"] == model].drop(columns="model").reset_index(drop=True)
     return SubmitResult(model=model, suite=suite, rank=order.index(model) + 1, n_models=len(order), metrics=metrics,
-                        aer=fits["OOD"].aer_of(model), flags=tuple(row["flags"]), attacks=tuple(row["attacks"]),
+                        aer=board.fits["OOD"].aer_of(model), flags=tuple(row["flags"]), attacks=tuple(row["attacks"]),
                         per_shift=ps, clean_measured=float("nan"), clean_claimed=float("nan"), entry=Path(),
                         weights=None, leaderboard=Path(), cells=int(row["cells"]), command=command)
 
