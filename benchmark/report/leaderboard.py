@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import aggregate, trends
-from ..registry import REPO_ROOT, Registry, SuiteSpec, ThreatSpec
+from ..registry import Registry, SuiteSpec, ThreatSpec
 
 DPI = 100
 MISSING_SHOWN = 10  # missing cells named on the page; the rest are counted
@@ -24,8 +24,9 @@ DEFAULT_SUITE = "digits"
 
 
 def default_out(suite_id: str) -> Path:
-    """``leaderboard.md`` at the repo root for the default suite, ``leaderboards/<suite>.md`` otherwise."""
-    return REPO_ROOT / "leaderboard.md" if suite_id == DEFAULT_SUITE else REPO_ROOT / "leaderboards" / f"{suite_id}.md"
+    """``leaderboard.md`` in the current folder (the repository root) for the default suite,
+    ``leaderboards/<suite>.md`` otherwise; like ``results/``, relative to where shiftbench runs."""
+    return Path("leaderboard.md") if suite_id == DEFAULT_SUITE else Path("leaderboards") / f"{suite_id}.md"
 
 
 def plot_path(out: Path, suite_id: str) -> Path:

@@ -138,7 +138,7 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
                          f"see `shiftbench ls models --suite {suite_id}`")
     seed = suite.seed if seed is None else seed
     calibration_threats(reg, suite, threats)  # a bad pattern fails here, not in a worker
-    jobs = [(str(reg.root), spec.id, suite_id, n, seed, fast_args, threads, threats) for spec in specs]
+    jobs = [(reg.location, spec.id, suite_id, n, seed, fast_args, threads, threats) for spec in specs]
     by_model: dict[str, list[Row]] = {}
     bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
     try:
