@@ -65,8 +65,7 @@ def cmd_ls(args) -> int:
     if kind == "threats":  # the budget: eps for lp threats, the params for the others
         cols = ("id", "kind", "norm", "budget", "attack")
         for row, spec in zip(rows, specs):
-            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (
-                ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "-")
+            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (spec.params_text() or "-")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in rows:

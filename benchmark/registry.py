@@ -120,7 +120,7 @@ class ThreatSpec:
     """A threat: the perturbation set (norm + budget, or a non-Lp family) and the attack."""
 
     id: str
-    kind: str  # lp | spatial | rotation-translation | color | jpeg
+    kind: str  # lp | rotation-translation | pixel-flow | brightness-contrast | jpeg | stadv | recolor | lpips
     attack: str  # name in benchmark.attacks
     eps: float = 0.0
     norm: str | None = None  # for kind == lp
@@ -131,7 +131,18 @@ class ThreatSpec:
     # a known limit of the numbers (e.g. the attack is weaker than AutoAttack here); shown on the
     # leaderboard, not part of a cell's hash since it does not change any number
     caveat: str = ""
+    # one of OODRobustBench's six threat shifts (Linf/L2 budget, PPGD, LPA, StAdv, ReColor) at
+    # the reference's bound or the suite's stand-in for it; not hashed (it changes no number)
+    reference_set: bool = False
     path: str = ""
+
+    def params_text(self) -> str:
+        """The non-Lp budget as ``k=v, ...``; a nested mapping (a perceptual threat's feature
+        network) is shown by its ``arch``."""
+        def show(v: Any) -> str:
+            return str(v.get("arch", "...")) if isinstance(v, Mapping) else str(v)
+
+        return ", ".join(f"{k}={show(v)}" for k, v in sorted(self.params.items()))
 
 
 @dataclass(frozen=True)
@@ -370,7 +381,7 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-UNHASHED_FIELDS = ("path", "caveat")  # where an entry lives and what we say about its numbers
+UNHASHED_FIELDS = ("path", "caveat", "reference_set")  # where an entry lives and what we say about it
 
 
 def canonical(obj: Any) -> Any:
