@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=1,
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")
+    q.add_argument("--fast", default=None,
+                   help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
+                        "the one the targets apply to), e.g. apgd-mm,mm5")
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_calibrate)
