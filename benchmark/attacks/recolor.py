@@ -7,8 +7,8 @@ trilinear interpolation of the displacements around it.  Grid resolution 16 (L) 
 (v), as ``perceptual-advex``'s ``ReColorAdvAttack``.  The attack maximises the Carlini-Wagner
 margin minus ``smooth_weight`` (default 0.0036 / bound) times the function's smoothness
 (for every pair of neighbouring control points the length of their displacement difference) with
-Adam (learning rate 0.001 at the bound 0.06, scaled with the bound elsewhere) for ``steps`` iterations (the reference: 100 on CIFAR-10, 200 on
-ImageNet), clipping the displacements after each step; it starts from the identity (no random
+Adam (learning rate 0.001 at the bound 0.06, scaled with the bound elsewhere) for ``steps``
+iterations (the reference: 100 on CIFAR-10, 200 on ImageNet), clipping the displacements after each step; it starts from the identity (no random
 draw).  Grey images (one channel) get the same threat restricted to lightness: a curve
 L* -> L* + d(L*) with 16 control points, |d| <= bound, applied to the grey value read as sRGB
 (grey has u* = v* = 0).  Written from the papers and the CIE formulas; no code copied.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from ._adam import adam_ascent
+from ._adam import bounded_adam
 from .transforms import nonneg, threat_params
 
 SMOOTH_PER_BOUND = 0.0036  # the reference's weight of the smoothness term is 0.0036 / bound
@@ -116,16 +116,11 @@ def recolor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: 
             lr: float | None = None, smooth_weight: float | None = None, return_params: bool = False):
     """The ReColorAdv attack; with ``return_params`` also returns the displacements, with
     ``recolor_apply(x, params)`` equal to the returned images."""
-    zero = zero_params(x)
-    if bound == 0 or steps == 0 or len(x) == 0:
-        best = x.detach().clone()
-        return (best, zero) if return_params else best
-    weight = SMOOTH_PER_BOUND / bound if smooth_weight is None else smooth_weight
-    lr = LR_PER_BOUND * bound if lr is None else lr
-    best, disp = adam_ascent(
-        model, x, y, init=zero, render=lambda active, d: recolor_apply(x[active], d),
-        project=lambda d: d.clamp(-bound, bound), penalty=(lambda d: weight * smoothness(d)) if weight else None,
-        steps=steps, lr=lr)
+    best, disp = bounded_adam(
+        model, x, y, zero=zero_params(x), render=lambda active, d: recolor_apply(x[active], d), bound=bound,
+        steps=steps, lr=LR_PER_BOUND * bound if lr is None else lr,
+        weight=SMOOTH_PER_BOUND / bound if smooth_weight is None and bound else (smooth_weight or 0.0),
+        smoothness=smoothness)
     return (best, disp) if return_params else best
 
 
@@ -134,8 +129,8 @@ def recolor_attack(model, x, y, threat, *, seed: int = 0, steps: int = 100, lr: 
                    smooth_weight: float | None = None) -> torch.Tensor:
     """Budget (``threat.params``): ``bound``, the largest displacement of a control point per
     scaled CIELUV coordinate (required).  Settings: ``steps`` (the reference: 100 CIFAR-10, 200
-    ImageNet), Adam ``lr`` (default bound / 60: the reference's 0.001 at 0.06), ``smooth_weight`` (default 0.0036 / bound).  Deterministic: ``seed``
-    is not used."""
+    ImageNet), Adam ``lr`` (default bound / 60: the reference's 0.001 at 0.06), ``smooth_weight``
+    (default 0.0036 / bound).  Deterministic: ``seed`` is not used."""
     p = threat_params(threat, "recolor", {"bound": None})
     return recolor(model, x, y, bound=nonneg(p["bound"], threat.path or threat.id, "bound"), steps=steps, lr=lr,
                    smooth_weight=smooth_weight)

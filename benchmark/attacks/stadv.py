@@ -6,8 +6,9 @@ threat is the one of ``perceptual-advex``'s ``StAdvAttack``: each flow coordinat
 from the first to the last pixel centre (``align_corners=True``), so 0.05 is 0.05 (W - 1) / 2
 pixels (0.78 px on 32x32, 0.38 px on 16x16); outside the image reads zeros.  The attack
 maximises the Carlini-Wagner margin minus ``smooth_weight`` (default 0.0025 / bound) times
-StAdv's flow loss with Adam (learning rate 0.01 at the bound 0.05, scaled with the bound elsewhere) for ``steps`` iterations (the reference: 100 on
-CIFAR-10, 200 on ImageNet), clipping the flow into the box after each step.  It starts from the
+StAdv's flow loss with Adam (learning rate 0.01 at the bound 0.05, scaled with the bound
+elsewhere) for ``steps`` iterations (the reference: 100 on CIFAR-10, 200 on ImageNet), clipping
+the flow into the box after each step.  It starts from the
 zero flow (the clean image): no random draw anywhere.  Written from the papers; no code copied.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from ._adam import adam_ascent
+from ._adam import bounded_adam
 from .transforms import nonneg, threat_params
 
 SMOOTH_PER_BOUND = 0.0025  # the reference's weight of the flow loss is 0.0025 / bound
@@ -58,16 +59,12 @@ def stadv(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: fl
     """The StAdv attack; with ``return_flow`` also returns the flow (N, H, W, 2) with
     ``flow_warp(x, flow)`` equal to the returned images."""
     n, _, h, w = x.shape
-    zero = torch.zeros(n, h, w, 2, device=x.device, dtype=x.dtype)
-    if bound == 0 or steps == 0 or n == 0:
-        best = x.detach().clone()
-        return (best, zero) if return_flow else best
-    weight = SMOOTH_PER_BOUND / bound if smooth_weight is None else smooth_weight
-    lr = LR_PER_BOUND * bound if lr is None else lr
-    best, flow = adam_ascent(
-        model, x, y, init=zero, render=lambda active, f: flow_warp(x[active], f),
-        project=lambda f: f.clamp(-bound, bound), penalty=(lambda f: weight * flow_loss(f)) if weight else None,
-        steps=steps, lr=lr)
+    best, flow = bounded_adam(
+        model, x, y, zero=torch.zeros(n, h, w, 2, device=x.device, dtype=x.dtype),
+        render=lambda active, f: flow_warp(x[active], f), bound=bound, steps=steps,
+        lr=LR_PER_BOUND * bound if lr is None else lr,
+        weight=SMOOTH_PER_BOUND / bound if smooth_weight is None and bound else (smooth_weight or 0.0),
+        smoothness=flow_loss)
     return (best, flow) if return_flow else best
 
 
@@ -75,8 +72,9 @@ def stadv(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: fl
 def stadv_attack(model, x, y, threat, *, seed: int = 0, steps: int = 100, lr: float | None = None,
                  smooth_weight: float | None = None) -> torch.Tensor:
     """Budget (``threat.params``): ``bound``, the largest flow coordinate in normalised grid units
-    (required).  Settings: ``steps`` (the reference: 100 CIFAR-10, 200 ImageNet), Adam ``lr`` (default bound / 5: the reference's 0.01 at 0.05),
-    ``smooth_weight`` (default 0.0025 / bound).  Deterministic: ``seed`` is not used."""
+    (required).  Settings: ``steps`` (the reference: 100 CIFAR-10, 200 ImageNet), Adam ``lr``
+    (default bound / 5: the reference's 0.01 at 0.05), ``smooth_weight`` (default 0.0025 / bound).
+    Deterministic: ``seed`` is not used."""
     p = threat_params(threat, "stadv", {"bound": None})
     return stadv(model, x, y, bound=nonneg(p["bound"], threat.path or threat.id, "bound"), steps=steps, lr=lr,
                  smooth_weight=smooth_weight)

@@ -8,20 +8,14 @@ import torch
 from benchmark.attacks import run_attack
 from benchmark.attacks._lp import lp_norm
 from benchmark.attacks.mm5 import mm, targeted_margin_loss
-from benchmark.data import datasets
 from benchmark.registry import ThreatSpec
 from benchmark.run import calibrate
-from helpers import train_tiny_mlp
+from helpers import frozen_mlp_and_correct_test_images
 
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.set_num_threads(1)
-    model = train_tiny_mlp(epochs=15, hidden=64, depth=1, lr=3e-3, batch=128)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x, y = datasets.load_id("digits", "test")
-    return model, x[:100], y[:100]
+    return frozen_mlp_and_correct_test_images(100)
 
 
 def robust(model, xa, y) -> torch.Tensor:

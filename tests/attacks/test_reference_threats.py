@@ -24,7 +24,7 @@ from benchmark.data import datasets
 from benchmark.models.load import load_model
 from benchmark.models.zoo import set_network_sha256
 from benchmark.registry import DEFAULT_REGISTRY, FrozenMap, Registry, ThreatSpec
-from helpers import train_tiny_mlp
+from helpers import frozen_mlp_and_correct_test_images
 
 REG = Registry(DEFAULT_REGISTRY, check_files=False)
 NETWORK = REG.threat("digits-ppgd").params["network"]
@@ -32,15 +32,7 @@ NETWORK = REG.threat("digits-ppgd").params["network"]
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
-    model = train_tiny_mlp(epochs=15, hidden=64, depth=1, lr=3e-3, batch=128)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x, y = datasets.load_id("digits", "test")
-    x, y = x[:80], y[:80]
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    return model, x[ok], y[ok]
+    return frozen_mlp_and_correct_test_images(80)
 
 
 @pytest.fixture(scope="module")

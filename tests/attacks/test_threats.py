@@ -18,7 +18,7 @@ from benchmark.attacks.jpeg import from_coeffs, jpeg_linf, to_coeffs
 from benchmark.attacks.spatial import flow_magnitude, spatial_flow, warp
 from benchmark.attacks.transforms import candidates, rotate_translate, rotation_translation
 from benchmark.registry import DEFAULT_REGISTRY, FrozenMap, Registry, ThreatSpec
-from helpers import train_tiny_mlp
+from helpers import frozen_mlp_and_correct_test_images
 
 N_TEST = 120
 
@@ -26,16 +26,7 @@ N_TEST = 120
 @pytest.fixture(scope="module")
 def setup():
     """A small MLP trained on the digits train split, and clean-correct test examples."""
-    torch.set_num_threads(1)
-    model = train_tiny_mlp(epochs=15, hidden=64, depth=1, lr=3e-3, batch=128)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x, y = datasets.load_id("digits", "test")
-    x, y = x[:N_TEST], y[:N_TEST]
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    assert ok.float().mean() > 0.85, "the test model should learn the digits"
-    return model, x[ok], y[ok]
+    return frozen_mlp_and_correct_test_images(N_TEST)
 
 
 def threat(kind: str, attack: str, **params) -> ThreatSpec:
