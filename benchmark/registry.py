@@ -509,6 +509,16 @@ class Registry:
             actual = sha256_file(wp)
             if actual != spec.sha256:
                 problems.append(f"{spec.path}: key 'sha256': {wp} has sha256 {actual}, entry says {spec.sha256}")
+        # feature networks that threats name (perceptual threats' LPIPS network) and that ship in
+        # this registry; files kept elsewhere ($SHIFTBENCH_MODELS) are checked when an attack loads them
+        for t in self.entries["threats"].values():
+            net = t.params.get("network") if isinstance(t.params, Mapping) else None
+            if not isinstance(net, Mapping) or not isinstance(net.get("weights"), str) or not net.get("sha256"):
+                continue
+            wp = self.root / net["weights"]
+            if wp.is_file() and (actual := sha256_file(wp)) != net["sha256"]:
+                problems.append(f"{t.path}: key 'params.network.sha256': {wp} has sha256 {actual}, "
+                                f"entry says {net['sha256']}")
         return problems
 
 

@@ -198,6 +198,20 @@ def test_shipped_network_matches_its_entries():
         assert REG.threat(tid).params["network"]["sha256"] == sha, tid
 
 
+def test_validate_checks_the_network_checksum(tmp_path):
+    import shutil
+
+    root = tmp_path / "registry"
+    (root / "threats").mkdir(parents=True)
+    (root / "weights" / "lpips").mkdir(parents=True)
+    shutil.copy(DEFAULT_REGISTRY / NETWORK["weights"], root / NETWORK["weights"])
+    shutil.copy(REG.threat("digits-ppgd").path, root / "threats" / "digits-ppgd.yaml")
+    assert Registry(root).check_weights() == []
+    (root / NETWORK["weights"]).write_bytes(b"not the network")
+    (problem,) = Registry(root).check_weights()
+    assert "digits-ppgd.yaml: key 'params.network.sha256'" in problem
+
+
 def test_missing_or_wrong_weights_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTBENCH_MODELS", str(tmp_path))
     spec = {"arch": "cifar-alexnet", "weights": "lpips/alexnet_cifar.pt", "source": "https://example.org/x.zip"}
