@@ -115,7 +115,9 @@ def normalized_features(net: FeatureNet, x: torch.Tensor, eps: float = 1e-10) ->
     1 / sqrt(H W), flattened and concatenated, so that LPIPS is a Euclidean distance here."""
     parts = []
     for a in net.activations(x):
-        norm = a.pow(2).sum(1, keepdim=True).sqrt() + eps
+        # sqrt(|a|^2 + eps^2) rather than |a| + eps: the same value to 1e-10, and a finite
+        # gradient even where every channel is exactly 0 (sqrt's slope there is infinite)
+        norm = (a.pow(2).sum(1, keepdim=True) + eps * eps).sqrt()
         parts.append((a / (norm * (a.shape[2] * a.shape[3]) ** 0.5)).flatten(1))
     return torch.cat(parts, 1)
 
