@@ -230,6 +230,15 @@ def _setup(threat: Any) -> tuple[float, FeatureNet]:
     return nonneg(p["bound"], where, "bound"), load_network(p["network"], threat.path)
 
 
+def lpips_to(threat: Any, x: torch.Tensor, x_adv: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Per-example LPIPS between ``x`` and ``x_adv`` with the threat's network (trust checks)."""
+    _, net = _setup(threat)
+    net = _on(net, x)
+    with torch.no_grad():
+        return torch.cat([(normalized_features(net, x[i:i + batch]) - normalized_features(net, x_adv[i:i + batch]))
+                          .norm(dim=1) for i in range(0, len(x), batch)])
+
+
 def _on(net: FeatureNet, x: torch.Tensor) -> FeatureNet:
     return net.to(x.device) if next(net.parameters()).device != x.device else net
 

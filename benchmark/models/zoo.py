@@ -247,6 +247,12 @@ def set_network_sha256(registry: Registry, weights: str, sha: str) -> list[Path]
     return changed
 
 
+def _named_by_a_threat(registry: Registry, net: LpipsNet) -> bool:
+    """Whether a threat entry of ``registry`` uses this network (only then is it part of it)."""
+    return any(isinstance(t.params.get("network"), Mapping) and t.params["network"].get("weights") == net.weights
+               for t in registry.entries["threats"].values())
+
+
 def _train_lpips_net(net: LpipsNet, registry: Registry, x: torch.Tensor, y: torch.Tensor, check: bool,
                      bar: Any) -> bool:
     from ..attacks import lpips
@@ -277,7 +283,7 @@ def main(args: Any) -> int:
 
     registry = Registry(args.registry, check_files=False)  # weights may not exist yet
     specs = trainable(registry, getattr(args, "models", None))
-    nets = filter_ids(list(LPIPS_NETS), getattr(args, "models", None))
+    nets = [n for n in filter_ids(list(LPIPS_NETS), getattr(args, "models", None)) if _named_by_a_threat(registry, n)]
     if not specs and not nets:
         print(f"no builtin model with a 'train:' recipe matches {args.models!r} in {registry.root / 'models'}",
               file=sys.stderr)

@@ -134,6 +134,22 @@ def test_digits_entries_break_a_standard_model_far_more_than_an_adversarially_tr
     assert robust["cnn-pgd-0.15"] >= robust["cnn-standard"] + 0.15, robust
 
 
+def test_evaluator_checks_the_lpips_budget(setup):
+    """The evaluator's trust checks measure LPIPS with the threat's network: the attack's output
+    passes, an image moved far outside the ball fails."""
+    from benchmark.run import trust
+    from benchmark.run.evaluate import attack_outcome
+
+    model, x, y = setup
+    t = REG.threat("digits-ppgd")
+    out = attack_outcome(model, x[:30], y[:30], t, seed=0)
+    assert out.checks["in_budget"]["ok"] and out.checks["in_budget"]["max_lpips"] <= 0.2 + 1e-6
+    far = (x[:30] + 0.3 * torch.randn(x[:30].shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    ok = torch.ones(30, dtype=torch.bool).numpy()
+    checks = trust.cell_checks(model, x[:30], y[:30], far, t, ok, ok)
+    assert not checks["in_budget"]["ok"]
+
+
 # --------------------------------------------------------------------------- LPIPS and its projection
 def tiny_net() -> L.FeatureNet:
     torch.manual_seed(0)
