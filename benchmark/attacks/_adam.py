@@ -67,11 +67,13 @@ def adam_ascent(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ini
 
 def bounded_adam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, zero: torch.Tensor,
                  render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bound: float, steps: int,
-                 lr: float, weight: float,
-                 smoothness: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                 lr: float, weight: float, smoothness: Callable[[torch.Tensor], torch.Tensor],
+                 project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`adam_ascent` from the identity ``zero`` with every parameter clipped to
-    [-bound, bound] and ``weight * smoothness`` subtracted; a zero budget returns ``x``."""
+    [-bound, bound] (or mapped by ``project``) and ``weight * smoothness`` subtracted; a zero
+    budget returns ``x``."""
     if bound == 0 or steps == 0 or len(x) == 0:
         return x.detach().clone(), zero
-    return adam_ascent(model, x, y, init=zero, render=render, project=lambda p: p.clamp(-bound, bound),
+    project = project or (lambda p: p.clamp(-bound, bound))
+    return adam_ascent(model, x, y, init=zero, render=render, project=project,
                        penalty=(lambda p: weight * smoothness(p)) if weight else None, steps=steps, lr=lr)

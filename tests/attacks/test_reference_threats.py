@@ -19,7 +19,7 @@ from benchmark.attacks import lpips as L
 from benchmark.attacks import run_attack
 from benchmark.attacks.perceptual import bisection_projection, newton_projection, _jtj
 from benchmark.attacks.recolor import luv_to_rgb, recolor, recolor_apply, rgb_to_luv
-from benchmark.attacks.stadv import flow_loss, flow_warp, stadv
+from benchmark.attacks.stadv import flow_loss, flow_warp, identity_grid, project_flow, stadv
 from benchmark.data import datasets
 from benchmark.models.load import load_model
 from benchmark.models.zoo import set_network_sha256
@@ -81,6 +81,10 @@ def test_stadv_flow_stays_in_the_box_and_reproduces_the_images(setup):
     model, x, y = setup
     xa, flow = stadv(model, x, y, bound=0.05, steps=15, return_flow=True)
     assert flow.abs().max() <= 0.05 + 1e-7
+    grid = identity_grid(len(x), 16, 16) + flow
+    assert grid.abs().max() <= 1 + 1e-6, "every sampling position stays inside the image"
+    out = project_flow(torch.full((1, 16, 16, 2), 0.05), 0.05)  # everything pushed right and down
+    assert (out[0, :, -1, 0] == 0).all() and (out[0, -1, :, 1] == 0).all() and (out[0, :-1, :-1] > 0.04).all()
     assert torch.allclose(flow_warp(x, flow), xa, atol=1e-6)
     assert flow_loss(torch.zeros_like(flow)).max() < 0.011  # a zero flow: only the 1e-10 terms
     assert (flow_loss(flow) > flow_loss(torch.zeros_like(flow))).any()
