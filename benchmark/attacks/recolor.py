@@ -6,10 +6,12 @@ by at most ``bound`` (default 0.06) per coordinate; a pixel's new colour is its 
 trilinear interpolation of the displacements around it.  Grid resolution 16 (L) x 32 (u) x 32
 (v), as ``perceptual-advex``'s ``ReColorAdvAttack``.  The attack maximises the Carlini-Wagner
 margin minus ``smooth_weight`` (default 0.0036 / bound) times the function's smoothness
-(for every pair of neighbouring control points the length of their displacement difference) with
-Adam (learning rate 0.001 at the bound 0.06, scaled with the bound elsewhere) for ``steps``
-iterations (the reference: 100 on CIFAR-10, 200 on ImageNet), clipping the displacements after each step; it starts from the identity (no random
-draw).  Grey images (one channel) get the same threat restricted to lightness: a curve
+(for every control point and each neighbour along each axis, the length of their displacement
+difference) with Adam (learning rate 0.001 at the bound 0.06, scaled with the bound elsewhere)
+for ``steps`` iterations (the reference: 100 on CIFAR-10, 200 on ImageNet), after each step
+clipping the control points into the [0, 1] cube and within ``bound`` of their place (the
+reference also maps them into the sRGB gamut; here the output colours are clipped to it); it
+starts from the identity (no random draw).  Grey images (one channel) get the same threat restricted to lightness: a curve
 L* -> L* + d(L*) with 16 control points, |d| <= bound, applied to the grey value read as sRGB
 (grey has u* = v* = 0).  Written from the papers and the CIE formulas; no code copied.
 """
@@ -100,15 +102,32 @@ def zero_params(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(shape, device=x.device, dtype=x.dtype)
 
 
+def control_points(disp: torch.Tensor) -> torch.Tensor:
+    """The identity positions of the control points, shaped like ``disp`` (broadcastable)."""
+    if disp.shape[1] == 1:
+        return torch.linspace(0, 1, disp.shape[-1], device=disp.device, dtype=disp.dtype).view(1, 1, 1, -1)
+    axes = [torch.linspace(0, 1, r, device=disp.device, dtype=disp.dtype) for r in disp.shape[2:]]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)[None]  # (1, 3, L, u, v)
+
+
+def project_params(disp: torch.Tensor, bound: float) -> torch.Tensor:
+    """Each control point within ``bound`` of its identity position per coordinate, and inside
+    the [0, 1] colour cube (the reference clips its control points into the cube, then projects)."""
+    ident = control_points(disp)
+    return disp.clamp(-bound, bound).clamp(min=-ident, max=1 - ident)
+
+
 def smoothness(disp: torch.Tensor) -> torch.Tensor:
-    """Per example, over every pair of neighbouring control points (along each grid axis), the
-    Euclidean length of the difference of their displacements, summed."""
+    """Per example, for every control point and each of its neighbours along each grid axis
+    (both sides, the border replicated, as the reference counts them), the Euclidean length of
+    the difference of their displacements, summed."""
     total = torch.zeros(len(disp), device=disp.device, dtype=disp.dtype)
     for axis in range(2, disp.dim()):
         if disp.shape[axis] < 2:
             continue
         d = disp.diff(dim=axis)
-        total = total + (d.pow(2).sum(1) + EPS).sqrt().flatten(1).sum(1)
+        border = disp.numel() // len(disp) // disp.shape[1] // disp.shape[axis] * 2  # the replicated ends
+        total = total + 2 * (d.pow(2).sum(1) + EPS).sqrt().flatten(1).sum(1) + border * EPS ** 0.5
     return total
 
 
@@ -120,7 +139,7 @@ def recolor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: 
         model, x, y, zero=zero_params(x), render=lambda active, d: recolor_apply(x[active], d), bound=bound,
         steps=steps, lr=LR_PER_BOUND * bound if lr is None else lr,
         weight=SMOOTH_PER_BOUND / bound if smooth_weight is None and bound else (smooth_weight or 0.0),
-        smoothness=smoothness)
+        smoothness=smoothness, project=lambda d: project_params(d, bound))
     return (best, disp) if return_params else best
 
 
