@@ -72,8 +72,7 @@ def cmd_ls(args) -> int:
     if kind == "threats":  # the budget: eps for lp threats, the params for the others
         cols = ("id", "kind", "norm", "budget", "attack")
         for row, spec in zip(rows, specs):
-            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (
-                ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "-")
+            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (spec.params_text() or "-")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in rows:
@@ -505,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=1,
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")
+    q.add_argument("--fast", default=None,
+                   help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
+                        "the one the targets apply to), e.g. apgd-mm,mm5")
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_calibrate)

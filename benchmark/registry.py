@@ -127,7 +127,7 @@ class ThreatSpec:
     """A threat: the perturbation set (norm + budget, or a non-Lp family) and the attack."""
 
     id: str
-    kind: str  # lp | spatial | rotation-translation | color | jpeg
+    kind: str  # lp | rotation-translation | pixel-flow | brightness-contrast | jpeg | stadv | recolor | lpips
     attack: str  # name in benchmark.attacks
     eps: float = 0.0
     norm: str | None = None  # for kind == lp
@@ -138,7 +138,18 @@ class ThreatSpec:
     # a known limit of the numbers (e.g. the attack is weaker than AutoAttack here); shown on the
     # leaderboard, not part of a cell's hash since it does not change any number
     caveat: str = ""
+    # one of OODRobustBench's six threat shifts (Linf/L2 budget, PPGD, LPA, StAdv, ReColor) at
+    # the reference's bound or the suite's stand-in for it; not hashed (it changes no number)
+    reference_set: bool = False
     path: str = ""
+
+    def params_text(self) -> str:
+        """The non-Lp budget as ``k=v, ...``; a nested mapping (a perceptual threat's feature
+        network) is shown by its ``arch``."""
+        def show(v: Any) -> str:
+            return str(v.get("arch", "...")) if isinstance(v, Mapping) else str(v)
+
+        return ", ".join(f"{k}={show(v)}" for k, v in sorted(self.params.items()))
 
 
 @dataclass(frozen=True)
@@ -384,7 +395,7 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-UNHASHED_FIELDS = ("path", "caveat", "claimed")  # where an entry lives, what is said about its numbers
+UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set")  # where an entry lives, what is said about it
 
 
 def canonical(obj: Any) -> Any:
@@ -547,6 +558,16 @@ class Registry:
             actual = sha256_file(wp)
             if actual != spec.sha256:
                 problems.append(f"{spec.path}: key 'sha256': {wp} has sha256 {actual}, entry says {spec.sha256}")
+        # feature networks that threats name (perceptual threats' LPIPS network) and that ship in
+        # this registry; files kept elsewhere ($SHIFTBENCH_MODELS) are checked when an attack loads them
+        for t in self.entries["threats"].values():
+            net = t.params.get("network") if isinstance(t.params, Mapping) else None
+            if not isinstance(net, Mapping) or not isinstance(net.get("weights"), str) or not net.get("sha256"):
+                continue
+            wp = self.root / net["weights"]
+            if wp.is_file() and (actual := sha256_file(wp)) != net["sha256"]:
+                problems.append(f"{t.path}: key 'params.network.sha256': {wp} has sha256 {actual}, "
+                                f"entry says {net['sha256']}")
         return problems
 
 

@@ -67,7 +67,7 @@ def num(v: float, digits: int = 3) -> str:
 def eps_text(t: ThreatSpec) -> str:
     """``Linf 8/255`` style budget text (fractions of 255 written as such)."""
     if t.kind != "lp":
-        params = ", ".join(f"{k}={v}" for k, v in sorted(t.params.items()))
+        params = t.params_text()
         return f"{t.kind}" + (f" ({params})" if params else "")
     k = t.eps * 255
     as_255 = t.norm == "Linf" and 0 < k <= 32 and abs(k - round(k)) < 1e-6  # 8/255, not 0.03137
