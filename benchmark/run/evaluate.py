@@ -209,18 +209,23 @@ def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, dat
     """Evaluate one batch of cells and write the result of each that is not on disk yet (a
     resumed run recomputes a half-written batch and keeps the files already there); returns the
     keys written."""
-    written = []
-    for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
-        path = results_dir / cell.filename
-        if not path.is_file():
-            store.write_json_atomic(path, result_payload(cell, out, cell.threat.attack))
-            written.append(cell.key)
+    written: list[str] = []
+    # one process at a time per batch: a concurrent run over the same folder skips a claimed batch
+    with store.claim(results_dir, batch[0].key) as mine:
+        if not mine or not pending(batch, results_dir):
+            return written
+        for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
+            path = results_dir / cell.filename
+            if not store.is_done(path, cell.key):
+                store.write_result(path, result_payload(cell, out, cell.threat.attack))
+                written.append(cell.key)
     return written
 
 
 # --------------------------------------------------------------------------- grid runner
 def pending(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
-    return [c for c in cells if not (results_dir / c.filename).is_file()]
+    """Cells without a result that passes verification (a corrupt file is recomputed)."""
+    return [c for c in cells if not store.is_done(results_dir / c.filename, c.key)]
 
 
 def pending_with_batches(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
@@ -250,9 +255,25 @@ def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: s
     torch.set_num_threads(threads)
     done = []
     for batch in chunk:
-        model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir)
-        done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+        try:
+            model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir)
+            done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+        except (store.StoreError, KeyboardInterrupt):
+            raise  # nothing more can be written: stop the sweep
+        except Exception as exc:  # a broken entry or model fails its cells, the sweep goes on
+            _report_failure(batch, exc)
     return done
+
+
+def _report_failure(batch: Sequence[Cell], exc: BaseException) -> None:
+    import sys
+
+    m = batch[0].model
+    msg = str(exc) if isinstance(exc, (ValueError, RuntimeError)) and str(exc) else f"{type(exc).__name__}: {exc}"
+    if m.path and m.path not in msg:
+        msg = f"model '{m.id}' ({m.path}): {msg}"
+    cells = ", ".join(c.describe() for c in batch)
+    print(f"error: cell(s) failed, the sweep goes on: {cells}: {msg}", file=sys.stderr, flush=True)
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
@@ -269,7 +290,7 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
 
     results_dir = Path(results_dir)
     todo = pending(cells, results_dir)
-    counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0}
+    counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0, "failed": 0, "busy": 0}
     if not todo:
         return counts
     by_model: dict[str, list[tuple[Cell, ...]]] = defaultdict(list)
@@ -293,10 +314,19 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1, batch_size) for ch in chunks]
-                for fut in as_completed(futures):
-                    n = len(fut.result())
-                    counts["ran"] += n
-                    bar.update(n)
+                try:
+                    for fut in as_completed(futures):
+                        n = len(fut.result())
+                        counts["ran"] += n
+                        bar.update(n)
+                except BaseException:
+                    for fut in futures:  # a failed write stops the sweep: do not start more chunks
+                        fut.cancel()
+                    raise
     finally:
         bar.close()
+    left = pending(todo, results_dir)
+    # cells still missing: claimed by another live run (busy), else failed (reported above)
+    counts["busy"] = sum(1 for c in left if store.claimed_elsewhere(results_dir, c.batch[0].key))
+    counts["failed"] = len(left) - counts["busy"]
     return counts
