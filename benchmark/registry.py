@@ -148,6 +148,8 @@ class SuiteSpec:
     n_shift_examples: int | None = None  # per dataset-shift cell (one severity); default n_examples
     seed: int = 0
     description: str = ""
+    # module prefixes whose ``python:`` model entries this suite may import without --allow-code
+    allow_code: tuple[str, ...] = ()
     path: str = ""
 
 
@@ -267,7 +269,7 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         if spec.kind == "lp":
             if spec.norm not in LP_NORMS:
                 raise RegistryError(path, "norm", f"an lp threat needs norm in {LP_NORMS}, got {spec.norm!r}")
-            limits = {"Linf": 1.0, "L2": 64.0, "L1": 4096.0}
+            limits = {"Linf": LINF_MAX, "L2": 64.0, "L1": 4096.0}
             if spec.eps < 0:
                 raise RegistryError(path, "eps", f"budget must be >= 0, got {spec.eps}")
             if spec.eps > limits[spec.norm]:
@@ -282,6 +284,10 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(
                 path, "source", f"expected one of {', '.join(s + ':...' for s in MODEL_SOURCES)}, got {spec.source!r}"
             )
+        if spec.source_kind == "python":
+            check_python_source(spec.source_target, path)
+        if spec.weights is not None:
+            check_weights_ref(spec.weights, path)
         if spec.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
             raise RegistryError(path, "sha256", "expected 64 lowercase hex digits")
         if spec.preprocessing is not None:
@@ -303,6 +309,9 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(path, "n_examples", "must be positive")
         if spec.n_shift_examples is not None and spec.n_shift_examples <= 0:
             raise RegistryError(path, "n_shift_examples", "must be positive")
+        for prefix in spec.allow_code:
+            if not _MODULE.fullmatch(prefix):
+                raise RegistryError(path, "allow_code", f"{prefix!r}: expected a module prefix such as 'mypkg.models'")
     if kind == "shifts":
         if not all(1 <= s <= 5 for s in spec.severities):
             raise RegistryError(path, "severities", "severities are integers 1..5")
@@ -313,6 +322,57 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         transform = spec.params.get("transform")
         if spec.source.startswith("loader:") and transform is not None and transform not in SHIFT_TRANSFORMS:
             raise RegistryError(path, "params", f"unknown transform {transform!r}; allowed: {', '.join(SHIFT_TRANSFORMS)}")
+
+
+LINF_MAX = 0.5  # an Linf budget above half the pixel range can turn any image into any other
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_python_source(target: str, path: Path) -> None:
+    """``python:module:factory``: a well-formed module and attribute, and not a standard-library
+    module (``python:os:system`` names a shell, not a model).  Nothing is imported here."""
+    import sys
+
+    module, _, factory = target.partition(":")
+    if not _MODULE.fullmatch(module) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", factory):
+        raise RegistryError(path, "source", f"expected python:<module>:<factory>, got 'python:{target}'")
+    top = module.split(".", 1)[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        raise RegistryError(path, "source", f"'python:{target}' names the standard-library module '{top}', "
+                            "not model code; a python source must name your own model factory")
+
+
+def check_weights_ref(weights: str, path: Path) -> None:
+    """A weights reference is ``pkg:<package>/<file>`` or a path inside the registry folder:
+    no absolute path, no ``..`` (symlinks are checked when the path is resolved)."""
+    if weights.startswith("pkg:"):
+        package, _, rel = weights[4:].partition("/")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", package) or not rel or _escapes(rel):
+            raise RegistryError(path, "weights", f"{weights!r}: expected pkg:<top-level package>/<relative path> "
+                                "(no dots in the package name, no '..' in the path)")
+        return
+    if _escapes(weights):
+        raise RegistryError(path, "weights", f"{weights!r} leaves the registry folder; weights live under the "
+                            "registry folder (a relative path without '..'), or inside an installed package "
+                            "(pkg:<package>/<path>)")
+
+
+def _escapes(rel: str) -> bool:
+    """An absolute path, a drive, or a ``..`` part: a path that can leave its root."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return (rel.startswith(("/", "\\", "~")) or PureWindowsPath(rel).drive != "" or
+            ".." in PurePosixPath(rel.replace("\\", "/")).parts)
+
+
+def contained(root: Path, rel: str, entry_path: Path | str, key: str) -> Path:
+    """``root / rel`` with symlinks resolved, which must stay inside ``root``."""
+    full = (Path(root) / rel)
+    real, base = full.resolve(), Path(root).resolve()
+    if real != base and base not in real.parents:
+        raise RegistryError(entry_path, key, f"{rel!r} resolves to {real}, outside {base} (a symlink that leaves "
+                            "the folder?); copy the file into the folder instead")
+    return full
 
 
 FILE_KEYS = ("path", "sha256", "md5")
@@ -338,6 +398,9 @@ def _check_keys(item: Any, allowed: tuple[str, ...], required: tuple[str, ...], 
 def check_file_item(item: Any, path: Path, key: str) -> None:
     """A shift entry's ``files`` item: ``path`` under the data root, optional ``sha256``/``md5``."""
     _check_keys(item, FILE_KEYS, ("path",), path, key)
+    if _escapes(item["path"]):
+        raise RegistryError(path, key, f"path {item['path']!r} leaves the data root; give a path relative to it, "
+                            "without '..'")
 
 
 def check_archive_item(item: Any, path: Path, key: str) -> None:
@@ -354,12 +417,37 @@ def check_archive_item(item: Any, path: Path, key: str) -> None:
         raise RegistryError(path, key, f"size {size!r}: expected a positive number of bytes")
 
 
+MAX_ENTRY_BYTES = 1 << 20  # an entry is a few hundred bytes
+
+
+class _EntryLoader(yaml.SafeLoader):
+    """``safe_load`` without aliases: an entry never needs ``*ref``, and aliases are how a small
+    file expands into billions of nodes ("billion laughs") once walked."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias '*{event.anchor}' not allowed in registry entries "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: Path) -> Any:
+    """Read one entry: safe YAML only (no python tags), no aliases, at most 1 MiB."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_ENTRY_BYTES:
+            raise RegistryError(path, None, f"{size} bytes: too large for a registry entry (limit {MAX_ENTRY_BYTES})")
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_EntryLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise RegistryError(path, None, f"not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise RegistryError(path, None, "not valid YAML: nested too deeply") from None
+    except OSError as exc:
+        raise RegistryError(path, None, f"cannot be read: {exc.strerror or exc}") from None
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -437,11 +525,13 @@ class Registry:
         return self.get("suites", name)
 
     def weights_path(self, spec: ModelSpec) -> Path | None:
-        """Where an entry's weights live: relative to the registry root, absolute, or
-        ``pkg:<package>/<path>`` for a file shipped inside an installed package (found without
-        importing the package, e.g. ``pkg:pyautoattack/examples/model_test.pt``)."""
+        """Where an entry's weights live: under the registry root (symlinks must not lead out of
+        it), or ``pkg:<package>/<path>`` for a file shipped inside an installed package (found
+        without importing anything: only top-level package names, e.g.
+        ``pkg:pyautoattack/examples/model_test.pt``)."""
         if spec.weights is None:
             return None
+        check_weights_ref(spec.weights, Path(spec.path))
         if spec.weights.startswith("pkg:"):
             import importlib.util
             import sys
@@ -449,15 +539,14 @@ class Registry:
             package, _, rel = spec.weights[4:].partition("/")
             # an imported package's __path__ first: aliasing (autoattack -> pyautoattack) replaces its __spec__
             where = getattr(sys.modules.get(package), "__path__", None)
-            if where is None and package:
+            if where is None:  # a top-level name: located by the finders, its code is not run
                 found = importlib.util.find_spec(package)
                 where = found.submodule_search_locations if found is not None else None
-            if not where or not rel:
+            if not where:
                 raise RegistryError(spec.path, "weights", f"{spec.weights!r}: expected pkg:<installed package>/<path>, "
                                     f"and package '{package}' must be installed")
-            return Path(list(where)[0]) / rel
-        p = Path(spec.weights)
-        return p if p.is_absolute() else self.root / p
+            return contained(Path(list(where)[0]), rel, spec.path, "weights")
+        return contained(self.root, spec.weights, spec.path, "weights")
 
     def suite_models(self, suite: SuiteSpec, patterns: str | None = None) -> list[ModelSpec]:
         out = [
