@@ -187,6 +187,9 @@ def cmd_verify_archives(args) -> int:
 
     r = _registry(args)
     suite = r.suite(args.suite)
+    _check_patterns(r, suite, argparse.Namespace(shifts=args.shifts))
+    if args.archive_dir and not Path(args.archive_dir).is_dir():
+        raise UsageError(f"--archive-dir {args.archive_dir}: no such folder")
     folder = Path(args.archive_dir) if args.archive_dir else datasets.data_root(args.data_dir)
     checks = archives.verify_suite(r, suite, folder, args.shifts, report=lambda c: print(c.describe(), flush=True))
     if not checks:
@@ -354,7 +357,8 @@ def _check_data_dir(suite, data_dir: str | None) -> None:
         loaders.check_files([{"path": f["path"]} for f in src_files.get("files", ())], root,
                             what=f"{suite.dataset} test set", url=src_files.get("url"))
     except loaders.DataMissingError as exc:
-        raise UsageError(f"data root {root} ({src}) {state}. {exc}") from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines())
+        raise UsageError(f"data root {root} ({src}) {state}. {detail}") from None
     raise UsageError(f"data root {root} ({src}) {state}; suite '{suite.id}' needs the {suite.dataset} files there "
                      "(see docs/real-suites.md), or set --data-dir / $SHIFTBENCH_DATA")
 

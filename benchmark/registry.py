@@ -231,6 +231,30 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _check_plain(value: Any, path: Path, key: str, depth: int = 0) -> None:
+    """Entry values are plain JSON data (strings, finite numbers, booleans, null, lists, mappings
+    with string keys): they are hashed into cell keys and stored in results."""
+    import math
+
+    if depth > 32:
+        raise RegistryError(path, key, "nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RegistryError(path, key, f"expected a finite number, got {value}")
+    if isinstance(value, str) and any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise RegistryError(path, key, f"control characters in {value!r}")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(v, path, key, depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RegistryError(path, key, f"mapping keys must be strings, got {k!r}")
+            _check_plain(v, path, key, depth + 1)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise RegistryError(path, key, f"expected a plain value (string, number, boolean, list, mapping), "
+                            f"got {type(value).__name__} {value!r} (quote it to make it a string)")
+
+
 def build_spec(kind: str, data: Any, path: Path) -> Any:
     """Validate one entry's raw mapping against its spec type and build the spec."""
     cls = SPEC_TYPES[kind]
@@ -249,6 +273,7 @@ def build_spec(kind: str, data: Any, path: Path) -> Any:
             raise RegistryError(path, name, "missing required key")
     values: dict[str, Any] = {}
     for key, value in data.items():
+        _check_plain(value, path, str(key))
         if kind == "threats" and key == "eps":
             value = parse_eps(value, path)
         tp = hints[key]

@@ -193,18 +193,22 @@ def check_payload(payload: Any, *, name: str | None = None, expected_key: str | 
     robust, problem = _outcomes(payload, "robust_correct", n)
     if robust is None:
         return CORRUPT, problem
-    for acc_key, flags in (("clean_acc", clean), ("robust_acc", robust)):
-        v = payload.get(acc_key)
-        if not _is_number(v):
-            return CORRUPT, f"key '{acc_key}' is {v!r}, expected a number"
-        want = float(flags.mean()) if n else float("nan")
-        if not (math.isnan(want) and math.isnan(v)) and not abs(float(v) - want) <= ACC_TOL:
-            return CORRUPT, f"key '{acc_key}' is {v}, its per-example outcomes give {want}"
     lifted = int((robust & ~clean).sum())
     if lifted:
         return CORRUPT, (f"{lifted} example(s) robust but not clean (robust accuracy {robust.mean():.3f} > "
                          f"clean {clean.mean():.3f} is impossible)" if robust.mean() > clean.mean() else
                          f"{lifted} example(s) robust but not clean")
+    for acc_key, flags in (("clean_acc", clean), ("robust_acc", robust)):
+        v = payload.get(acc_key)
+        if not _is_number(v):
+            return CORRUPT, f"key '{acc_key}' is {v!r}, expected a number"
+        want = float(flags.mean()) if n else float("nan")
+        try:
+            got = float(v)
+        except OverflowError:
+            return CORRUPT, f"key '{acc_key}' is not a finite accuracy"
+        if not (math.isnan(want) and math.isnan(got)) and not abs(got - want) <= ACC_TOL:
+            return CORRUPT, f"key '{acc_key}' is {v}, its per-example outcomes give {want}"
     for required in ("attack", "model"):
         if not isinstance(payload.get(required), str):
             return CORRUPT, f"key '{required}' is missing or not a string"
@@ -239,6 +243,8 @@ def check_result(path: Path, *, expected_key: str | None = None) -> Verdict:
         return Verdict(path, CORRUPT, f"not valid JSON ({exc.msg} at byte {exc.pos}; truncated?)")
     except RecursionError:
         return Verdict(path, CORRUPT, "not a result (nested too deeply)")
+    except ValueError as exc:  # e.g. an integer too long to convert
+        return Verdict(path, CORRUPT, f"not a result ({exc})")
     status, problem = check_payload(payload, name=path.name, expected_key=expected_key)
     return Verdict(path, status, problem, payload if status != CORRUPT else None)
 
