@@ -233,6 +233,10 @@ def cmd_verify_results(args) -> int:
         folders = [root / args.suite]
         if not folders[0].is_dir():
             known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+            try:
+                known = sorted({*known, *_registry(args).entries["suites"]})
+            except reg.RegistryError:
+                pass
             close = difflib.get_close_matches(args.suite, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f" (suites with results: {', '.join(known) or 'none'})"
             raise UsageError(f"no results for suite '{args.suite}' under {root}{hint}")
@@ -377,6 +381,7 @@ def _add_reliability_commands(sub) -> None:
     q.add_argument("--sign", action="store_true",
                    help="add a digest to unsigned results that pass the consistency checks (migration)")
     q.add_argument("--verbose", action="store_true", help="also list unsigned files")
+    _add_common(q)
     q.set_defaults(fn=cmd_verify_results)
 
 
