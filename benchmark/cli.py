@@ -275,8 +275,7 @@ def _code_notes(r: reg.Registry) -> list[str]:
         if m.source_kind != "python":
             continue
         module = m.source_target.partition(":")[0]
-        suites = [s.id for s in r.entries["suites"].values()
-                  if any(module == p or module.startswith(p + ".") for p in s.allow_code)]
+        suites = [s.id for s in r.entries["suites"].values() if reg.module_allowed(module, s.allow_code)]
         how = f"allowed by suite(s) {', '.join(suites)} (allow_code)" if suites else "runs only with --allow-code"
         notes.append(f"{m.path}: model '{m.id}' runs code from module '{module}' ({how})")
     return notes
@@ -284,18 +283,13 @@ def _code_notes(r: reg.Registry) -> list[str]:
 
 def _refuse_code(r: reg.Registry, suite, cells, allow_all: bool) -> set[str]:
     """Model ids whose ``python:`` source is not allowed: reported (with how to allow them), not run."""
-    if allow_all:
-        return set()
-    env = os.environ.get(CODE_ENV, "").strip()
-    if env in ("1", "*", "all"):
-        return set()
-    prefixes = [p.strip() for p in env.split(",") if p.strip()] + list(suite.allow_code)
+    from .models.load import allowed_code, code_module
+
+    allow = True if allow_all else allowed_code(suite.allow_code)
     refused = set()
     for m in {c.model.id: c.model for c in cells}.values():
-        if m.source_kind != "python":
-            continue
-        module = m.source_target.partition(":")[0]
-        if any(module == p or module.startswith(p.rstrip(".") + ".") for p in prefixes):
+        module = code_module(m)
+        if module is None or reg.module_allowed(module, allow):
             continue
         refused.add(m.id)
         print(f"error: {m.path}: key 'source': model '{m.id}' runs code from module '{module}' ({m.source}); "

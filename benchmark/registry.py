@@ -367,6 +367,14 @@ def check_python_source(target: str, path: Path) -> None:
                             "not model code; a python source must name your own model factory")
 
 
+def module_allowed(module: str, prefixes: Any) -> bool:
+    """Whether ``module`` is one of ``prefixes`` or inside one (``a.b`` allows ``a.b.c``, not ``a.bc``);
+    ``prefixes`` True allows every module."""
+    if prefixes is True:
+        return True
+    return any(module == p.rstrip(".") or module.startswith(p.rstrip(".") + ".") for p in (prefixes or ()))
+
+
 def check_weights_ref(weights: str, path: Path) -> None:
     """A weights reference is ``pkg:<package>/<file>`` or a path inside the registry folder:
     no absolute path, no ``..`` (symlinks are checked when the path is resolved)."""

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..registry import ModelSpec, Registry, RegistryError
+from ..registry import ModelSpec, Registry, RegistryError, module_allowed
 from . import architectures
 from .weights import WeightsError, verified_state_dict  # noqa: F401  (WeightsError: part of this module's API)
 
@@ -70,10 +70,7 @@ def code_allowed(spec: ModelSpec, allow: bool | Sequence[str] | None = None) -> 
     module = code_module(spec)
     if module is None:
         return True
-    allow = allowed_code() if allow is None else allow
-    if allow is True:
-        return True
-    return any(module == p or module.startswith(p.rstrip(".") + ".") for p in (allow or ()))
+    return module_allowed(module, allowed_code() if allow is None else allow)
 
 
 def refuse_code(spec: ModelSpec) -> CodeNotAllowed:
