@@ -197,6 +197,7 @@ def test_claim_is_exclusive_and_released_by_kill_9(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
     with store.claim(tmp_path, key) as got:
         assert got
     assert not store.claimed_elsewhere(tmp_path, key)
