@@ -5,7 +5,7 @@
 
 A reference run computes the slice uninterrupted (in this process).  Then a `shiftbench run` over
 a second results folder is started in its own process group and, once it has written at least
-one new result (or, one time in five, while it is still starting up), killed with SIGKILL (the
+one new result (or, every fifth time, while it is still starting up), killed with SIGKILL (the
 whole group: the main process and its two workers) after a random delay; this repeats until
 ``--kills`` kills have landed, then a last run finishes the slice.  After every kill the script
 checks that
@@ -82,7 +82,7 @@ def kill_loop(args) -> dict:
         before = len(store.result_files(folder)) if folder.is_dir() else 0
         proc = subprocess.Popen(run_cmd(args, root), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        during_startup = rng.random() < 0.2
+        during_startup = figures["attempts"] % 5 == 0  # one kill in five lands while it starts up
         deadline = time.monotonic() + args.timeout
         if during_startup:
             time.sleep(rng.uniform(0.2, 2.0))
