@@ -9,6 +9,8 @@
     shiftbench calibrate --suite digits
     shiftbench verify-archives --suite cifar10-linf [--shifts PAT] [--archive-dir DIR]
     shiftbench verify-results [--suite S] [--sign]
+    shiftbench trends fit --csv FILE --x COL --y COL [--scale raw|probit|logit] [--json]
+    shiftbench site [--suite S | --all] --out DIR
 """
 from __future__ import annotations
 
@@ -158,10 +160,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
+    from .analysis import aggregate
     from .report import leaderboard
 
     r = _registry(args)
-    res, _, _ = leaderboard.build(r, args.suite, Path(args.results))
+    res = aggregate.load(r, args.suite, Path(args.results))  # to name excluded files (cheap next to the fits)
     for v in res.corrupt:
         print(f"warning: excluded {v.describe()} (`shiftbench run --suite {args.suite}` recomputes it)",
               file=sys.stderr)
@@ -377,6 +380,95 @@ def _add_reliability_commands(sub) -> None:
     q.add_argument("--verbose", action="store_true", help="also list unsigned files")
     _add_common(q)
     q.set_defaults(fn=cmd_verify_results)
+# --------------------------------------------------------------------------- trends / site
+def trend_fit_json(fit, cx, cy, labels: list[str], path: str) -> dict:
+    """The JSON object of ``shiftbench trends fit --json`` (slope/intercept in fraction units in raw scale)."""
+    def f(v: float):
+        return float(v) if v == v else None  # NaN -> null
+
+    line = fit.line
+    return {"file": path, "x": cx.name, "y": cy.name, "units": {"x": cx.unit, "y": cy.unit}, "scale": fit.scale,
+            "slope": f(line.slope), "intercept": f(line.intercept), "r2": f(line.r2), "pearson_r": f(line.pearson_r),
+            "resid_sd": f(line.resid_sd), "n": line.n, "slope_ci": [f(v) for v in fit.slope_ci],
+            "intercept_ci": [f(v) for v in fit.intercept_ci],
+            "clip_eps": line.clip_eps if fit.scale != "raw" else None,
+            "clipped": [{"row": m, "axis": a, "value": v} for m, a, v in fit.clipped],
+            "n_boot": fit.n_boot, "seed": fit.seed}
+
+
+def cmd_trends(args) -> int:
+    from .analysis import tables, trends
+
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot {args.n_boot}: need at least 1 bootstrap replicate")
+    if not 0 < args.clip_eps < 0.5:
+        raise ValueError(f"--clip-eps {args.clip_eps}: must lie in (0, 0.5)")
+    cx, cy, labels = tables.read_xy(Path(args.csv), args.x, args.y, args.label)
+    fit = trends.fit_trend(f"{args.y} ~ {args.x}", labels, cx.values, cy.values, scale=args.scale,
+                           n_boot=args.n_boot, seed=args.seed, clip_eps=args.clip_eps)
+    out = trend_fit_json(fit, cx, cy, labels, args.csv)
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+        return 0
+    name = {"raw": "y", "probit": "Phi^-1(y)", "logit": "logit(y)"}[fit.scale]
+    xname = name.replace("y", "x")
+
+    def n3(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    def ci(v):
+        return f" [{n3(v[0])}, {n3(v[1])}]" if None not in v else ""
+
+    print(f"trend of {args.y!r} on {args.x!r} in {args.csv}, {fit.scale} scale: {name} = intercept + slope * {xname}")
+    print(f"units detected: {args.x!r} {cx.unit}, {args.y!r} {cy.unit} (fitted as fractions)")
+    print(f"n {out['n']}  slope {n3(out['slope'])}{ci(out['slope_ci'])}  intercept {n3(out['intercept'])}"
+          f"{ci(out['intercept_ci'])}")
+    print(f"R^2 {n3(out['r2'])}  Pearson r {n3(out['pearson_r'])}  residual sd {n3(out['resid_sd'])}")
+    if fit.scale != "raw":
+        what = ", ".join(f"{m} ({a}={v:g})" for m, a, v in fit.clipped) or "none"
+        print(f"clipped to [{fit.line.clip_eps:g}, {1 - fit.line.clip_eps:g}]: {len(fit.clipped)} point(s): {what}")
+    print(f"intervals: 95% bootstrap over rows, {fit.n_boot} replicates, seed {fit.seed}")
+    return 0
+
+
+def cmd_site(args) -> int:
+    from .report import site
+
+    r = _registry(args)
+    if args.all == bool(args.suite):
+        print("error: give exactly one of --suite S and --all", file=sys.stderr)
+        return 2
+    suites = sorted(r.entries["suites"]) if args.all else [args.suite]
+    written = site.write(r, suites, Path(args.results), Path(args.out), skip_empty=args.all,
+                         command="shiftbench site " + (f"--suite {args.suite}" if args.suite else "--all")
+                         + " --out DIR", report=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+def _add_trends_site(sub) -> None:
+    q = sub.add_parser("trends", help="fit ID-vs-OOD trends on any table")
+    tsub = q.add_subparsers(dest="action", required=True)
+    f = tsub.add_parser("fit", help="fit one column against another in a CSV (fractions, percents or 'NN%')")
+    f.add_argument("--csv", required=True, help="CSV file with a header row")
+    f.add_argument("--x", required=True, help="predictor column (e.g. ID robust accuracy)")
+    f.add_argument("--y", required=True, help="target column (e.g. OOD robust accuracy)")
+    f.add_argument("--scale", choices=["raw", "probit", "logit"], default="raw")
+    f.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    f.add_argument("--label", default=None, help="column naming each row (e.g. the model) in the output")
+    f.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    f.add_argument("--clip-eps", type=float, default=1e-3,
+                   help="probit/logit: accuracies of exactly 0 or 1 are clipped to [eps, 1-eps] (default 0.001)")
+    f.set_defaults(fn=cmd_trends)
+
+    q = sub.add_parser("site", help="write the static web leaderboard (opens from disk, no network)")
+    q.add_argument("--suite", default=None, help="one suite")
+    q.add_argument("--all", action="store_true", help="every suite with results")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    _add_common(q)
+    q.set_defaults(fn=cmd_site)
 
 
 # --------------------------------------------------------------------------- parser
@@ -464,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let python:module:factory model entries import their module (off by default)")
     q.set_defaults(fn=cmd_calibrate)
     _add_reliability_commands(sub)
+
+    _add_trends_site(sub)
     return p
 
 

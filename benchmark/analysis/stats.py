@@ -10,6 +10,11 @@ Two kinds of interval are used on the leaderboard:
   subset of indices), so the standard error is that of the per-example weighted mean of the
   bits; this accounts for the strong correlation between cells of one model.  With unequal n,
   cells are treated as independent binomials.
+
+AER intervals need each model's sampling noise as well as the scatter of the models:
+:func:`bootstrap_weighted_means` resamples test examples (the same draw for every cell of a
+size and every model, since they evaluate the same images), and the trend fit resamples models
+on top of it.
 """
 from __future__ import annotations
 
@@ -61,3 +66,32 @@ def weighted_mean_interval(outcomes: Sequence[np.ndarray], weights: Sequence[flo
             per_example = w[members] @ np.vstack([arrays[i] for i in members])  # paired by index
             se += float(per_example.std(ddof=1) / math.sqrt(size))
     return (value, max(0.0, value - z * se), min(1.0, value + z * se))
+
+
+def bootstrap_weighted_means(parts: Sequence[tuple[Sequence[np.ndarray], Sequence[float]]], *, n_boot: int,
+                             seed: int) -> np.ndarray:
+    """Bootstrap replicates of weighted means of per-example outcomes, resampling examples.
+
+    ``parts[j]`` is ``(outcomes, weights)`` as for :func:`weighted_mean_interval`.  Replicate ``b``
+    draws, for each cell size ``n``, one vector of ``n`` example indices with replacement
+    (generator seeded by ``(seed, n)``) and uses it for every cell of that size in every part:
+    cells of one size are paired by example index.  Returns ``(n_boot, len(parts))``; a part
+    with nothing to average is NaN throughout.
+    """
+    sizes = sorted({np.asarray(o).size for outs, _ in parts for o in outs} - {0})
+    draws = {n: np.random.default_rng([seed, n]).integers(0, n, size=(n_boot, n)) for n in sizes}
+    out = np.full((n_boot, len(parts)), np.nan)
+    for j, (outs, weights) in enumerate(parts):
+        if len(outs) != len(weights):
+            raise ValueError(f"part {j}: {len(outs)} outcome vectors but {len(weights)} weights")
+        arrays = [np.asarray(o, dtype=float) for o in outs]
+        if not arrays or any(a.size == 0 for a in arrays):
+            continue
+        w = np.asarray(weights, dtype=float)
+        total = np.zeros(n_boot)
+        for n in sorted({a.size for a in arrays}):
+            members = [i for i, a in enumerate(arrays) if a.size == n]
+            per_example = w[members] @ np.vstack([arrays[i] for i in members])  # weighted sum per example
+            total += per_example[draws[n]].mean(axis=1)
+        out[:, j] = total
+    return out
