@@ -1,7 +1,7 @@
 """Aggregation and the rendered leaderboard, from synthetic result files written in a tmp dir.
 
 The results are made with the real path: a registry of real entries, the real plan (so keys
-are the ones the suite expects), ``evaluate.result_payload`` and ``store.write_json_atomic``.
+are the ones the suite expects), ``evaluate.result_payload`` and ``store.write_result``.
 Only the per-example outcomes are synthetic (drawn from a fixed seed), which keeps this fast.
 Set ``UPDATE_GOLDEN=1`` to rewrite tests/report/golden/leaderboard_toy.md.
 """
@@ -327,7 +327,7 @@ def test_mixed_versions_are_stated(toy, tmp_path):
     for v in victims:
         payload = store.read_json(v)
         payload["versions"] = {**payload["versions"], "torch": "0.0.1-old"}
-        store.write_json_atomic(v, payload)
+        store.write_result(v, payload)  # re-signed: results really computed with another version
     res = aggregate.load(reg, SUITE, results)
     mixed = aggregate.mixed_versions(res)
     assert list(mixed) == ["torch"] and mixed["torch"]["0.0.1-old"] == 2
