@@ -8,20 +8,30 @@
     shiftbench show-shifts --suite digits --out FILE.png
     shiftbench calibrate --suite digits
     shiftbench verify-archives --suite cifar10-linf [--shifts PAT] [--archive-dir DIR]
+    shiftbench submit ENTRY.yaml [--weights PATH] [--suite S] [--workers N] [--summary-out FILE]
+    shiftbench reproduce [--suite S] [--models PAT] [--sample K] [--seed N] [--json] [--update]
+    shiftbench export-baseline --suite S --model ID --out baseline.json
+    shiftbench regress --model ENTRY.yaml|ID|python:module:factory --baseline baseline.json [--quick]
+    shiftbench verify-results [--suite S] [--sign]
+
+
     shiftbench trends fit --csv FILE --x COL --y COL [--scale raw|probit|logit] [--json]
     shiftbench site [--suite S | --all] --out DIR
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import fnmatch
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import registry as reg
 
-RESULTS_ROOT = reg.REPO_ROOT / "results"
+RESULTS_ROOT = Path("results")  # under the current folder: an installed package writes into the user's repository
 
 
 def _registry(args) -> reg.Registry:
@@ -29,8 +39,9 @@ def _registry(args) -> reg.Registry:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", default=str(reg.default_registry_root()),
-                   help="registry folder (default: $SHIFTBENCH_REGISTRY or ./registry)")
+    p.add_argument("--registry", default=None,
+                   help="your registry folder, layered over the built-in registry (its entries shadow built-in "
+                        "ones with the same id; default: $SHIFTBENCH_REGISTRY, else the built-in registry alone)")
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -67,8 +78,7 @@ def cmd_ls(args) -> int:
     if kind == "threats":  # the budget: eps for lp threats, the params for the others
         cols = ("id", "kind", "norm", "budget", "attack")
         for row, spec in zip(rows, specs):
-            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (
-                ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "-")
+            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (spec.params_text() or "-")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in rows:
@@ -83,6 +93,8 @@ def cmd_validate(args) -> int:
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     counts = ", ".join(f"{len(v)} {k}" for k, v in r.entries.items())
+    for note in _code_notes(r):
+        print(f"note: {note}", file=sys.stderr)
     if problems:
         return 1
     print(f"registry OK: {counts} ({r.root})")
@@ -91,9 +103,13 @@ def cmd_validate(args) -> int:
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from .run import plan
+    from .run import plan, store
 
     r = _registry(args)
+    suite = r.suite(args.suite)
+    _check_run_flags(args)
+    _check_patterns(r, suite, args)
+    _check_data_dir(suite, args.data_dir)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
                             n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
     if not cells:
@@ -104,8 +120,15 @@ def cmd_run(args) -> int:
     results_dir = Path(args.results) / args.suite
     from .run.evaluate import pending, pending_with_batches, run_grid
 
+    refused = _refuse_code(r, suite, cells, args.allow_code)
+    cells = [c for c in cells if c.model.id not in refused]
     todo = pending(cells, results_dir)
     n_done = len(cells) - len(todo)
+    for c in todo:  # a file that exists but failed verification: say so, then recompute it
+        path = results_dir / c.filename
+        if path.is_file():
+            print(f"warning: {store.check_result(path, expected_key=c.key).describe()}; recomputing it",
+                  file=sys.stderr)
     # severities of a shift are attacked together (plan.Cell.batch): a pending cell brings its batch
     todo = pending_with_batches(todo[: args.limit], results_dir)
     models = sorted({c.model.id for c in cells})
@@ -114,20 +137,36 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
-        return 0
+        return 1 if refused else 0
     device = _device_or_exit(args.device)
     if device is None:
         return 2
+    removed = store.clean_temp(results_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)
     t0 = time.perf_counter()
-    counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
-                      workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
-                      device=device)
+    saved = os.environ.get(CODE_ENV)
+    if args.allow_code:  # worker processes inherit the opt-in
+        os.environ[CODE_ENV] = "1"
+    try:
+        counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
+                          workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
+                          device=device)
+    finally:
+        if args.allow_code:
+            os.environ.pop(CODE_ENV, None) if saved is None else os.environ.__setitem__(CODE_ENV, saved)
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if counts.get("busy"):
+        print(f"{counts['busy']} cell(s) are being computed by another `shiftbench run` over {results_dir}; "
+              "they were left to it", file=sys.stderr)
+    if counts.get("failed"):
+        print(f"error: {counts['failed']} cell(s) failed (errors above); the others were kept; fix the entries "
+              "and re-run to compute only what is missing", file=sys.stderr)
     if args.leaderboard:
         from .report import leaderboard
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
-    return 0
+    return 1 if counts.get("failed") or refused else 0
 
 
 def _device_or_exit(device: str) -> str | None:
@@ -147,11 +186,16 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_leaderboard(args) -> int:
+    from .analysis import aggregate
     from .report import leaderboard
 
     r = _registry(args)
+    res = aggregate.load(r, args.suite, Path(args.results))  # to name excluded files (cheap next to the fits)
+    for v in res.corrupt:
+        print(f"warning: excluded {v.describe()} (`shiftbench run --suite {args.suite}` recomputes it)",
+              file=sys.stderr)
     path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {path} ({leaderboard.integrity_text(res)})", file=sys.stderr)
     return 0
 
 
@@ -172,6 +216,9 @@ def cmd_verify_archives(args) -> int:
 
     r = _registry(args)
     suite = r.suite(args.suite)
+    _check_patterns(r, suite, argparse.Namespace(shifts=args.shifts))
+    if args.archive_dir and not Path(args.archive_dir).is_dir():
+        raise UsageError(f"--archive-dir {args.archive_dir}: no such folder")
     folder = Path(args.archive_dir) if args.archive_dir else datasets.data_root(args.data_dir)
     checks = archives.verify_suite(r, suite, folder, args.shifts, report=lambda c: print(c.describe(), flush=True))
     if not checks:
@@ -188,7 +235,342 @@ def cmd_calibrate(args) -> int:
 
     if _device_or_exit(args.device) is None:
         return 2
+    r = _registry(args)
+    suite = r.suite(args.suite)
+    _check_patterns(r, suite, argparse.Namespace(models=args.models, threats=args.threats))
+    for flag in ("n", "threads", "workers"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {v}")
+    if getattr(args, "allow_code", False):
+        os.environ[CODE_ENV] = "1"  # read by the loader in this process and in its workers
     return calibrate.main(args)
+
+
+# --------------------------------------------------------------------------- workflows: submit, reproduce, regress
+def cmd_submit(args) -> int:
+    from .workflows import submit
+
+    r = _registry(args)
+    try:
+        res = submit.submit(args.entry, registry=r, suite=args.suite, weights=args.weights, results=args.results,
+                            leaderboard_out=args.out, workers=args.workers, replace=args.replace,
+                            allow_code=args.allow_code, progress=not args.no_progress, data_dir=args.data_dir,
+                            model_dir=args.model_dir)
+    except KeyboardInterrupt:
+        print("interrupted: the registry, results and leaderboard are as they were", file=sys.stderr)
+        return 130
+    except (reg.RegistryError, KeyError, ValueError, FileNotFoundError):
+        raise  # bad input: main() prints it, exit 2
+    except Exception as exc:  # the model or the run failed
+        print(f"error: submission failed while evaluating: {type(exc).__name__}: {exc}\n"
+              "the registry, results and leaderboard are as they were", file=sys.stderr)
+        return 1
+    if res.replaced:
+        print(f"replaced {res.replaced}", file=sys.stderr)
+    print(f"added {res.entry}" + (f" and {res.weights}" if res.weights else "") + f"; {res.cells} cells in "
+          f"{Path(args.results) / args.suite}; wrote {res.leaderboard}", file=sys.stderr)
+    print(res.markdown)
+    if args.summary_out:
+        Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_out).write_text(res.markdown, encoding="utf-8")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .workflows import reproduce
+
+    r = _registry(args)
+    res = reproduce.reproduce(r, args.suite, args.results, models=args.models, shifts=args.shifts,
+                              threats=args.threats, sample=args.sample, seed=args.seed, update=args.update,
+                              workers=args.workers, progress=not args.no_progress and not args.json,
+                              data_dir=args.data_dir, model_dir=args.model_dir)
+    print(reproduce.to_json(res) if args.json else res.markdown())
+    if not len(res.cells):
+        print(f"error: nothing to compare: no current stored result matches under {Path(args.results) / args.suite}",
+              file=sys.stderr)
+    return 0 if res.ok else 1
+
+
+def cmd_export_baseline(args) -> int:
+    from .workflows import regress
+
+    r = _registry(args)
+    data = regress.export_baseline(r, args.suite, args.model, args.results, n_examples=args.n, seed=args.seed)
+    out = regress.write_baseline(data, args.out)
+    print(f"wrote {out}: {len(data['cells'])} of {data['planned']} cells of model {data['model']} (suite "
+          f"{data['suite']}, harness {data['harness']}, seed {data['seed']})", file=sys.stderr)
+    if data["missing"]:
+        print(f"warning: {len(data['missing'])} planned cell(s) have no stored result and are not in the baseline, "
+              f"e.g. {data['missing'][0]}", file=sys.stderr)
+    return 0
+
+
+def cmd_regress(args) -> int:
+    import torch
+
+    from .workflows import regress
+
+    torch.set_num_threads(args.threads)
+    r = _registry(args)
+    res = regress.regress(args.model, args.baseline, quick=args.quick, alpha=args.alpha, registry=r,
+                          weights=args.weights, allow_code=args.allow_code, n_examples=args.n, seed=args.seed,
+                          data_dir=args.data_dir, model_dir=args.model_dir, progress=not args.no_progress)
+    print(res.markdown())
+    for path in regress.publish(res, args.report):
+        print(f"wrote {path}", file=sys.stderr)
+    if res.worse:
+        print(f"regression: {len(res.worse)} cell(s) significantly less robust: {', '.join(res.worse)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_workflow_parsers(sub) -> None:
+    from .workflows.rules import CLEAN_TOLERANCE_RULE, QUICK_RULE, TOLERANCE_RULE
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    q = sub.add_parser("submit", help="add a model entry: check it, run the suite for it, regenerate the leaderboard",
+                       formatter_class=fmt, description=(
+                           "Validate ENTRY.yaml (a model entry with `claimed: {clean_acc: ...}`), install it (and "
+                           "--weights) into the registry folder, check the claimed clean accuracy, run the suite for "
+                           "the model, regenerate the leaderboard and print a Markdown summary for the pull request. "
+                           "A failure or Ctrl-C leaves the registry, results and leaderboard as they were.\n\n"
+                           "Clean-accuracy tolerance: " + CLEAN_TOLERANCE_RULE + "."))
+    q.add_argument("entry", help="the model entry (YAML)")
+    q.add_argument("--weights", default=None, help="weights file: copied into the registry, its sha256 written into "
+                                                   "the entry (default: the entry's own weights and sha256, checked)")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--summary-out", default=None, help="also write the Markdown summary to this file")
+    q.add_argument("--replace", action="store_true", help="replace an existing entry with the same id")
+    q.add_argument("--allow-code", action="store_true",
+                   help="allow a python:module:factory source (imports and runs that module)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--out", default=None, help="leaderboard path (default: ./leaderboard.md for digits)")
+    q.add_argument("--no-progress", action="store_true")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_submit)
+
+    q = sub.add_parser("reproduce", help="re-run stored cells in a scratch folder and compare them example by example",
+                       formatter_class=fmt, description=(
+                           "Re-run stored cells (all, a filter, or a seeded sample) into a scratch folder and compare "
+                           "each with its stored result. Exit 0 when every cell is exact or within tolerance, 1 "
+                           "otherwise. Stale results (their key is no longer planned) are reported, not compared.\n\n"
+                           "Tolerance: " + TOLERANCE_RULE))
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--models", default=None, help="comma-separated glob patterns over model ids")
+    q.add_argument("--shifts", default=None, help="patterns over data names ('id' is the ID data)")
+    q.add_argument("--threats", default=None, help="patterns over threat ids")
+    q.add_argument("--sample", type=int, default=None, help="compare a random sample of K stored cells")
+    q.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    q.add_argument("--json", action="store_true", help="print JSON instead of the Markdown table")
+    q.add_argument("--update", action="store_true",
+                   help="rewrite the stored results of compared cells that were not reproduced exactly")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--no-progress", action="store_true")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_reproduce)
+
+    q = sub.add_parser("export-baseline", help="write a model's per-example outcomes for `shiftbench regress`")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--model", required=True, help="model id")
+    q.add_argument("--out", required=True, help="baseline JSON file to write")
+    q.add_argument("--n", type=int, default=None, help="examples per cell, as given to `shiftbench run` (default: the suite's)")
+    q.add_argument("--seed", type=int, default=None, help="as given to `shiftbench run` (default: the suite's)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    _add_common(q)
+    q.set_defaults(fn=cmd_export_baseline)
+
+    q = sub.add_parser("regress", help="compare a model with a baseline, cell by cell (exit 1 if less robust)",
+                       formatter_class=fmt, description=(
+                           "Evaluate a model on a baseline's cells and compare each cell by an exact one-sided "
+                           "McNemar test on the paired robust outcomes, Holm-corrected across cells. Exit 1 when a "
+                           "cell is significantly less robust, 0 otherwise, 2 for usage errors (a baseline made with "
+                           "other settings included). The report is appended to $GITHUB_STEP_SUMMARY when set.\n\n"
+                           + QUICK_RULE + "."))
+    q.add_argument("--model", required=True,
+                   help="an entry file (YAML), a registry model id, or python:module:factory (with --weights)")
+    q.add_argument("--baseline", required=True, help="baseline JSON from `shiftbench export-baseline`")
+    q.add_argument("--weights", default=None, help="weights file for the model (its sha256 is taken)")
+    q.add_argument("--quick", action="store_true", help="a small subset of the baseline's cells (see above)")
+    q.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate across cells (default 0.05)")
+    q.add_argument("--report", default=None, help="write the Markdown report to this file")
+    q.add_argument("--allow-code", action="store_true",
+                   help="allow a python:module:factory model (imports and runs that module)")
+    q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's; must match the baseline)")
+    q.add_argument("--seed", type=int, default=None, help="(default: the suite's; must match the baseline)")
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small models attack fastest on one thread per core)")
+    q.add_argument("--no-progress", action="store_true")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_regress)
+
+
+# --------------------------------------------------------------------------- reliability: verify-results, input checks, code opt-in
+CODE_ENV = "SHIFTBENCH_ALLOW_CODE"  # benchmark.models.load.CODE_ENV (not imported: keeps `ls` light)
+
+
+class UsageError(ValueError):
+    """Bad command-line input: one line on stderr, exit 2, nothing written."""
+
+
+def cmd_verify_results(args) -> int:
+    """Check every stored result file (current or stale) of one suite, or of all; exit 1 on any corrupt file."""
+    from .run import store
+
+    root = Path(args.results)
+    if args.suite:
+        folders = [root / args.suite]
+        if not folders[0].is_dir():
+            known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+            try:
+                known = sorted({*known, *_registry(args).entries["suites"]})
+            except reg.RegistryError:
+                pass
+            close = difflib.get_close_matches(args.suite, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (suites with results: {', '.join(known) or 'none'})"
+            raise UsageError(f"no results for suite '{args.suite}' under {root}{hint}")
+    else:
+        if not root.is_dir():
+            raise UsageError(f"results folder {root} does not exist")
+        folders = sorted(d for d in root.iterdir() if d.is_dir())
+    counts = {store.VERIFIED: 0, store.UNSIGNED: 0, store.CORRUPT: 0}
+    signed = 0
+    for folder in folders:
+        for path in store.result_files(folder):
+            v = store.check_result(path)
+            counts[v.status] += 1
+            if v.status == store.CORRUPT:
+                print(f"error: {v.describe()}", file=sys.stderr)
+            elif v.status == store.UNSIGNED and args.sign:
+                store.write_json_atomic(path, store.sign(v.payload))
+                signed += 1
+            elif v.status == store.UNSIGNED and args.verbose:
+                print(f"note: {v.describe()}", file=sys.stderr)
+    where = ", ".join(str(f) for f in folders) or str(root)
+    total = sum(counts.values())
+    print(f"{total} result file(s) in {where}: {counts[store.VERIFIED]} verified, {counts[store.UNSIGNED]} unsigned"
+          + (f" ({signed} signed now)" if signed else " (no digest: written before digests; `--sign` adds one "
+             "after the consistency checks)" if counts[store.UNSIGNED] else "")
+          + f", {counts[store.CORRUPT]} corrupt", file=sys.stderr)
+    if counts[store.CORRUPT]:
+        print("corrupt files are excluded from leaderboards; `shiftbench run` recomputes them", file=sys.stderr)
+    return 1 if counts[store.CORRUPT] else 0
+
+
+def _code_notes(r: reg.Registry) -> list[str]:
+    """What ``validate`` says about entries that run code (nothing is imported to say it)."""
+    notes = []
+    for m in sorted(r.entries["models"].values(), key=lambda m: m.id):
+        if m.source_kind != "python":
+            continue
+        module = m.source_target.partition(":")[0]
+        suites = [s.id for s in r.entries["suites"].values() if reg.module_allowed(module, s.allow_code)]
+        how = f"allowed by suite(s) {', '.join(suites)} (allow_code)" if suites else "runs only with --allow-code"
+        notes.append(f"{m.path}: model '{m.id}' runs code from module '{module}' ({how})")
+    return notes
+
+
+def _refuse_code(r: reg.Registry, suite, cells, allow_all: bool) -> set[str]:
+    """Model ids whose ``python:`` source is not allowed: reported (with how to allow them), not run."""
+    from .models.load import allowed_code, code_module
+
+    allow = True if allow_all else allowed_code(suite.allow_code)
+    refused = set()
+    for m in {c.model.id: c.model for c in cells}.values():
+        module = code_module(m)
+        if module is None or reg.module_allowed(module, allow):
+            continue
+        refused.add(m.id)
+        print(f"error: {m.path}: key 'source': model '{m.id}' runs code from module '{module}' ({m.source}); "
+              f"its cells are not run and nothing was imported. If you trust it, re-run with --allow-code, or add "
+              f"'{module}' to allow_code in {suite.path or 'the suite entry'}", file=sys.stderr)
+    return refused
+
+
+def _check_run_flags(args) -> None:
+    for flag in ("workers", "limit", "n", "batch_size"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {v}")
+    if getattr(args, "seed", None) is not None and args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if getattr(args, "dry_run", False) and getattr(args, "leaderboard", False):
+        raise UsageError("--dry-run writes nothing, --leaderboard writes the leaderboard: give one of them")
+    if getattr(args, "out", None) and not getattr(args, "leaderboard", True):
+        raise UsageError("--out names the leaderboard file: it needs --leaderboard")
+
+
+def _check_patterns(r: reg.Registry, suite, args) -> None:
+    """Every comma-separated pattern of --models/--shifts/--threats must match something in the
+    suite; the error suggests the closest names."""
+    names = {
+        "models": [m.id for m in r.suite_models(suite)],
+        "shifts": ["id"] + [f"{s}-{v}" if v is not None else s for s in suite.dataset_shifts
+                            for v in (r.shift(s).severities or (None,))] + list(suite.dataset_shifts),
+        "threats": [suite.id_threat, *suite.threat_shifts],
+    }
+    for flag, candidates in names.items():
+        raw = getattr(args, flag, None)
+        if not raw:
+            continue
+        pats = [p.strip() for p in raw.split(",") if p.strip()]
+        if not pats:
+            raise UsageError(f"--{flag} {raw!r} holds no pattern")
+        for pat in pats:
+            if not any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+                close = difflib.get_close_matches(pat, sorted(set(candidates)), n=3)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+                    f"; see `shiftbench ls {flag} --suite {suite.id}`"
+                raise UsageError(f"--{flag} pattern '{pat}' matches no {flag[:-1]} of suite '{suite.id}'{hint}")
+
+
+def _check_data_dir(suite, data_dir: str | None) -> None:
+    """A real suite needs its data root: a missing or empty folder is a usage error, before anything runs."""
+    from .data import datasets
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir}: no such folder")
+    if suite.dataset == "digits":
+        return  # embedded data
+    root = datasets.data_root(data_dir)
+    src = "--data-dir" if data_dir else "$SHIFTBENCH_DATA" if os.environ.get("SHIFTBENCH_DATA") else "the default ./data"
+    state = "does not exist" if not root.is_dir() else "is empty" if not any(root.iterdir()) else None
+    if state is None:
+        return
+    from .data import loaders
+
+    src_files = loaders.ID_SOURCES.get(suite.dataset, {})
+    try:  # the files the ID data needs, named with where to get them (presence only, no hashing)
+        loaders.check_files([{"path": f["path"]} for f in src_files.get("files", ())], root,
+                            what=f"{suite.dataset} test set", url=src_files.get("url"))
+    except loaders.DataMissingError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines())
+        raise UsageError(f"data root {root} ({src}) {state}. {detail}") from None
+    raise UsageError(f"data root {root} ({src}) {state}; suite '{suite.id}' needs the {suite.dataset} files there "
+                     "(see docs/real-suites.md), or set --data-dir / $SHIFTBENCH_DATA")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (no usage dump), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_reliability_commands(sub) -> None:
+    q = sub.add_parser("verify-results", help="check every stored result's digest and consistency")
+    q.add_argument("--suite", default=None, help="only this suite's results (default: all)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--sign", action="store_true",
+                   help="add a digest to unsigned results that pass the consistency checks (migration)")
+    q.add_argument("--verbose", action="store_true", help="also list unsigned files")
+    _add_common(q)
+    q.set_defaults(fn=cmd_verify_results)
 
 
 # --------------------------------------------------------------------------- trends / site
@@ -284,7 +666,7 @@ def _add_trends_site(sub) -> None:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shiftbench", description=__doc__.split("\n")[0])
+    p = _Parser(prog="shiftbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("ls", help="list registry entries")
@@ -314,6 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
     q.add_argument("--results", default=str(RESULTS_ROOT))
     q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
+    q.add_argument("--allow-code", action="store_true",
+                   help="let python:module:factory model entries import their module (off by default)")
     _add_device(q)
     _add_common(q)
     _add_data(q)
@@ -360,23 +744,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=1,
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")
+    q.add_argument("--fast", default=None,
+                   help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
+                        "the one the targets apply to), e.g. apgd-mm,mm5")
     _add_device(q)
     _add_common(q)
     _add_data(q)
+    q.add_argument("--allow-code", action="store_true",
+                   help="let python:module:factory model entries import their module (off by default)")
     q.set_defaults(fn=cmd_calibrate)
 
+    _add_reliability_commands(sub)
+    _add_workflow_parsers(sub)
     _add_trends_site(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .run.store import StoreError
+
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "registry"):  # every command sees the built-in registry with the user's layered over it
+            args.registry = reg.layered_location(args.registry)
         return args.fn(args) or 0
     except (reg.RegistryError, KeyError, ValueError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except StoreError as exc:  # a failed write: named path, nothing partial left, earlier results intact
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ from typing import Any, Mapping
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REGISTRY = REPO_ROOT / "registry"
+# The built-in registry: a wheel carries a copy of the repository's top-level ``registry/`` as
+# package data (``benchmark/_registry``, see setup.py); a checkout reads ``registry/`` itself.
+PACKAGED_REGISTRY = Path(__file__).resolve().parent / "_registry"
+DEFAULT_REGISTRY = PACKAGED_REGISTRY if PACKAGED_REGISTRY.is_dir() else REPO_ROOT / "registry"
+BUILTIN_REGISTRY = DEFAULT_REGISTRY
 
 KINDS = ("models", "shifts", "threats", "suites")
 LP_NORMS = ("Linf", "L2", "L1")
@@ -81,6 +85,9 @@ class ModelSpec:
     train: Mapping[str, Any] = field(default_factory=FrozenMap)  # recipe for `shiftbench zoo train`
     reference: str | None = None  # paper / URL
     notes: str | None = None
+    # what the submitter measured, e.g. {clean_acc: 0.953} (checked by `shiftbench submit`); not
+    # part of a cell's hash since it changes no number
+    claimed: Mapping[str, Any] = field(default_factory=FrozenMap)
     path: str = ""  # file the entry came from (filled in by the loader)
 
     @property
@@ -120,7 +127,7 @@ class ThreatSpec:
     """A threat: the perturbation set (norm + budget, or a non-Lp family) and the attack."""
 
     id: str
-    kind: str  # lp | spatial | rotation-translation | color | jpeg
+    kind: str  # lp | rotation-translation | pixel-flow | brightness-contrast | jpeg | stadv | recolor | lpips
     attack: str  # name in benchmark.attacks
     eps: float = 0.0
     norm: str | None = None  # for kind == lp
@@ -131,7 +138,18 @@ class ThreatSpec:
     # a known limit of the numbers (e.g. the attack is weaker than AutoAttack here); shown on the
     # leaderboard, not part of a cell's hash since it does not change any number
     caveat: str = ""
+    # one of OODRobustBench's six threat shifts (Linf/L2 budget, PPGD, LPA, StAdv, ReColor) at
+    # the reference's bound or the suite's stand-in for it; not hashed (it changes no number)
+    reference_set: bool = False
     path: str = ""
+
+    def params_text(self) -> str:
+        """The non-Lp budget as ``k=v, ...``; a nested mapping (a perceptual threat's feature
+        network) is shown by its ``arch``."""
+        def show(v: Any) -> str:
+            return str(v.get("arch", "...")) if isinstance(v, Mapping) else str(v)
+
+        return ", ".join(f"{k}={show(v)}" for k, v in sorted(self.params.items()))
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,8 @@ class SuiteSpec:
     n_shift_examples: int | None = None  # per dataset-shift cell (one severity); default n_examples
     seed: int = 0
     description: str = ""
+    # module prefixes whose ``python:`` model entries this suite may import without --allow-code
+    allow_code: tuple[str, ...] = ()
     path: str = ""
 
 
@@ -229,6 +249,30 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _check_plain(value: Any, path: Path, key: str, depth: int = 0) -> None:
+    """Entry values are plain JSON data (strings, finite numbers, booleans, null, lists, mappings
+    with string keys): they are hashed into cell keys and stored in results."""
+    import math
+
+    if depth > 32:
+        raise RegistryError(path, key, "nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RegistryError(path, key, f"expected a finite number, got {value}")
+    if isinstance(value, str) and any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise RegistryError(path, key, f"control characters in {value!r}")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(v, path, key, depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RegistryError(path, key, f"mapping keys must be strings, got {k!r}")
+            _check_plain(v, path, key, depth + 1)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise RegistryError(path, key, f"expected a plain value (string, number, boolean, list, mapping), "
+                            f"got {type(value).__name__} {value!r} (quote it to make it a string)")
+
+
 def build_spec(kind: str, data: Any, path: Path) -> Any:
     """Validate one entry's raw mapping against its spec type and build the spec."""
     cls = SPEC_TYPES[kind]
@@ -247,6 +291,7 @@ def build_spec(kind: str, data: Any, path: Path) -> Any:
             raise RegistryError(path, name, "missing required key")
     values: dict[str, Any] = {}
     for key, value in data.items():
+        _check_plain(value, path, str(key))
         if kind == "threats" and key == "eps":
             value = parse_eps(value, path)
         tp = hints[key]
@@ -267,7 +312,7 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         if spec.kind == "lp":
             if spec.norm not in LP_NORMS:
                 raise RegistryError(path, "norm", f"an lp threat needs norm in {LP_NORMS}, got {spec.norm!r}")
-            limits = {"Linf": 1.0, "L2": 64.0, "L1": 4096.0}
+            limits = {"Linf": LINF_MAX, "L2": 64.0, "L1": 4096.0}
             if spec.eps < 0:
                 raise RegistryError(path, "eps", f"budget must be >= 0, got {spec.eps}")
             if spec.eps > limits[spec.norm]:
@@ -282,6 +327,10 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(
                 path, "source", f"expected one of {', '.join(s + ':...' for s in MODEL_SOURCES)}, got {spec.source!r}"
             )
+        if spec.source_kind == "python":
+            check_python_source(spec.source_target, path)
+        if spec.weights is not None:
+            check_weights_ref(spec.weights, path)
         if spec.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
             raise RegistryError(path, "sha256", "expected 64 lowercase hex digits")
         if spec.preprocessing is not None:
@@ -293,6 +342,12 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             if spec.dataset != "imagenet":
                 raise RegistryError(path, "preprocessing", "only ImageNet models take a preprocessing (CIFAR and "
                                     f"digits images are used at their own size), this model is for '{spec.dataset}'")
+        for k, v in spec.claimed.items():
+            if k not in CLAIMED_KEYS:
+                raise RegistryError(path, f"claimed.{k}", f"unknown claim; allowed: {', '.join(CLAIMED_KEYS)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                hint = " (write a fraction such as 0.953, not a percentage)" if isinstance(v, (int, float)) and v > 1 else ""
+                raise RegistryError(path, f"claimed.{k}", f"expected a fraction in [0, 1], got {v!r}{hint}")
         if spec.source_kind in ("builtin", "file"):
             if not spec.weights:
                 raise RegistryError(path, "weights", f"a {spec.source_kind} model needs a weights file")
@@ -303,6 +358,9 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(path, "n_examples", "must be positive")
         if spec.n_shift_examples is not None and spec.n_shift_examples <= 0:
             raise RegistryError(path, "n_shift_examples", "must be positive")
+        for prefix in spec.allow_code:
+            if not _MODULE.fullmatch(prefix):
+                raise RegistryError(path, "allow_code", f"{prefix!r}: expected a module prefix such as 'mypkg.models'")
     if kind == "shifts":
         if not all(1 <= s <= 5 for s in spec.severities):
             raise RegistryError(path, "severities", "severities are integers 1..5")
@@ -313,6 +371,68 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         transform = spec.params.get("transform")
         if spec.source.startswith("loader:") and transform is not None and transform not in SHIFT_TRANSFORMS:
             raise RegistryError(path, "params", f"unknown transform {transform!r}; allowed: {', '.join(SHIFT_TRANSFORMS)}")
+
+
+CLAIMED_KEYS = ("clean_acc", "robust_acc")  # a model entry's ``claimed``: accuracies as fractions
+
+
+LINF_MAX = 0.5  # an Linf budget above half the pixel range can turn any image into any other
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_python_source(target: str, path: Path) -> None:
+    """``python:module:factory``: a well-formed module and attribute, and not a standard-library
+    module (``python:os:system`` names a shell, not a model).  Nothing is imported here."""
+    import sys
+
+    module, _, factory = target.partition(":")
+    if not _MODULE.fullmatch(module) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", factory):
+        raise RegistryError(path, "source", f"expected python:<module>:<factory>, got 'python:{target}'")
+    top = module.split(".", 1)[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        raise RegistryError(path, "source", f"'python:{target}' names the standard-library module '{top}', "
+                            "not model code; a python source must name your own model factory")
+
+
+def module_allowed(module: str, prefixes: Any) -> bool:
+    """Whether ``module`` is one of ``prefixes`` or inside one (``a.b`` allows ``a.b.c``, not ``a.bc``);
+    ``prefixes`` True allows every module."""
+    if prefixes is True:
+        return True
+    return any(module == p.rstrip(".") or module.startswith(p.rstrip(".") + ".") for p in (prefixes or ()))
+
+
+def check_weights_ref(weights: str, path: Path) -> None:
+    """A weights reference is ``pkg:<package>/<file>`` or a path inside the registry folder:
+    no absolute path, no ``..`` (symlinks are checked when the path is resolved)."""
+    if weights.startswith("pkg:"):
+        package, _, rel = weights[4:].partition("/")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", package) or not rel or _escapes(rel):
+            raise RegistryError(path, "weights", f"{weights!r}: expected pkg:<top-level package>/<relative path> "
+                                "(no dots in the package name, no '..' in the path)")
+        return
+    if _escapes(weights):
+        raise RegistryError(path, "weights", f"{weights!r} leaves the registry folder; weights live under the "
+                            "registry folder (a relative path without '..'), or inside an installed package "
+                            "(pkg:<package>/<path>)")
+
+
+def _escapes(rel: str) -> bool:
+    """An absolute path, a drive, or a ``..`` part: a path that can leave its root."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return (rel.startswith(("/", "\\", "~")) or PureWindowsPath(rel).drive != "" or
+            ".." in PurePosixPath(rel.replace("\\", "/")).parts)
+
+
+def contained(root: Path, rel: str, entry_path: Path | str, key: str) -> Path:
+    """``root / rel`` with symlinks resolved, which must stay inside ``root``."""
+    full = (Path(root) / rel)
+    real, base = full.resolve(), Path(root).resolve()
+    if real != base and base not in real.parents:
+        raise RegistryError(entry_path, key, f"{rel!r} resolves to {real}, outside {base} (a symlink that leaves "
+                            "the folder?); copy the file into the folder instead")
+    return full
 
 
 FILE_KEYS = ("path", "sha256", "md5")
@@ -338,6 +458,9 @@ def _check_keys(item: Any, allowed: tuple[str, ...], required: tuple[str, ...], 
 def check_file_item(item: Any, path: Path, key: str) -> None:
     """A shift entry's ``files`` item: ``path`` under the data root, optional ``sha256``/``md5``."""
     _check_keys(item, FILE_KEYS, ("path",), path, key)
+    if _escapes(item["path"]):
+        raise RegistryError(path, key, f"path {item['path']!r} leaves the data root; give a path relative to it, "
+                            "without '..'")
 
 
 def check_archive_item(item: Any, path: Path, key: str) -> None:
@@ -354,12 +477,37 @@ def check_archive_item(item: Any, path: Path, key: str) -> None:
         raise RegistryError(path, key, f"size {size!r}: expected a positive number of bytes")
 
 
+MAX_ENTRY_BYTES = 1 << 20  # an entry is a few hundred bytes
+
+
+class _EntryLoader(yaml.SafeLoader):
+    """``safe_load`` without aliases: an entry never needs ``*ref``, and aliases are how a small
+    file expands into billions of nodes ("billion laughs") once walked."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias '*{event.anchor}' not allowed in registry entries "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: Path) -> Any:
+    """Read one entry: safe YAML only (no python tags), no aliases, at most 1 MiB."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_ENTRY_BYTES:
+            raise RegistryError(path, None, f"{size} bytes: too large for a registry entry (limit {MAX_ENTRY_BYTES})")
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_EntryLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise RegistryError(path, None, f"not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise RegistryError(path, None, "not valid YAML: nested too deeply") from None
+    except OSError as exc:
+        raise RegistryError(path, None, f"cannot be read: {exc.strerror or exc}") from None
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -370,7 +518,7 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-UNHASHED_FIELDS = ("path", "caveat")  # where an entry lives and what we say about its numbers
+UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set")  # where an entry lives, what is said about it
 
 
 def canonical(obj: Any) -> Any:
@@ -392,28 +540,61 @@ def content_hash(obj: Any, length: int = 16) -> str:
 
 # --------------------------------------------------------------------------- registry
 class Registry:
-    """All entries of one registry folder, keyed by kind and id.
+    """All entries of one registry folder, or of several folders layered one over another, keyed
+    by kind and id.
 
-    Duplicate ids raise; unknown ids raise with a "did you mean" suggestion.
+    ``root`` is a folder, a sequence of folders (the first is the base layer), or those folders
+    joined by ``os.pathsep`` (:attr:`location`, how worker processes rebuild the same registry).
+    An entry of an upper layer shadows the entry of the same kind and id below it; two entries
+    with one id in the same layer raise.  A suite covers the models of its own layer and of the
+    layers above it (the built-in ``digits`` suite ranks a user's models; a suite defined in a
+    user folder ranks only that folder's models).  Unknown ids raise with a "did you mean".
     """
 
-    def __init__(self, root: Path | str = DEFAULT_REGISTRY, *, check_files: bool = True):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise RegistryError(self.root, None, "registry folder does not exist")
+    def __init__(self, root: Path | str | typing.Sequence[Path | str] = DEFAULT_REGISTRY, *,
+                 check_files: bool = True):
+        if isinstance(root, (str, os.PathLike)):
+            roots = [p for p in str(root).split(os.pathsep) if p]
+        else:
+            roots = [str(p) for p in root]
+        if not roots:
+            raise RegistryError(str(root), None, "no registry folder given")
+        self.roots: tuple[Path, ...] = tuple(Path(p) for p in roots)
+        self.root = self.roots[-1]  # the top layer: where new entries are written
+        for r in self.roots:
+            if not r.is_dir():
+                raise RegistryError(r, None, "registry folder does not exist")
         self.entries: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
-        for kind in KINDS:
-            folder = self.root / kind
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.rglob("*.yaml")):
-                spec = build_spec(kind, load_yaml(path), path)
-                if spec.id in self.entries[kind]:
-                    other = self.entries[kind][spec.id].path
-                    raise RegistryError(path, "id", f"duplicate {kind[:-1]} id '{spec.id}' (also in {other})")
-                self.entries[kind][spec.id] = spec
+        for root_dir in self.roots:
+            layer: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+            for kind in KINDS:
+                folder = root_dir / kind
+                if not folder.is_dir():
+                    continue
+                for path in sorted(folder.rglob("*.yaml")):
+                    spec = build_spec(kind, load_yaml(path), path)
+                    if spec.id in layer[kind]:
+                        other = layer[kind][spec.id].path
+                        raise RegistryError(path, "id", f"duplicate {kind[:-1]} id '{spec.id}' (also in {other})")
+                    layer[kind][spec.id] = spec
+            for kind in KINDS:
+                self.entries[kind].update(layer[kind])
         if check_files:
             self._check_references()
+
+    @property
+    def location(self) -> str:
+        """The folders of this registry as one string, for :class:`Registry` in another process."""
+        return os.pathsep.join(str(r) for r in self.roots)
+
+    def layer_of(self, spec: Any) -> int:
+        """Index in :attr:`roots` of the folder an entry's file lies in (the top layer if none)."""
+        p = Path(spec.path).resolve() if getattr(spec, "path", "") else None
+        if p is not None:
+            for i in range(len(self.roots) - 1, -1, -1):
+                if p.is_relative_to(self.roots[i].resolve()):
+                    return i
+        return len(self.roots) - 1
 
     # -- lookups
     def get(self, kind: str, name: str) -> Any:
@@ -437,11 +618,13 @@ class Registry:
         return self.get("suites", name)
 
     def weights_path(self, spec: ModelSpec) -> Path | None:
-        """Where an entry's weights live: relative to the registry root, absolute, or
-        ``pkg:<package>/<path>`` for a file shipped inside an installed package (found without
-        importing the package, e.g. ``pkg:pyautoattack/examples/model_test.pt``)."""
+        """Where an entry's weights live: under the registry root (symlinks must not lead out of
+        it), or ``pkg:<package>/<path>`` for a file shipped inside an installed package (found
+        without importing anything: only top-level package names, e.g.
+        ``pkg:pyautoattack/examples/model_test.pt``)."""
         if spec.weights is None:
             return None
+        check_weights_ref(spec.weights, Path(spec.path))
         if spec.weights.startswith("pkg:"):
             import importlib.util
             import sys
@@ -449,21 +632,22 @@ class Registry:
             package, _, rel = spec.weights[4:].partition("/")
             # an imported package's __path__ first: aliasing (autoattack -> pyautoattack) replaces its __spec__
             where = getattr(sys.modules.get(package), "__path__", None)
-            if where is None and package:
+            if where is None:  # a top-level name: located by the finders, its code is not run
                 found = importlib.util.find_spec(package)
                 where = found.submodule_search_locations if found is not None else None
-            if not where or not rel:
+            if not where:
                 raise RegistryError(spec.path, "weights", f"{spec.weights!r}: expected pkg:<installed package>/<path>, "
                                     f"and package '{package}' must be installed")
-            return Path(list(where)[0]) / rel
-        p = Path(spec.weights)
-        return p if p.is_absolute() else self.root / p
+            return contained(Path(list(where)[0]), rel, spec.path, "weights")
+        return contained(self.roots[self.layer_of(spec)], spec.weights, spec.path, "weights")
 
     def suite_models(self, suite: SuiteSpec, patterns: str | None = None) -> list[ModelSpec]:
+        lowest = self.layer_of(suite)
         out = [
             m
             for m in self.entries["models"].values()
             if m.dataset == suite.dataset and any(fnmatch.fnmatchcase(m.id, p) for p in suite.models)
+            and self.layer_of(m) >= lowest
         ]
         return sorted(filter_ids(out, patterns), key=lambda m: m.id)
 
@@ -498,6 +682,16 @@ class Registry:
             actual = sha256_file(wp)
             if actual != spec.sha256:
                 problems.append(f"{spec.path}: key 'sha256': {wp} has sha256 {actual}, entry says {spec.sha256}")
+        # feature networks that threats name (perceptual threats' LPIPS network) and that ship in
+        # this registry; files kept elsewhere ($SHIFTBENCH_MODELS) are checked when an attack loads them
+        for t in self.entries["threats"].values():
+            net = t.params.get("network") if isinstance(t.params, Mapping) else None
+            if not isinstance(net, Mapping) or not isinstance(net.get("weights"), str) or not net.get("sha256"):
+                continue
+            wp = self.root / net["weights"]
+            if wp.is_file() and (actual := sha256_file(wp)) != net["sha256"]:
+                problems.append(f"{t.path}: key 'params.network.sha256': {wp} has sha256 {actual}, "
+                                f"entry says {net['sha256']}")
         return problems
 
 
@@ -511,3 +705,21 @@ def filter_ids(specs: list[Any], patterns: str | None) -> list[Any]:
 
 def default_registry_root() -> Path:
     return Path(os.environ.get("SHIFTBENCH_REGISTRY", DEFAULT_REGISTRY))
+
+
+def layered_location(user: str | Path | None = None) -> str:
+    """The built-in registry with the user's folder (``user``, else ``$SHIFTBENCH_REGISTRY``)
+    layered over it, as a :attr:`Registry.location` string.  A user folder that is the built-in
+    one itself adds nothing."""
+    user = user if user is not None else os.environ.get("SHIFTBENCH_REGISTRY") or None
+    roots = [str(BUILTIN_REGISTRY)]
+    if user is not None:
+        for part in str(user).split(os.pathsep):
+            if part and Path(part).resolve() not in {Path(r).resolve() for r in roots}:
+                roots.append(part)
+    return os.pathsep.join(roots)
+
+
+def layered(user: str | Path | None = None, *, check_files: bool = True) -> "Registry":
+    """The registry the command line uses: built-in entries, user entries layered over them."""
+    return Registry(layered_location(user), check_files=check_files)

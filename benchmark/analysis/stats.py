@@ -1,4 +1,4 @@
-"""Statistics: confidence intervals on accuracies.
+"""Statistics: confidence intervals on accuracies, exact paired tests (McNemar, Holm).
 
 Two kinds of interval are used on the leaderboard:
 
@@ -95,3 +95,54 @@ def bootstrap_weighted_means(parts: Sequence[tuple[Sequence[np.ndarray], Sequenc
             total += per_example[draws[n]].mean(axis=1)
         out[:, j] = total
     return out
+
+
+# --------------------------------------------------------------------------- paired tests
+def binom_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), exactly (integer arithmetic, no normal approximation)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / (1 << n)  # exact integers, one rounding
+
+
+def mcnemar_exact(worse: int, better: int, alternative: str = "two-sided") -> float:
+    """Exact McNemar test on the discordant pairs of two paired 0/1 outcome vectors.
+
+    ``worse``: pairs correct before and wrong now; ``better``: wrong before and correct now.
+    Under the null (no change) each discordant pair is equally likely to go either way, so the
+    count ``worse`` is Binomial(worse + better, 1/2).  ``alternative``: ``"greater"`` tests
+    "more got worse than better" (one-sided), ``"two-sided"`` any systematic direction.
+    Returns the p-value (1.0 without discordant pairs).
+    """
+    n = worse + better
+    if n == 0:
+        return 1.0
+    if alternative == "greater":
+        return binom_tail(worse, n)
+    if alternative != "two-sided":
+        raise ValueError(f"alternative must be 'greater' or 'two-sided', got {alternative!r}")
+    return min(1.0, 2.0 * binom_tail(max(worse, better), n))
+
+
+def discordant(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """(correct before and wrong after, wrong before and correct after) of paired 0/1 outcomes."""
+    a, b = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes need equal lengths, got {a.size} and {b.size}")
+    return int((a & ~b).sum()), int((~a & b).sum())
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in input order.
+    Rejecting where the adjusted p < alpha controls the family-wise error rate at alpha."""
+    p = np.asarray(pvalues, dtype=float)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

@@ -119,7 +119,7 @@ def _loss_grad(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
 
 
 def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-         loss: str = "ce", target: torch.Tensor | None = None, steps: int = 100,
+         loss: str | LossFn = "ce", target: torch.Tensor | None = None, steps: int = 100,
          draws: Draws | None = None, purpose: tuple = (), random_init: bool = True,
          l1_frac: float = 0.02, x_init: torch.Tensor | None = None,
          step_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,7 +138,7 @@ def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     examples from their best point keeping the momentum towards it (the next step's momentum
     term is ``best - previous iterate``); the loss history is not reset.
     """
-    loss_fn: LossFn = {"ce": ce_loss, "dlr-t": targeted_dlr_loss}[loss]
+    loss_fn: LossFn = loss if callable(loss) else {"ce": ce_loss, "dlr-t": targeted_dlr_loss}[loss]
     n = len(x)
     draws = draws if draws is not None else Draws(0, None, n)
     out = x.detach().clone()

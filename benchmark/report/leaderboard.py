@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import aggregate, trends
-from ..registry import REPO_ROOT, Registry, SuiteSpec, ThreatSpec
+from ..registry import Registry, SuiteSpec, ThreatSpec
 
 DPI = 100
 MISSING_SHOWN = 10  # missing cells named on the page; the rest are counted
@@ -24,8 +24,9 @@ DEFAULT_SUITE = "digits"
 
 
 def default_out(suite_id: str) -> Path:
-    """``leaderboard.md`` at the repo root for the default suite, ``leaderboards/<suite>.md`` otherwise."""
-    return REPO_ROOT / "leaderboard.md" if suite_id == DEFAULT_SUITE else REPO_ROOT / "leaderboards" / f"{suite_id}.md"
+    """``leaderboard.md`` in the current folder (the repository root) for the default suite,
+    ``leaderboards/<suite>.md`` otherwise; like ``results/``, relative to where shiftbench runs."""
+    return Path("leaderboard.md") if suite_id == DEFAULT_SUITE else Path("leaderboards") / f"{suite_id}.md"
 
 
 def plot_path(out: Path, suite_id: str) -> Path:
@@ -66,7 +67,7 @@ def num(v: float, digits: int = 3) -> str:
 def eps_text(t: ThreatSpec) -> str:
     """``Linf 8/255`` style budget text (fractions of 255 written as such)."""
     if t.kind != "lp":
-        params = ", ".join(f"{k}={v}" for k, v in sorted(t.params.items()))
+        params = t.params_text()
         return f"{t.kind}" + (f" ({params})" if params else "")
     k = t.eps * 255
     as_255 = t.norm == "Linf" and 0 < k <= 32 and abs(k - round(k)) < 1e-6  # 8/255, not 0.03137
@@ -84,6 +85,16 @@ def _table(header: list[str], rows: list[list[str]], align: list[str] | None = N
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
     lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return lines
+
+
+def integrity_text(res: aggregate.SuiteResults) -> str:
+    """The header's integrity sentence: how many results were verified by their digest."""
+    text = f"Integrity: {res.n_verified} of {res.n_present} results verified (content digest and per-example outcomes)"
+    if res.n_unsigned:
+        text += f", {res.n_unsigned} unsigned (no digest, written before digests; outcomes checked)"
+    if res.n_corrupt:
+        text += f"; {res.n_corrupt} corrupt file(s) excluded (listed below)"
+    return text + "."
 
 
 # --------------------------------------------------------------------------- ranking
@@ -258,7 +269,7 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         f"n={'/'.join(map(str, ns))} examples per cell, seed {suite.seed}; "
         f"attack(s) used: {', '.join(attacks) or 'none'}; "
         f"{res.n_present} of {res.n_planned} cells present, {res.n_missing} missing, "
-        f"{res.n_stale} stale result file(s) ignored."
+        f"{res.n_stale} stale result file(s) ignored. " + integrity_text(res)
     )
     mixed = versions_sentence(board.mixed)
     if mixed:
@@ -320,6 +331,12 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
                       "present and are not comparable with the ranking."]
     if flag_notes:
         lines += ["", "Flags:", ""] + [f"- {n}" for n in flag_notes]
+    if res.n_corrupt:
+        shown = [f"`{'/'.join(v.path.parts[-2:])}` ({v.problem})" for v in res.corrupt[:MISSING_SHOWN]]
+        more = f", and {res.n_corrupt - MISSING_SHOWN} more" if res.n_corrupt > MISSING_SHOWN else ""
+        lines += ["", f"Corrupt result files ({res.n_corrupt}; excluded, counted as missing; "
+                  f"`shiftbench run --suite {suite.id}` recomputes them, `shiftbench verify-results --suite {suite.id}` "
+                  "checks every file): " + "; ".join(shown) + more + "."]
     if res.n_missing:
         miss = res.planned[~res.planned["present"]]
         shown = [f"`{r.model}` {r.data} x {r.threat}" for r in miss.head(MISSING_SHOWN).itertuples()]

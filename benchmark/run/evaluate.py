@@ -120,8 +120,11 @@ def _id_data(dataset: str, data_dir: str | None, preprocessing: str | None = Non
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    from ..models.load import check_logits  # NaN/inf or misshapen outputs fail the cell, not the sweep
+
     dev = model_device(model)
-    return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([check_logits(model(x[i:i + batch_size].to(dev)), len(x[i:i + batch_size]), None,
+                                   "the model").argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -279,19 +282,24 @@ def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, dat
     """Evaluate one batch of cells and write the result of each that is not on disk yet (a
     resumed run recomputes a half-written batch and keeps the files already there); returns the
     keys written."""
-    written = []
-    for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
-        path = results_dir / cell.filename
-        if not path.is_file():
-            store.write_json_atomic(path, result_payload(cell, out, cell.threat.attack, device=model_device(model).type,
-                                                         batch_size=batch_size))
-            written.append(cell.key)
+    written: list[str] = []
+    # one process at a time per batch: a concurrent run over the same folder skips a claimed batch
+    with store.claim(results_dir, batch[0].key) as mine:
+        if not mine or not pending(batch, results_dir):
+            return written
+        for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
+            path = results_dir / cell.filename
+            if not store.is_done(path, cell.key):
+                store.write_result(path, result_payload(cell, out, cell.threat.attack,
+                                                        device=model_device(model).type, batch_size=batch_size))
+                written.append(cell.key)
     return written
 
 
 # --------------------------------------------------------------------------- grid runner
 def pending(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
-    return [c for c in cells if not (results_dir / c.filename).is_file()]
+    """Cells without a result that passes verification (a corrupt file is recomputed)."""
+    return [c for c in cells if not store.is_done(results_dir / c.filename, c.key)]
 
 
 def pending_with_batches(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
@@ -309,11 +317,13 @@ def _registry(root: str) -> Registry:
 
 @functools.lru_cache(maxsize=2)
 def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | None,
-           device: str = "auto") -> nn.Module:
-    from ..models.load import load_model
+           suite_id: str | None = None, device: str = "auto") -> nn.Module:
+    from ..models.load import allowed_code, load_model
 
     reg = _registry(registry_root)
-    model = load_model(reg.model(model_id), reg, model_dir=model_dir)
+    suite = reg.entries["suites"].get(suite_id)  # its allow_code lets its python: entries load
+    allow = allowed_code(suite.allow_code if suite is not None else ())
+    model = load_model(reg.model(model_id), reg, model_dir=model_dir, allow_code=allow)
     return model.to(resolve_device(device))
 
 
@@ -323,15 +333,34 @@ def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: s
     torch.set_num_threads(threads)
     done = []
     for batch in chunk:
-        model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir, device)
-        done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+        try:
+            model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir, batch[0].suite,
+                           device)
+            done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+        except (store.StoreError, KeyboardInterrupt):
+            raise  # nothing more can be written: stop the sweep
+        except Exception as exc:  # a broken entry or model fails its cells, the sweep goes on
+            _report_failure(batch, exc)
     return done
+
+
+def _report_failure(batch: Sequence[Cell], exc: BaseException) -> None:
+    import sys
+
+    m = batch[0].model
+    msg = str(exc) if isinstance(exc, (ValueError, RuntimeError)) and str(exc) else f"{type(exc).__name__}: {exc}"
+    if m.path and m.path not in msg and not isinstance(exc, OSError):  # data errors name their files
+        msg = f"model '{m.id}' ({m.path}): {msg}"
+    cells = ", ".join(c.describe() for c in batch)
+    print(f"error: cell(s) failed, the sweep goes on: {cells}: {msg}", file=sys.stderr, flush=True)
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
              workers: int = 1, progress: bool = True, chunk: int = 6,
              batch_size: int = DEFAULT_BATCH, device: str = "auto") -> dict[str, int]:
-    """Run every pending cell; return counts.  Cells already on disk are skipped (resume).
+    """Run every pending cell; return counts.  Cells already on disk (and verified) are skipped
+    (resume).  A cell that raises is reported on stderr and counted in ``failed``; cells another
+    live run holds are counted in ``busy``; a write that fails raises :class:`store.StoreError`.
 
     ``device`` (``auto``/``cpu``/``cuda``) is where models run; the data of each batch of cells
     moves there once.
@@ -345,6 +374,8 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
 
     results_dir = Path(results_dir)
     device = str(resolve_device(device))  # fails early on a bad or unavailable device
+    _registry.cache_clear()  # entries may have changed since the last run in this process (e.g. a submission)
+    _model.cache_clear()
     todo = pending(cells, results_dir)
     counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0}
     if not todo:
@@ -354,7 +385,7 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
         by_model[b[0].model.id].append(b)
     chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
     total = len(pending_with_batches(todo, results_dir))
-    root = str(registry.root)
+    root = registry.location  # every layer, so workers see the same entries
     dd = str(data_dir) if data_dir else None
     md = str(model_dir) if model_dir else None
     bar = tqdm(total=total, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
@@ -371,10 +402,20 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1, batch_size, device)
                            for ch in chunks]
-                for fut in as_completed(futures):
-                    n = len(fut.result())
-                    counts["ran"] += n
-                    bar.update(n)
+                try:
+                    for fut in as_completed(futures):
+                        n = len(fut.result())
+                        counts["ran"] += n
+                        bar.update(n)
+                except BaseException:
+                    for fut in futures:  # a failed write stops the sweep: do not start more chunks
+                        fut.cancel()
+                    raise
     finally:
         bar.close()
+    left = pending(todo, results_dir)
+    # cells still missing: claimed by another live run ("busy"), else "failed" (reported above);
+    # the keys are present only when non-zero
+    busy = sum(1 for c in left if store.claimed_elsewhere(results_dir, c.batch[0].key))
+    counts.update({k: v for k, v in (("failed", len(left) - busy), ("busy", busy)) if v})
     return counts
