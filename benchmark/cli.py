@@ -111,7 +111,7 @@ def cmd_run(args) -> int:
     _check_patterns(r, suite, args)
     _check_data_dir(suite, args.data_dir)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, seed=args.seed)
+                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
     if not cells:
         print(f"error: no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
               f"threats={args.threats}); see `shiftbench ls models --suite {args.suite}`", file=sys.stderr)
@@ -138,6 +138,9 @@ def cmd_run(args) -> int:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
         return 1 if refused else 0
+    device = _device_or_exit(args.device)
+    if device is None:
+        return 2
     removed = store.clean_temp(results_dir)
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)
@@ -146,7 +149,8 @@ def cmd_run(args) -> int:
 
     with code_opt_in(args.allow_code):  # worker processes inherit the opt-in
         counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
-                          workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size)
+                          workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
+                          device=device)
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if counts.get("busy"):
         print(f"{counts['busy']} cell(s) are being computed by another `shiftbench run` over {results_dir}; "
@@ -159,6 +163,22 @@ def cmd_run(args) -> int:
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
     return 1 if counts.get("failed") or refused else 0
+
+
+def _device_or_exit(device: str) -> str | None:
+    """``--device``: the resolved device name, or None (message printed) when it is unavailable."""
+    from .run.evaluate import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where models run: auto (CUDA when available), cpu or cuda; data moves there once")
 
 
 def cmd_leaderboard(args) -> int:
@@ -209,6 +229,8 @@ def cmd_verify_archives(args) -> int:
 def cmd_calibrate(args) -> int:
     from .run import calibrate
 
+    if _device_or_exit(args.device) is None:
+        return 2
     r = _registry(args)
     suite = r.suite(args.suite)
     _check_patterns(r, suite, argparse.Namespace(models=args.models, threats=args.threats))
@@ -672,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
     q.add_argument("--allow-code", action="store_true",
                    help="let python:module:factory model entries import their module (off by default)")
+    _add_device(q)
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_run)
@@ -720,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fast", default=None,
                    help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
                         "the one the targets apply to), e.g. apgd-mm,mm5")
+    _add_device(q)
     _add_common(q)
     _add_data(q)
     q.add_argument("--allow-code", action="store_true",
