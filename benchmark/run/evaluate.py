@@ -9,7 +9,6 @@ import functools
 import platform
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -256,15 +255,17 @@ def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: s
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
-             workers: int = 1, progress: bool = True, chunk: int = 6,
-             batch_size: int = DEFAULT_BATCH) -> dict[str, int]:
+             workers: int | None = 1, progress: bool = True, chunk: int = 6,
+             batch_size: int = DEFAULT_BATCH, executor=None, retries: int | None = None,
+             min_batch_size: int | None = None) -> dict[str, int]:
     """Run every pending cell; return counts.  Cells already on disk are skipped (resume).
 
     Work goes by :attr:`Cell.batch`: a pending cell brings the other severities of its shift
     along (they are written too and counted in ``ran``).  ``chunk`` batches of one model make
-    one task for a worker process."""
-    from tqdm.auto import tqdm
-
+    one task.  ``executor`` (:mod:`.executors`) says where tasks run; by default ``workers``
+    local processes.  A failing batch is retried ``retries`` times, then the others go on and
+    :class:`~.executors.GridError` lists the failures at the end."""
+    from . import executors
     from .plan import batches
 
     results_dir = Path(results_dir)
@@ -276,27 +277,17 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     for b in batches(todo):
         by_model[b[0].model.id].append(b)
     chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
-    total = len(pending_with_batches(todo, results_dir))
-    root = str(registry.root)
-    dd = str(data_dir) if data_dir else None
-    md = str(model_dir) if model_dir else None
-    bar = tqdm(total=total, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+    runner = functools.partial(_run_chunk, registry_root=str(registry.root),
+                               data_dir=str(data_dir) if data_dir else None,
+                               model_dir=str(model_dir) if model_dir else None)
+    ex = executor if executor is not None else executors.LocalExecutor(workers=workers)
     try:
-        if workers <= 1:
-            for ch in chunks:
-                bar.set_postfix_str(ch[0][0].describe(), refresh=False)
-                n = len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads(), batch_size))
-                counts["ran"] += n
-                bar.update(n)
-        else:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1, batch_size) for ch in chunks]
-                for fut in as_completed(futures):
-                    n = len(fut.result())
-                    counts["ran"] += n
-                    bar.update(n)
-    finally:
-        bar.close()
+        done = executors.drive(ex, chunks, runner, results_dir, total=len(pending_with_batches(todo, results_dir)),
+                               retries=executors.DEFAULT_RETRIES if retries is None else retries,
+                               batch_size=batch_size, progress=progress,
+                               min_batch_size=min_batch_size or executors.DEFAULT_MIN_BATCH)
+    except (executors.GridError, executors.GridInterrupted) as exc:
+        exc.counts = {**counts, **exc.counts}
+        raise
+    counts["ran"] = done["ran"]
     return counts

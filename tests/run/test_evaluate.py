@@ -12,6 +12,7 @@ import benchmark
 from benchmark import cli
 from benchmark.run import plan, store
 from benchmark.run.evaluate import attack_outcome, cell_data, run_grid
+from benchmark.run.executors import GridError
 from benchmark.registry import Registry, ThreatSpec
 
 
@@ -115,8 +116,10 @@ def test_interrupted_run_resumes_without_loss(tiny_registry, tmp_path):
     import dataclasses
 
     broken[3] = dataclasses.replace(cells[3], threat=dataclasses.replace(cells[3].threat, attack="no-such-attack"))
-    with pytest.raises(KeyError, match="unknown attack"):
-        run_grid(broken, reg, out, progress=False, chunk=1)
+    with pytest.raises(GridError, match="unknown attack") as err:  # reported at the end, after the others ran
+        run_grid(broken, reg, out, progress=False, chunk=1, retries=1)
+    assert err.value.counts["ran"] == 3 and err.value.counts["failed"] == 1
+    assert len(err.value.failures) == 1 and err.value.failures[0].attempts == 2
     assert len(list(out.rglob("*.json"))) == 3
     assert not list(out.rglob(".tmp-*")), "no partial files are left behind"
     counts = run_grid(cells, reg, out, progress=False)
