@@ -25,3 +25,25 @@ def train_tiny_mlp(epochs: int = 15, hidden: int = 32, depth: int = 1, lr: float
             loss.backward()
             opt.step()
     return model.eval()
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """An MLP that runs out of GPU memory above ``limit`` images per forward pass, the way CUDA
+    does (``torch.cuda.OutOfMemoryError``), on any device: what the executors' batch-size backoff
+    meets on a real GPU, reproducible on a CPU."""
+
+    def __init__(self, limit: int = 100, hidden: int = 32, depth: int = 1):
+        super().__init__()
+        self.limit = limit
+        self.net = architectures.build("mlp", hidden=hidden, depth=depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {len(x)} images in one pass (this model's "
+                                              f"limit is {self.limit})")
+        return self.net(x)
+
+
+def oom_mlp(limit: int = 100, hidden: int = 32, depth: int = 1) -> torch.nn.Module:
+    """Factory for registry entries ``source: python:helpers:oom_mlp``."""
+    return OutOfMemoryAbove(limit, hidden, depth)

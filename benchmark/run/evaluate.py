@@ -281,13 +281,14 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
                                data_dir=str(data_dir) if data_dir else None,
                                model_dir=str(model_dir) if model_dir else None)
     ex = executor if executor is not None else executors.LocalExecutor(workers=workers)
+    work = pending_with_batches(todo, results_dir)
     try:
-        done = executors.drive(ex, chunks, runner, results_dir, total=len(pending_with_batches(todo, results_dir)),
+        done = executors.drive(ex, chunks, runner, results_dir, total=len(work),
                                retries=executors.DEFAULT_RETRIES if retries is None else retries,
                                batch_size=batch_size, progress=progress,
                                min_batch_size=min_batch_size or executors.DEFAULT_MIN_BATCH)
     except (executors.GridError, executors.GridInterrupted) as exc:
-        exc.counts = {**counts, **exc.counts}
+        exc.counts = {**counts, **exc.counts, "ran": len(work) - len(pending(work, results_dir))}  # what is on disk
         raise
     counts["ran"] = done["ran"]
     return counts

@@ -205,10 +205,11 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
     outstanding: dict[Any, Task] = {}
     bar = tqdm(total=total, desc=f"cells ({executor.name})", unit="cell", disable=not progress, dynamic_ncols=True)
 
-    def show() -> None:
-        left = max(0, total - bar.n - counts["failed"])
+    def show(advance: int = 0) -> None:
+        left = max(0, total - bar.n - advance - counts["failed"])
         bar.set_postfix_str(f"failed={counts['failed']} left={left}" +
-                            (f" retried={counts['retried']}" if counts["retried"] else ""), refresh=True)
+                            (f" retried={counts['retried']}" if counts["retried"] else ""), refresh=False)
+        bar.update(advance) if advance else bar.refresh()
 
     def make_call(task: Task):
         return functools.partial(run_task, runner, task, results_dir=str(results_dir), threads=executor.threads,
@@ -227,15 +228,15 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
         while outstanding:
             again: list[Task] = []
             for handle, result in executor.wait():
-                task = outstanding.pop(handle)
+                task, advance = outstanding.pop(handle), 0
                 if isinstance(result, BaseException):  # the whole task died (worker lost, job failed)
                     err = describe_error(result)
                     result = [BatchOutcome(tuple(c.key for c in b), error=err) for b in task.batches]
                 for batch, o in zip(task.batches, result):
                     if o.error is None:
-                        written = o.written + _write_returned(results_dir, o.files) if o.files else o.written
+                        written = _write_returned(results_dir, o.files) if executor.return_results else o.written
                         counts["ran"] += len(written)
-                        bar.update(len(written))
+                        advance += len(written)
                     elif task.attempt < retries:
                         counts["retried"] += 1
                         again.append(Task((batch,), task.attempt + 1))
@@ -243,7 +244,7 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
                         lost = [c for c in batch if not (results_dir / c.filename).is_file()]
                         counts["failed"] += len(lost)
                         failures.append(Failure(tuple(c.describe() for c in batch), o.error, task.attempt + 1))
-                show()
+                show(advance)
             submit(again)
     except KeyboardInterrupt:
         executor.cancel()

@@ -78,7 +78,7 @@ class SubmititExecutor:
             self.array_parallelism = self.array_parallelism or 2
             return
         if shutil.which("sbatch") is None:
-            raise RuntimeError("--executor submitit: Slurm's sbatch is not on PATH here; run from a Slurm login "
+            raise ValueError("--executor submitit: Slurm's sbatch is not on PATH here; run from a Slurm login "
                                "node, or add --local to use submitit's local executor")
         self._ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params: dict[str, Any] = {"name": "shiftbench", "cpus_per_task": self.cpus_per_task}
