@@ -21,7 +21,7 @@ from benchmark import cli
 from benchmark.registry import Registry, sha256_file
 from benchmark.run import plan, store
 from benchmark.run.evaluate import _run_chunk, run_grid
-from benchmark.run.executors import GridError, LocalExecutor, drive, make_executor
+from benchmark.run.executors import GridError, InputError, LocalExecutor, drive, make_executor
 from benchmark.run.executors.common import Task, run_batch_with_backoff, run_task
 from benchmark.run.executors.submitit import parse_slurm_time
 from conftest import make_tiny_registry, write_yaml
@@ -239,6 +239,25 @@ def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(digits_slice, serial_r
     counts = run_grid(cells, reg, out, progress=False)
     assert counts["cached"] == len(written) and counts["ran"] == 14 - len(written)
     assert_same_outcomes(serial_results, out, cells)
+
+
+def test_input_error_in_a_worker_stops_the_run(tiny_registry, tmp_path):
+    """Missing weights fail every cell of the model the same way: the run stops at the first, naming
+    the file, instead of retrying and listing each cell (in process, the original error is raised)."""
+    reg = Registry(tiny_registry)
+    cells = plan.plan_suite(reg, "tiny")
+    (tiny_registry / "weights" / "digits" / "tiny.pt").unlink()  # after the plan, before the workers read it
+    with pytest.raises(InputError, match="tiny.pt"):
+        run_grid(cells, reg, tmp_path / "a", progress=False, workers=2, chunk=1)
+    with pytest.raises(reg_errors(), match="tiny.pt"):
+        run_grid(cells, reg, tmp_path / "b", progress=False, workers=1)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def reg_errors():
+    from benchmark.registry import RegistryError
+
+    return RegistryError
 
 
 # --------------------------------------------------------------------------- options and extras

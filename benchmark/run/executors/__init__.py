@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .common import (DEFAULT_MIN_BATCH, DEFAULT_RETRIES, Executor, Failure, GridError, GridInterrupted,  # noqa: F401
-                     MissingExtra, drive)
+                     InputError, MissingExtra, drive)
 from .local import LocalExecutor
 
 NAMES = ("local", "ray", "submitit")

@@ -7,6 +7,7 @@ numbers therefore never depend on the executor: the same code evaluates it every
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import tempfile
@@ -41,6 +42,7 @@ class BatchOutcome:
     keys: tuple[str, ...]
     written: list[str] = field(default_factory=list)
     error: str | None = None
+    fatal: bool = False  # an input error: the run stops
     batch_size: int | None = None  # the batch size that succeeded (smaller than asked after an OOM backoff)
     files: dict[str, str] = field(default_factory=dict)  # returned results: path in results_dir -> JSON text
 
@@ -62,6 +64,12 @@ class GridError(RuntimeError):
         for f in failures:
             lines.append(f"  {', '.join(f.cells)}\n    {f.error}")
         super().__init__("\n".join(lines))
+
+
+class InputError(ValueError):
+    """A cell met an error in the user's input (missing data or weights, a broken registry
+    entry) where it ran: the same for every cell that reads that input, so the run stops there
+    rather than retrying and listing each of them.  Run in process, the original error is raised."""
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -95,6 +103,13 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
 
 
+def is_input_error(exc: BaseException) -> bool:
+    from ...models.weights import WeightsError
+    from ...registry import RegistryError
+
+    return isinstance(exc, (FileNotFoundError, RegistryError, WeightsError))
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -109,17 +124,22 @@ def _free_gpu_memory() -> None:
 
 
 def run_batch_with_backoff(runner: Runner, batch: Batch, *, results_dir: str, threads: int, batch_size: int,
-                           min_batch_size: int = DEFAULT_MIN_BATCH) -> BatchOutcome:
+                           min_batch_size: int = DEFAULT_MIN_BATCH, raise_input_errors: bool = False) -> BatchOutcome:
     """Run one batch; on CUDA out-of-memory, retry it with half the batch size while that stays at
     or above ``min_batch_size``, then report it failed.  Any other error is reported, not raised:
-    one broken cell never stops the task.  Ctrl-C (KeyboardInterrupt) does propagate."""
+    one broken cell never stops the task; an input error (:func:`is_input_error`) is reported as
+    fatal, or raised with ``raise_input_errors``.  Ctrl-C (KeyboardInterrupt) does propagate."""
     keys = tuple(c.key for c in batch)
     bs = batch_size
     while True:
         try:
             written = runner(list((batch,)), results_dir=results_dir, threads=threads, batch_size=bs)
-            return BatchOutcome(keys, list(written), None, bs)
+            return BatchOutcome(keys, list(written), batch_size=bs)
         except Exception as exc:  # noqa: BLE001 - reported per batch, the sweep goes on
+            if is_input_error(exc):
+                if raise_input_errors:
+                    raise
+                return BatchOutcome(keys, error=str(exc), fatal=True)
             if not _is_oom(exc):
                 return BatchOutcome(keys, error=describe_error(exc))
             _free_gpu_memory()
@@ -130,24 +150,30 @@ def run_batch_with_backoff(runner: Runner, batch: Batch, *, results_dir: str, th
 
 
 def run_task(runner: Runner, task: Task, *, results_dir: str, threads: int, batch_size: int,
-             min_batch_size: int = DEFAULT_MIN_BATCH, return_results: bool = False) -> list[BatchOutcome]:
-    """Where a task lands: run its batches one by one.  With ``return_results`` the results are
-    written to a private temporary folder and returned as text, for the driver to write (no
-    shared filesystem needed)."""
-    if not return_results:
-        return [run_batch_with_backoff(runner, b, results_dir=results_dir, threads=threads, batch_size=batch_size,
-                                       min_batch_size=min_batch_size) for b in task.batches]
+             min_batch_size: int = DEFAULT_MIN_BATCH, return_results: bool = False,
+             raise_input_errors: bool = False) -> list[BatchOutcome]:
+    """Where a task lands: run its batches one by one (up to the first input error).  With
+    ``return_results`` the results are written to a private temporary folder and returned as
+    text, for the driver to write (no shared filesystem needed)."""
     out = []
     for b in task.batches:
-        with tempfile.TemporaryDirectory(prefix="shiftbench-") as tmp:
-            o = run_batch_with_backoff(runner, b, results_dir=tmp, threads=threads, batch_size=batch_size,
-                                       min_batch_size=min_batch_size)
-            for cell in b:
+        with tempfile.TemporaryDirectory(prefix="shiftbench-") if return_results else _no_folder() as tmp:
+            o = run_batch_with_backoff(runner, b, results_dir=tmp or results_dir, threads=threads,
+                                       batch_size=batch_size, min_batch_size=min_batch_size,
+                                       raise_input_errors=raise_input_errors)
+            for cell in b if tmp else ():
                 path = Path(tmp) / cell.filename
                 if path.is_file():
                     o.files[cell.filename] = path.read_text(encoding="utf-8")
         out.append(o)
+        if o.fatal:
+            break
     return out
+
+
+@contextlib.contextmanager
+def _no_folder():
+    yield None
 
 
 def call(fn: Callable[[], Any]) -> Any:
@@ -214,7 +240,8 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
     def make_call(task: Task):
         return functools.partial(run_task, runner, task, results_dir=str(results_dir), threads=executor.threads,
                                  batch_size=batch_size, min_batch_size=min_batch_size,
-                                 return_results=executor.return_results)
+                                 return_results=executor.return_results,
+                                 raise_input_errors=getattr(executor, "in_process", False))
 
     def submit(tasks: list[Task]) -> None:
         if tasks:
@@ -233,6 +260,9 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
                     err = describe_error(result)
                     result = [BatchOutcome(tuple(c.key for c in b), error=err) for b in task.batches]
                 for batch, o in zip(task.batches, result):
+                    if o.fatal:
+                        executor.cancel()
+                        raise InputError(f"{batch[0].describe()}: {o.error}")
                     if o.error is None:
                         written = _write_returned(results_dir, o.files) if executor.return_results else o.written
                         counts["ran"] += len(written)

@@ -74,6 +74,10 @@ class LocalExecutor:
         self._futures: set[Future] = set()
         self._ids = itertools.count()
 
+    @property
+    def in_process(self) -> bool:
+        return self.workers == 1
+
     def devices(self) -> list[str | None]:
         """The ``CUDA_VISIBLE_DEVICES`` each worker gets (None: unchanged)."""
         if not self.gpus or self.workers == 1:
