@@ -8,6 +8,12 @@
     shiftbench show-shifts --suite digits --out FILE.png
     shiftbench calibrate --suite digits
     shiftbench verify-archives --suite cifar10-linf [--shifts PAT] [--archive-dir DIR]
+    shiftbench submit ENTRY.yaml [--weights PATH] [--suite S] [--workers N] [--summary-out FILE]
+    shiftbench reproduce [--suite S] [--models PAT] [--sample K] [--seed N] [--json] [--update]
+    shiftbench export-baseline --suite S --model ID --out baseline.json
+    shiftbench regress --model ENTRY.yaml|ID|python:module:factory --baseline baseline.json [--quick]
+    shiftbench trends fit --csv FILE --x COL --y COL [--scale raw|probit|logit] [--json]
+    shiftbench site [--suite S | --all] --out DIR
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 
 from . import registry as reg
 
-RESULTS_ROOT = reg.REPO_ROOT / "results"
+RESULTS_ROOT = Path("results")  # under the current folder: an installed package writes into the user's repository
 
 
 def _registry(args) -> reg.Registry:
@@ -27,8 +33,9 @@ def _registry(args) -> reg.Registry:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", default=str(reg.default_registry_root()),
-                   help="registry folder (default: $SHIFTBENCH_REGISTRY or ./registry)")
+    p.add_argument("--registry", default=None,
+                   help="your registry folder, layered over the built-in registry (its entries shadow built-in "
+                        "ones with the same id; default: $SHIFTBENCH_REGISTRY, else the built-in registry alone)")
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -65,8 +72,7 @@ def cmd_ls(args) -> int:
     if kind == "threats":  # the budget: eps for lp threats, the params for the others
         cols = ("id", "kind", "norm", "budget", "attack")
         for row, spec in zip(rows, specs):
-            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (
-                ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "-")
+            row[3] = f"{spec.eps:.4g}" if spec.kind == "lp" else (spec.params_text() or "-")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in rows:
@@ -238,6 +244,260 @@ def cmd_calibrate(args) -> int:
     return calibrate.main(args)
 
 
+# --------------------------------------------------------------------------- workflows: submit, reproduce, regress
+def cmd_submit(args) -> int:
+    from .workflows import submit
+
+    r = _registry(args)
+    try:
+        res = submit.submit(args.entry, registry=r, suite=args.suite, weights=args.weights, results=args.results,
+                            leaderboard_out=args.out, workers=args.workers, replace=args.replace,
+                            allow_code=args.allow_code, progress=not args.no_progress, data_dir=args.data_dir,
+                            model_dir=args.model_dir)
+    except KeyboardInterrupt:
+        print("interrupted: the registry, results and leaderboard are as they were", file=sys.stderr)
+        return 130
+    except (reg.RegistryError, KeyError, ValueError, FileNotFoundError):
+        raise  # bad input: main() prints it, exit 2
+    except Exception as exc:  # the model or the run failed
+        print(f"error: submission failed while evaluating: {type(exc).__name__}: {exc}\n"
+              "the registry, results and leaderboard are as they were", file=sys.stderr)
+        return 1
+    if res.replaced:
+        print(f"replaced {res.replaced}", file=sys.stderr)
+    print(f"added {res.entry}" + (f" and {res.weights}" if res.weights else "") + f"; {res.cells} cells in "
+          f"{Path(args.results) / args.suite}; wrote {res.leaderboard}", file=sys.stderr)
+    print(res.markdown)
+    if args.summary_out:
+        Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_out).write_text(res.markdown, encoding="utf-8")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .workflows import reproduce
+
+    r = _registry(args)
+    res = reproduce.reproduce(r, args.suite, args.results, models=args.models, shifts=args.shifts,
+                              threats=args.threats, sample=args.sample, seed=args.seed, update=args.update,
+                              workers=args.workers, progress=not args.no_progress and not args.json,
+                              data_dir=args.data_dir, model_dir=args.model_dir)
+    print(reproduce.to_json(res) if args.json else res.markdown())
+    if not len(res.cells):
+        print(f"error: nothing to compare: no current stored result matches under {Path(args.results) / args.suite}",
+              file=sys.stderr)
+    return 0 if res.ok else 1
+
+
+def cmd_export_baseline(args) -> int:
+    from .workflows import regress
+
+    r = _registry(args)
+    data = regress.export_baseline(r, args.suite, args.model, args.results, n_examples=args.n, seed=args.seed)
+    out = regress.write_baseline(data, args.out)
+    print(f"wrote {out}: {len(data['cells'])} of {data['planned']} cells of model {data['model']} (suite "
+          f"{data['suite']}, harness {data['harness']}, seed {data['seed']})", file=sys.stderr)
+    if data["missing"]:
+        print(f"warning: {len(data['missing'])} planned cell(s) have no stored result and are not in the baseline, "
+              f"e.g. {data['missing'][0]}", file=sys.stderr)
+    return 0
+
+
+def cmd_regress(args) -> int:
+    import torch
+
+    from .workflows import regress
+
+    torch.set_num_threads(args.threads)
+    r = _registry(args)
+    res = regress.regress(args.model, args.baseline, quick=args.quick, alpha=args.alpha, registry=r,
+                          weights=args.weights, allow_code=args.allow_code, n_examples=args.n, seed=args.seed,
+                          data_dir=args.data_dir, model_dir=args.model_dir, progress=not args.no_progress)
+    print(res.markdown())
+    for path in regress.publish(res, args.report):
+        print(f"wrote {path}", file=sys.stderr)
+    if res.worse:
+        print(f"regression: {len(res.worse)} cell(s) significantly less robust: {', '.join(res.worse)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_workflow_parsers(sub) -> None:
+    from .workflows.rules import CLEAN_TOLERANCE_RULE, QUICK_RULE, TOLERANCE_RULE
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    q = sub.add_parser("submit", help="add a model entry: check it, run the suite for it, regenerate the leaderboard",
+                       formatter_class=fmt, description=(
+                           "Validate ENTRY.yaml (a model entry with `claimed: {clean_acc: ...}`), install it (and "
+                           "--weights) into the registry folder, check the claimed clean accuracy, run the suite for "
+                           "the model, regenerate the leaderboard and print a Markdown summary for the pull request. "
+                           "A failure or Ctrl-C leaves the registry, results and leaderboard as they were.\n\n"
+                           "Clean-accuracy tolerance: " + CLEAN_TOLERANCE_RULE + "."))
+    q.add_argument("entry", help="the model entry (YAML)")
+    q.add_argument("--weights", default=None, help="weights file: copied into the registry, its sha256 written into "
+                                                   "the entry (default: the entry's own weights and sha256, checked)")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--summary-out", default=None, help="also write the Markdown summary to this file")
+    q.add_argument("--replace", action="store_true", help="replace an existing entry with the same id")
+    q.add_argument("--allow-code", action="store_true",
+                   help="allow a python:module:factory source (imports and runs that module)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--out", default=None, help="leaderboard path (default: ./leaderboard.md for digits)")
+    q.add_argument("--no-progress", action="store_true")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_submit)
+
+    q = sub.add_parser("reproduce", help="re-run stored cells in a scratch folder and compare them example by example",
+                       formatter_class=fmt, description=(
+                           "Re-run stored cells (all, a filter, or a seeded sample) into a scratch folder and compare "
+                           "each with its stored result. Exit 0 when every cell is exact or within tolerance, 1 "
+                           "otherwise. Stale results (their key is no longer planned) are reported, not compared.\n\n"
+                           "Tolerance: " + TOLERANCE_RULE))
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--models", default=None, help="comma-separated glob patterns over model ids")
+    q.add_argument("--shifts", default=None, help="patterns over data names ('id' is the ID data)")
+    q.add_argument("--threats", default=None, help="patterns over threat ids")
+    q.add_argument("--sample", type=int, default=None, help="compare a random sample of K stored cells")
+    q.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    q.add_argument("--json", action="store_true", help="print JSON instead of the Markdown table")
+    q.add_argument("--update", action="store_true",
+                   help="rewrite the stored results of compared cells that were not reproduced exactly")
+    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--no-progress", action="store_true")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_reproduce)
+
+    q = sub.add_parser("export-baseline", help="write a model's per-example outcomes for `shiftbench regress`")
+    q.add_argument("--suite", default="digits")
+    q.add_argument("--model", required=True, help="model id")
+    q.add_argument("--out", required=True, help="baseline JSON file to write")
+    q.add_argument("--n", type=int, default=None, help="examples per cell, as given to `shiftbench run` (default: the suite's)")
+    q.add_argument("--seed", type=int, default=None, help="as given to `shiftbench run` (default: the suite's)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    _add_common(q)
+    q.set_defaults(fn=cmd_export_baseline)
+
+    q = sub.add_parser("regress", help="compare a model with a baseline, cell by cell (exit 1 if less robust)",
+                       formatter_class=fmt, description=(
+                           "Evaluate a model on a baseline's cells and compare each cell by an exact one-sided "
+                           "McNemar test on the paired robust outcomes, Holm-corrected across cells. Exit 1 when a "
+                           "cell is significantly less robust, 0 otherwise, 2 for usage errors (a baseline made with "
+                           "other settings included). The report is appended to $GITHUB_STEP_SUMMARY when set.\n\n"
+                           + QUICK_RULE + "."))
+    q.add_argument("--model", required=True,
+                   help="an entry file (YAML), a registry model id, or python:module:factory (with --weights)")
+    q.add_argument("--baseline", required=True, help="baseline JSON from `shiftbench export-baseline`")
+    q.add_argument("--weights", default=None, help="weights file for the model (its sha256 is taken)")
+    q.add_argument("--quick", action="store_true", help="a small subset of the baseline's cells (see above)")
+    q.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate across cells (default 0.05)")
+    q.add_argument("--report", default=None, help="write the Markdown report to this file")
+    q.add_argument("--allow-code", action="store_true",
+                   help="allow a python:module:factory model (imports and runs that module)")
+    q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's; must match the baseline)")
+    q.add_argument("--seed", type=int, default=None, help="(default: the suite's; must match the baseline)")
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small models attack fastest on one thread per core)")
+    q.add_argument("--no-progress", action="store_true")
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_regress)
+
+
+# --------------------------------------------------------------------------- trends / site
+def trend_fit_json(fit, cx, cy, labels: list[str], path: str) -> dict:
+    """The JSON object of ``shiftbench trends fit --json`` (slope/intercept in fraction units in raw scale)."""
+    def f(v: float):
+        return float(v) if v == v else None  # NaN -> null
+
+    line = fit.line
+    return {"file": path, "x": cx.name, "y": cy.name, "units": {"x": cx.unit, "y": cy.unit}, "scale": fit.scale,
+            "slope": f(line.slope), "intercept": f(line.intercept), "r2": f(line.r2), "pearson_r": f(line.pearson_r),
+            "resid_sd": f(line.resid_sd), "n": line.n, "slope_ci": [f(v) for v in fit.slope_ci],
+            "intercept_ci": [f(v) for v in fit.intercept_ci],
+            "clip_eps": line.clip_eps if fit.scale != "raw" else None,
+            "clipped": [{"row": m, "axis": a, "value": v} for m, a, v in fit.clipped],
+            "n_boot": fit.n_boot, "seed": fit.seed}
+
+
+def cmd_trends(args) -> int:
+    from .analysis import tables, trends
+
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot {args.n_boot}: need at least 1 bootstrap replicate")
+    if not 0 < args.clip_eps < 0.5:
+        raise ValueError(f"--clip-eps {args.clip_eps}: must lie in (0, 0.5)")
+    cx, cy, labels = tables.read_xy(Path(args.csv), args.x, args.y, args.label)
+    fit = trends.fit_trend(f"{args.y} ~ {args.x}", labels, cx.values, cy.values, scale=args.scale,
+                           n_boot=args.n_boot, seed=args.seed, clip_eps=args.clip_eps)
+    out = trend_fit_json(fit, cx, cy, labels, args.csv)
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+        return 0
+    name = {"raw": "y", "probit": "Phi^-1(y)", "logit": "logit(y)"}[fit.scale]
+    xname = name.replace("y", "x")
+
+    def n3(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    def ci(v):
+        return f" [{n3(v[0])}, {n3(v[1])}]" if None not in v else ""
+
+    print(f"trend of {args.y!r} on {args.x!r} in {args.csv}, {fit.scale} scale: {name} = intercept + slope * {xname}")
+    print(f"units detected: {args.x!r} {cx.unit}, {args.y!r} {cy.unit} (fitted as fractions)")
+    print(f"n {out['n']}  slope {n3(out['slope'])}{ci(out['slope_ci'])}  intercept {n3(out['intercept'])}"
+          f"{ci(out['intercept_ci'])}")
+    print(f"R^2 {n3(out['r2'])}  Pearson r {n3(out['pearson_r'])}  residual sd {n3(out['resid_sd'])}")
+    if fit.scale != "raw":
+        what = ", ".join(f"{m} ({a}={v:g})" for m, a, v in fit.clipped) or "none"
+        print(f"clipped to [{fit.line.clip_eps:g}, {1 - fit.line.clip_eps:g}]: {len(fit.clipped)} point(s): {what}")
+    print(f"intervals: 95% bootstrap over rows, {fit.n_boot} replicates, seed {fit.seed}")
+    return 0
+
+
+def cmd_site(args) -> int:
+    from .report import site
+
+    r = _registry(args)
+    if args.all == bool(args.suite):
+        print("error: give exactly one of --suite S and --all", file=sys.stderr)
+        return 2
+    suites = sorted(r.entries["suites"]) if args.all else [args.suite]
+    written = site.write(r, suites, Path(args.results), Path(args.out), skip_empty=args.all,
+                         command="shiftbench site " + (f"--suite {args.suite}" if args.suite else "--all")
+                         + " --out DIR", report=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+def _add_trends_site(sub) -> None:
+    q = sub.add_parser("trends", help="fit ID-vs-OOD trends on any table")
+    tsub = q.add_subparsers(dest="action", required=True)
+    f = tsub.add_parser("fit", help="fit one column against another in a CSV (fractions, percents or 'NN%')")
+    f.add_argument("--csv", required=True, help="CSV file with a header row")
+    f.add_argument("--x", required=True, help="predictor column (e.g. ID robust accuracy)")
+    f.add_argument("--y", required=True, help="target column (e.g. OOD robust accuracy)")
+    f.add_argument("--scale", choices=["raw", "probit", "logit"], default="raw")
+    f.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    f.add_argument("--label", default=None, help="column naming each row (e.g. the model) in the output")
+    f.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    f.add_argument("--clip-eps", type=float, default=1e-3,
+                   help="probit/logit: accuracies of exactly 0 or 1 are clipped to [eps, 1-eps] (default 0.001)")
+    f.set_defaults(fn=cmd_trends)
+
+    q = sub.add_parser("site", help="write the static web leaderboard (opens from disk, no network)")
+    q.add_argument("--suite", default=None, help="one suite")
+    q.add_argument("--all", action="store_true", help="every suite with results")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    _add_common(q)
+    q.set_defaults(fn=cmd_site)
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shiftbench", description=__doc__.split("\n")[0])
@@ -317,15 +577,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=1,
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")
+    q.add_argument("--fast", default=None,
+                   help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
+                        "the one the targets apply to), e.g. apgd-mm,mm5")
     _add_common(q)
     _add_data(q)
     q.set_defaults(fn=cmd_calibrate)
+
+    _add_workflow_parsers(sub)
+    _add_trends_site(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "registry"):  # every command sees the built-in registry with the user's layered over it
+            args.registry = reg.layered_location(args.registry)
         return args.fn(args) or 0
     except (reg.RegistryError, KeyError, ValueError, FileNotFoundError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -23,7 +23,11 @@ from typing import Any, Mapping
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REGISTRY = REPO_ROOT / "registry"
+# The built-in registry: a wheel carries a copy of the repository's top-level ``registry/`` as
+# package data (``benchmark/_registry``, see setup.py); a checkout reads ``registry/`` itself.
+PACKAGED_REGISTRY = Path(__file__).resolve().parent / "_registry"
+DEFAULT_REGISTRY = PACKAGED_REGISTRY if PACKAGED_REGISTRY.is_dir() else REPO_ROOT / "registry"
+BUILTIN_REGISTRY = DEFAULT_REGISTRY
 
 KINDS = ("models", "shifts", "threats", "suites")
 LP_NORMS = ("Linf", "L2", "L1")
@@ -81,6 +85,9 @@ class ModelSpec:
     train: Mapping[str, Any] = field(default_factory=FrozenMap)  # recipe for `shiftbench zoo train`
     reference: str | None = None  # paper / URL
     notes: str | None = None
+    # what the submitter measured, e.g. {clean_acc: 0.953} (checked by `shiftbench submit`); not
+    # part of a cell's hash since it changes no number
+    claimed: Mapping[str, Any] = field(default_factory=FrozenMap)
     path: str = ""  # file the entry came from (filled in by the loader)
 
     @property
@@ -120,7 +127,7 @@ class ThreatSpec:
     """A threat: the perturbation set (norm + budget, or a non-Lp family) and the attack."""
 
     id: str
-    kind: str  # lp | spatial | rotation-translation | color | jpeg
+    kind: str  # lp | rotation-translation | pixel-flow | brightness-contrast | jpeg | stadv | recolor | lpips
     attack: str  # name in benchmark.attacks
     eps: float = 0.0
     norm: str | None = None  # for kind == lp
@@ -131,7 +138,18 @@ class ThreatSpec:
     # a known limit of the numbers (e.g. the attack is weaker than AutoAttack here); shown on the
     # leaderboard, not part of a cell's hash since it does not change any number
     caveat: str = ""
+    # one of OODRobustBench's six threat shifts (Linf/L2 budget, PPGD, LPA, StAdv, ReColor) at
+    # the reference's bound or the suite's stand-in for it; not hashed (it changes no number)
+    reference_set: bool = False
     path: str = ""
+
+    def params_text(self) -> str:
+        """The non-Lp budget as ``k=v, ...``; a nested mapping (a perceptual threat's feature
+        network) is shown by its ``arch``."""
+        def show(v: Any) -> str:
+            return str(v.get("arch", "...")) if isinstance(v, Mapping) else str(v)
+
+        return ", ".join(f"{k}={show(v)}" for k, v in sorted(self.params.items()))
 
 
 @dataclass(frozen=True)
@@ -293,6 +311,12 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             if spec.dataset != "imagenet":
                 raise RegistryError(path, "preprocessing", "only ImageNet models take a preprocessing (CIFAR and "
                                     f"digits images are used at their own size), this model is for '{spec.dataset}'")
+        for k, v in spec.claimed.items():
+            if k not in CLAIMED_KEYS:
+                raise RegistryError(path, f"claimed.{k}", f"unknown claim; allowed: {', '.join(CLAIMED_KEYS)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                hint = " (write a fraction such as 0.953, not a percentage)" if isinstance(v, (int, float)) and v > 1 else ""
+                raise RegistryError(path, f"claimed.{k}", f"expected a fraction in [0, 1], got {v!r}{hint}")
         if spec.source_kind in ("builtin", "file"):
             if not spec.weights:
                 raise RegistryError(path, "weights", f"a {spec.source_kind} model needs a weights file")
@@ -315,6 +339,7 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(path, "params", f"unknown transform {transform!r}; allowed: {', '.join(SHIFT_TRANSFORMS)}")
 
 
+CLAIMED_KEYS = ("clean_acc", "robust_acc")  # a model entry's ``claimed``: accuracies as fractions
 FILE_KEYS = ("path", "sha256", "md5")
 ARCHIVE_KEYS = ("name", "url", "size", "md5", "sha256", "source")
 _HEX = {"md5": 32, "sha256": 64}
@@ -370,7 +395,7 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-UNHASHED_FIELDS = ("path", "caveat")  # where an entry lives and what we say about its numbers
+UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set")  # where an entry lives, what is said about it
 
 
 def canonical(obj: Any) -> Any:
@@ -392,28 +417,61 @@ def content_hash(obj: Any, length: int = 16) -> str:
 
 # --------------------------------------------------------------------------- registry
 class Registry:
-    """All entries of one registry folder, keyed by kind and id.
+    """All entries of one registry folder, or of several folders layered one over another, keyed
+    by kind and id.
 
-    Duplicate ids raise; unknown ids raise with a "did you mean" suggestion.
+    ``root`` is a folder, a sequence of folders (the first is the base layer), or those folders
+    joined by ``os.pathsep`` (:attr:`location`, how worker processes rebuild the same registry).
+    An entry of an upper layer shadows the entry of the same kind and id below it; two entries
+    with one id in the same layer raise.  A suite covers the models of its own layer and of the
+    layers above it (the built-in ``digits`` suite ranks a user's models; a suite defined in a
+    user folder ranks only that folder's models).  Unknown ids raise with a "did you mean".
     """
 
-    def __init__(self, root: Path | str = DEFAULT_REGISTRY, *, check_files: bool = True):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise RegistryError(self.root, None, "registry folder does not exist")
+    def __init__(self, root: Path | str | typing.Sequence[Path | str] = DEFAULT_REGISTRY, *,
+                 check_files: bool = True):
+        if isinstance(root, (str, os.PathLike)):
+            roots = [p for p in str(root).split(os.pathsep) if p]
+        else:
+            roots = [str(p) for p in root]
+        if not roots:
+            raise RegistryError(str(root), None, "no registry folder given")
+        self.roots: tuple[Path, ...] = tuple(Path(p) for p in roots)
+        self.root = self.roots[-1]  # the top layer: where new entries are written
+        for r in self.roots:
+            if not r.is_dir():
+                raise RegistryError(r, None, "registry folder does not exist")
         self.entries: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
-        for kind in KINDS:
-            folder = self.root / kind
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.rglob("*.yaml")):
-                spec = build_spec(kind, load_yaml(path), path)
-                if spec.id in self.entries[kind]:
-                    other = self.entries[kind][spec.id].path
-                    raise RegistryError(path, "id", f"duplicate {kind[:-1]} id '{spec.id}' (also in {other})")
-                self.entries[kind][spec.id] = spec
+        for root_dir in self.roots:
+            layer: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+            for kind in KINDS:
+                folder = root_dir / kind
+                if not folder.is_dir():
+                    continue
+                for path in sorted(folder.rglob("*.yaml")):
+                    spec = build_spec(kind, load_yaml(path), path)
+                    if spec.id in layer[kind]:
+                        other = layer[kind][spec.id].path
+                        raise RegistryError(path, "id", f"duplicate {kind[:-1]} id '{spec.id}' (also in {other})")
+                    layer[kind][spec.id] = spec
+            for kind in KINDS:
+                self.entries[kind].update(layer[kind])
         if check_files:
             self._check_references()
+
+    @property
+    def location(self) -> str:
+        """The folders of this registry as one string, for :class:`Registry` in another process."""
+        return os.pathsep.join(str(r) for r in self.roots)
+
+    def layer_of(self, spec: Any) -> int:
+        """Index in :attr:`roots` of the folder an entry's file lies in (the top layer if none)."""
+        p = Path(spec.path).resolve() if getattr(spec, "path", "") else None
+        if p is not None:
+            for i in range(len(self.roots) - 1, -1, -1):
+                if p.is_relative_to(self.roots[i].resolve()):
+                    return i
+        return len(self.roots) - 1
 
     # -- lookups
     def get(self, kind: str, name: str) -> Any:
@@ -457,13 +515,15 @@ class Registry:
                                     f"and package '{package}' must be installed")
             return Path(list(where)[0]) / rel
         p = Path(spec.weights)
-        return p if p.is_absolute() else self.root / p
+        return p if p.is_absolute() else self.roots[self.layer_of(spec)] / p
 
     def suite_models(self, suite: SuiteSpec, patterns: str | None = None) -> list[ModelSpec]:
+        lowest = self.layer_of(suite)
         out = [
             m
             for m in self.entries["models"].values()
             if m.dataset == suite.dataset and any(fnmatch.fnmatchcase(m.id, p) for p in suite.models)
+            and self.layer_of(m) >= lowest
         ]
         return sorted(filter_ids(out, patterns), key=lambda m: m.id)
 
@@ -498,6 +558,16 @@ class Registry:
             actual = sha256_file(wp)
             if actual != spec.sha256:
                 problems.append(f"{spec.path}: key 'sha256': {wp} has sha256 {actual}, entry says {spec.sha256}")
+        # feature networks that threats name (perceptual threats' LPIPS network) and that ship in
+        # this registry; files kept elsewhere ($SHIFTBENCH_MODELS) are checked when an attack loads them
+        for t in self.entries["threats"].values():
+            net = t.params.get("network") if isinstance(t.params, Mapping) else None
+            if not isinstance(net, Mapping) or not isinstance(net.get("weights"), str) or not net.get("sha256"):
+                continue
+            wp = self.root / net["weights"]
+            if wp.is_file() and (actual := sha256_file(wp)) != net["sha256"]:
+                problems.append(f"{t.path}: key 'params.network.sha256': {wp} has sha256 {actual}, "
+                                f"entry says {net['sha256']}")
         return problems
 
 
@@ -511,3 +581,21 @@ def filter_ids(specs: list[Any], patterns: str | None) -> list[Any]:
 
 def default_registry_root() -> Path:
     return Path(os.environ.get("SHIFTBENCH_REGISTRY", DEFAULT_REGISTRY))
+
+
+def layered_location(user: str | Path | None = None) -> str:
+    """The built-in registry with the user's folder (``user``, else ``$SHIFTBENCH_REGISTRY``)
+    layered over it, as a :attr:`Registry.location` string.  A user folder that is the built-in
+    one itself adds nothing."""
+    user = user if user is not None else os.environ.get("SHIFTBENCH_REGISTRY") or None
+    roots = [str(BUILTIN_REGISTRY)]
+    if user is not None:
+        for part in str(user).split(os.pathsep):
+            if part and Path(part).resolve() not in {Path(r).resolve() for r in roots}:
+                roots.append(part)
+    return os.pathsep.join(roots)
+
+
+def layered(user: str | Path | None = None, *, check_files: bool = True) -> "Registry":
+    """The registry the command line uses: built-in entries, user entries layered over them."""
+    return Registry(layered_location(user), check_files=check_files)

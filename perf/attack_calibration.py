@@ -6,6 +6,7 @@ three small digits models in-process (a few seconds each; for use before the zoo
     .venv/bin/python perf/attack_calibration.py --suite digits --n 200 --out docs/calibration.md
     .venv/bin/python perf/attack_calibration.py --demo-zoo --n 200
     .venv/bin/python perf/attack_calibration.py --fast-args '{"steps": 50, "targets": 3}'
+    .venv/bin/python perf/attack_calibration.py --suite digits --fast apgd-mm,mm5 --workers 2
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="models calibrated at a time (processes)")
     p.add_argument("--threats", default=None, help="patterns over the suite's Lp threats")
+    p.add_argument("--fast", default=None, help="comma-separated fast attacks (default apgd-mm), e.g. apgd-mm,mm5")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.command_line = "python perf/attack_calibration.py " + " ".join(shlex.quote(s) for s in (argv or sys.argv[1:]))
@@ -78,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     threats = calibrate.calibration_threats(reg, suite, a.threats)
     rows = []
     for name, model in demo_zoo(suite.seed):
+        fast = tuple(f.strip() for f in (a.fast or calibrate.FAST).split(",") if f.strip())
         rows += calibrate.calibrate_model(model, name, x_all[idx], y_all[idx], threats, seed=suite.seed,
-                                          fast_args=a.fast_args)
+                                          fast_args=a.fast_args, fast=fast)
         print(calibrate.render(rows[-len(threats):], a.command_line), flush=True)
     text = calibrate.render(rows, a.command_line)
     print(text)

@@ -67,3 +67,21 @@ def copy_registry(tmp_path: Path):
         shutil.copytree(src, dst)
         return dst
     return _copy
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(tmp_path_factory):
+    """A real digits baseline made once: an adversarially trained zoo model (shipped weights) run on
+    a slice of the built-in digits suite (the ID cell, one dataset shift at every severity, one Lp
+    threat shift; n=60), exported with `shiftbench export-baseline`.  Also names a weaker model."""
+    from benchmark import cli
+
+    info = {"model": "mlp-pgd-0.10", "weaker": "mlp-standard", "n": "60"}
+    root = tmp_path_factory.mktemp("digits-baseline")
+    results, out = root / "results", root / "baseline.json"
+    assert cli.main(["run", "--suite", "digits", "--models", info["model"], "--shifts", "id,gaussian_noise",
+                     "--threats", "digits-linf,digits-l2", "--n", info["n"], "--results", str(results),
+                     "--no-progress"]) == 0
+    assert cli.main(["export-baseline", "--suite", "digits", "--model", info["model"], "--n", info["n"],
+                     "--results", str(results), "--out", str(out)]) == 0
+    return {**info, "results": results, "baseline": out}

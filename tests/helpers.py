@@ -27,6 +27,20 @@ def train_tiny_mlp(epochs: int = 15, hidden: int = 32, depth: int = 1, lr: float
     return model.eval()
 
 
+def frozen_mlp_and_correct_test_images(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A small MLP (gradients off) and the clean-correct ones of the first ``n`` digits test images."""
+    torch.set_num_threads(1)
+    model = train_tiny_mlp(epochs=15, hidden=64, depth=1, lr=3e-3, batch=128)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = datasets.load_id("digits", "test")
+    x, y = x[:n], y[:n]
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    assert ok.float().mean() > 0.85, "the test model should learn the digits"
+    return model, x[ok], y[ok]
+
+
 class OutOfMemoryAbove(torch.nn.Module):
     """An MLP that runs out of GPU memory above ``limit`` images per forward pass, the way CUDA
     does (``torch.cuda.OutOfMemoryError``), on any device: what the executors' batch-size backoff

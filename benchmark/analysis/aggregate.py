@@ -29,11 +29,11 @@ import pandas as pd
 from ..run import plan as planner
 from ..run import store
 from ..registry import Registry, SuiteSpec
-from .stats import weighted_mean_interval, wilson
+from .stats import bootstrap_weighted_means, weighted_mean_interval, wilson
 
 METRICS = ("id_clean", "id_robust", "ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust")
 CELL_COLUMNS = ("key", "model", "role", "data", "shift", "severity", "threat", "attack", "n", "clean_acc",
-                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path")
+                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path", "versions", "checks")
 
 
 @dataclass
@@ -109,7 +109,9 @@ def _row(path: Path, payload: dict[str, Any], planned: dict[str, Any]) -> dict[s
                          f"'n' says {n}; delete the file and re-run `shiftbench run`")
     row.update(n=n, clean_acc=float(clean.mean()) if n else float("nan"),
                robust_acc=float(robust.mean()) if n else float("nan"), clean_correct=clean,
-               robust_correct=robust, failed_checks=_failed_checks(payload.get("checks")), path=str(path))
+               robust_correct=robust, failed_checks=_failed_checks(payload.get("checks")), path=str(path),
+               versions=tuple(sorted((str(k), str(v)) for k, v in (payload.get("versions") or {}).items())),
+               checks=tuple(sorted(payload.get("checks") or {})))
     return row
 
 
@@ -170,8 +172,33 @@ def _flags(rows: list[dict[str, Any]], n_missing: int, n_planned: int) -> tuple[
             by_check.setdefault(f.split(" ", 1)[0], []).append(f"{r['data']} x {r['threat']}: {f}")
     out = [f"trust check '{name}' failed in {len(w)} cell(s), e.g. {w[0]}" for name, w in sorted(by_check.items())]
     if n_missing:
-        out.append(f"incomplete: {n_missing} of {n_planned} cells missing; means use the cells present")
+        out.append(f"incomplete: {n_missing} of {n_planned} cells missing; not ranked, its means use the cells present")
     return tuple(out)
+
+
+_COLUMN = {"id_clean": "clean_correct", "id_robust": "robust_correct", "ood_d_clean": "clean_correct",
+           "ood_d_robust": "robust_correct", "ood_t_robust": "robust_correct", "ood_robust": "robust_correct"}
+
+
+def metric_parts(rows: list[dict[str, Any]], suite: SuiteSpec) -> dict[str, tuple[list[dict[str, Any]], list[float]]]:
+    """metric -> (cells, weights summing to 1) whose weighted mean of outcomes is that metric.
+
+    The aggregation order: severities averaged within a dataset shift, then dataset shifts
+    averaged (OOD-D); threat shifts averaged (OOD-T); OOD the mean of the two (or the one present).
+    """
+    id_rows = [r for r in rows if r["role"] == "id"][:1]
+    groups = [[r for r in rows if r["role"] == "dataset" and r["shift"] == s] for s in suite.dataset_shifts]
+    groups = [g for g in groups if g]
+    d_rows = [r for g in groups for r in g]
+    d_w = [1.0 / len(g) / len(groups) for g in groups for _ in g]
+    t_rows = [r for t in suite.threat_shifts for r in rows if r["role"] == "threat" and r["threat"] == t]
+    t_w = [1.0 / len(t_rows)] * len(t_rows) if t_rows else []
+    both = [p for p in ((d_rows, d_w), (t_rows, t_w)) if p[0]]
+    o_rows = [r for p in both for r in p[0]]
+    o_w = [w / len(both) for p in both for w in p[1]]
+    return {"id_clean": (id_rows, [1.0] * len(id_rows)), "id_robust": (id_rows, [1.0] * len(id_rows)),
+            "ood_d_clean": (d_rows, d_w), "ood_d_robust": (d_rows, d_w), "ood_t_robust": (t_rows, t_w),
+            "ood_robust": (o_rows, o_w)}
 
 
 @dataclass
@@ -199,34 +226,25 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
         out: dict[str, Any] = {"model": model_id}
         for name, col in (("id_clean", "clean_correct"), ("id_robust", "robust_correct")):
             out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _id_metric(id_row, col)
-        # dataset shifts: severities averaged within a shift, then shifts averaged
-        groups = [(s, [r for r in rows if r["role"] == "dataset" and r["shift"] == s]) for s in suite.dataset_shifts]
-        groups = [(s, g) for s, g in groups if g]
-        d_rows, d_w = [], []
-        for s, g in groups:
+        parts = metric_parts(rows, suite)
+        for s in suite.dataset_shifts:
+            g = [r for r in rows if r["role"] == "dataset" and r["shift"] == s]
+            if not g:
+                continue
             w = [1.0 / len(g)] * len(g)
             c, clo, chi = _mean(g, w, "clean_correct")
             rb, rlo, rhi = _mean(g, w, "robust_correct")
             shift_rows.append({"model": model_id, "kind": "dataset", "shift": s, "clean": c, "clean_lo": clo,
                                "clean_hi": chi, "robust": rb, "robust_lo": rlo, "robust_hi": rhi, "cells": len(g)})
-            d_rows += g
-            d_w += [x / len(groups) for x in w]
-        for name, col in (("ood_d_clean", "clean_correct"), ("ood_d_robust", "robust_correct")):
-            out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _mean(d_rows, d_w, col)
-        t_rows = [r for t in suite.threat_shifts for r in rows if r["role"] == "threat" and r["threat"] == t]
-        for r in t_rows:
+        for r in parts["ood_t_robust"][0]:
             c, clo, chi = _id_metric(r, "clean_correct")
             rb, rlo, rhi = _id_metric(r, "robust_correct")
             shift_rows.append({"model": model_id, "kind": "threat", "shift": r["threat"], "clean": c,
                                "clean_lo": clo, "clean_hi": chi, "robust": rb, "robust_lo": rlo,
                                "robust_hi": rhi, "cells": 1})
-        t_w = [1.0 / len(t_rows)] * len(t_rows) if t_rows else []
-        out["ood_t_robust"], out["ood_t_robust_lo"], out["ood_t_robust_hi"] = _mean(t_rows, t_w, "robust_correct")
-        parts = [(d_rows, d_w), (t_rows, t_w)]
-        parts = [p for p in parts if p[0]]
-        o_rows = [r for p in parts for r in p[0]]
-        o_w = [w / len(parts) for p in parts for w in p[1]]
-        out["ood_robust"], out["ood_robust_lo"], out["ood_robust_hi"] = _mean(o_rows, o_w, "robust_correct")
+        for name in ("ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust"):
+            g, w = parts[name]
+            out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _mean(g, w, _COLUMN[name])
         out["attacks"] = tuple(sorted({str(r["attack"]) for r in rows}))
         size = int(planned_by_model.loc[model_id, "size"]) if model_id in planned_by_model.index else len(rows)
         out["cells"] = len(rows)
@@ -241,3 +259,60 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
     per_shift = pd.DataFrame(shift_rows, columns=["model", "kind", "shift", "clean", "clean_lo", "clean_hi", "robust",
                                                   "robust_lo", "robust_hi", "cells"])
     return Summary(models, per_shift)
+
+
+# --------------------------------------------------------------------------- completeness, versions, noise
+def missing_by_model(results: SuiteResults) -> dict[str, list[str]]:
+    """model -> ``data x threat`` of each planned cell without a current result (planned order)."""
+    out: dict[str, list[str]] = {}
+    if len(results.planned):
+        for r in results.planned[~results.planned["present"]].itertuples():
+            out.setdefault(r.model, []).append(f"{r.data} x {r.threat}")
+    return out
+
+
+def is_complete(models: pd.DataFrame) -> pd.Series:
+    """Per model of a summary: True when every planned cell has a current result."""
+    if not len(models):
+        return pd.Series(dtype=bool)
+    return models["cells"] >= models["planned"]
+
+
+def mixed_versions(results: SuiteResults) -> dict[str, dict[str, int]]:
+    """Keys of the results' ``versions`` (packages, and whatever else is recorded there) that take
+    more than one value across the present cells: key -> value -> number of cells.  A result
+    that does not record a key counts under ``"unrecorded"``."""
+    if not len(results.cells):
+        return {}
+    dicts = [dict(v) for v in results.cells["versions"]]
+    keys = sorted({k for d in dicts for k in d})
+    out: dict[str, dict[str, int]] = {}
+    for k in keys:
+        counts: dict[str, int] = {}
+        for d in dicts:
+            v = d.get(k, "unrecorded")
+            counts[v] = counts.get(v, 0) + 1
+        if len(counts) > 1:
+            out[k] = dict(sorted(counts.items()))
+    return out
+
+
+def example_bootstrap(results: SuiteResults, summary: Summary, *, n_boot: int, seed: int,
+                      metrics: tuple[str, ...] = ("id_robust", "ood_d_robust", "ood_t_robust", "ood_robust"),
+                      ) -> dict[str, Any]:
+    """metric -> array ``(n_boot, n_models)`` (models in ``summary.models`` order): each model's
+    metric recomputed on resampled test examples.  Cells of the same size evaluate the same test
+    images (for every model), so one draw of example indices per size and replicate is shared
+    by all cells and all models; see :func:`benchmark.analysis.stats.bootstrap_weighted_means`."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in results.cells.to_dict("records"):
+        by_model.setdefault(r["model"], []).append(r)
+    parts = []
+    for m in summary.models.index:
+        mp = metric_parts(by_model.get(m, []), results.suite)
+        for name in metrics:
+            g, w = mp[name]
+            parts.append(([r[_COLUMN[name]] for r in g], w))
+    values = bootstrap_weighted_means(parts, n_boot=n_boot, seed=seed)
+    n_models, k = len(summary.models), len(metrics)
+    return {name: values[:, i::k] if n_models else values[:, :0] for i, name in enumerate(metrics)}

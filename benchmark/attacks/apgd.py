@@ -96,7 +96,7 @@ def _loss_grad(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
 
 
 def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-         loss: str = "ce", target: torch.Tensor | None = None, steps: int = 100,
+         loss: str | LossFn = "ce", target: torch.Tensor | None = None, steps: int = 100,
          gen: torch.Generator | None = None, random_init: bool = True,
          l1_frac: float = 0.02, x_init: torch.Tensor | None = None,
          step_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,7 +109,7 @@ def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     (projected onto the ball) when given, else at a random point (or ``x`` without
     ``random_init``); ``step_scale`` scales the initial step size (2 eps; L1: eps).
     """
-    loss_fn: LossFn = {"ce": ce_loss, "dlr-t": targeted_dlr_loss}[loss]
+    loss_fn: LossFn = loss if callable(loss) else {"ce": ce_loss, "dlr-t": targeted_dlr_loss}[loss]
     n = len(x)
     gen = gen or torch.Generator().manual_seed(0)
     out = x.detach().clone()

@@ -1,4 +1,5 @@
-"""Colour threat: an adversarial brightness shift and contrast scaling per image.
+"""Brightness-contrast threat (``brightness-contrast``): an adversarial brightness shift and
+contrast scaling per image.  Not ReColorAdv (that is :mod:`.recolor`); kept as an extra threat.
 
 Lighting changes are the most common natural perturbation and are global: every pixel moves
 together, so the per-image threat has only two numbers (or two per channel), far from any
@@ -111,7 +112,7 @@ def color_attack_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return (best, b_best, c_best) if return_params else best
 
 
-@register("color")
+@register("brightness-contrast")
 def color_attack(model, x, y, threat, *, seed: int = 0, grid: int = 5, steps: int = 10,
                  loss: str = "ce") -> torch.Tensor:
     """Budget (``threat.params``): ``brightness`` [lo, hi] added to every pixel (a number d means
@@ -119,7 +120,7 @@ def color_attack(model, x, y, threat, *, seed: int = 0, grid: int = 5, steps: in
     [1 - d, 1 + d]), ``per_channel`` (default false: one pair per image; true: one per channel,
     which also shifts the colour balance).  Keys left out: brightness 0.2, contrast 0.5, one pair
     per image.  Settings: ``grid`` points per axis, ``steps``, ``loss``."""
-    p = threat_params(threat, "color", DEFAULTS)
+    p = threat_params(threat, "brightness-contrast", DEFAULTS)
     where = threat.path or threat.id
     if not isinstance(p["per_channel"], bool):
         raise ValueError(f"{where}: key 'params.per_channel': expected true or false, got {p['per_channel']!r}")

@@ -1,4 +1,8 @@
-"""Spatial-flow threat: a bounded per-pixel displacement field (StAdv, Xiao et al. 2018).
+"""Pixel-flow threat (``pixel-flow``): a per-pixel displacement field bounded in pixels.
+
+Not StAdv as the reference benchmark measures it (that is :mod:`.stadv`: a per-coordinate bound
+in normalised grid units, Adam, the flow-smoothness term); this is our own variant, kept as an
+extra threat.
 
 Each output pixel samples the input at its own position plus a flow vector.  Pixel values are
 never changed, only moved, so the perturbation is large in every Lp norm yet looks like a
@@ -82,7 +86,7 @@ def spatial_flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ma
     return (best, best_flow) if return_flow else best
 
 
-@register("spatial-flow")
+@register("pixel-flow")
 def spatial_flow_attack(model, x, y, threat, *, seed: int = 0, steps: int = 20, step_size: float | None = None,
                         smooth_weight: float = 0.0, restarts: int = 1, random_init: bool = True,
                         loss: str = "ce") -> torch.Tensor:
@@ -92,7 +96,7 @@ def spatial_flow_attack(model, x, y, threat, *, seed: int = 0, steps: int = 20, 
     ``smooth_weight`` (StAdv's tau; 0 turns the smoothness penalty off), ``loss`` ce or margin.
     Left out, ``max_flow`` is 0.5 pixels (calibrated on digits, see docs/threats.md).
     """
-    p = threat_params(threat, "spatial", {"max_flow": DEFAULT_MAX_FLOW})
+    p = threat_params(threat, "pixel-flow", {"max_flow": DEFAULT_MAX_FLOW})
     return spatial_flow(model, x, y, max_flow=nonneg(p["max_flow"], threat.path or threat.id, "max_flow"),
                         steps=steps, step_size=step_size, smooth_weight=smooth_weight, restarts=restarts,
                         random_init=random_init, loss=loss, seed=seed)

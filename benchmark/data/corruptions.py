@@ -204,8 +204,14 @@ def gaussian_blur(x: Array, severity: int, rng: np.random.Generator) -> Array:
 @corruption("contrast")
 @_planewise
 def contrast(x: Array, severity: int, rng: np.random.Generator) -> Array:
-    """Lower contrast: pull every pixel towards the image mean."""
-    c = _level([0.45, 0.32, 0.22, 0.15, 0.09], severity, "contrast")
+    """Lower contrast: pull every pixel towards the image mean.
+
+    Milder than ImageNet-C's factors on purpose: under the ID threat (Linf 0.1) a contrast factor
+    c makes the budget worth 0.1 / c of the image's range, and at c <= 0.45 (version 1) every model
+    of the zoo was at 0% robust accuracy (trend slope 0.002, R^2 0.02), so the shift said nothing.
+    At 0.9..0.5 robust accuracy on 120 test images falls from 7..64% to 0..10% (standard CNN ..
+    TRADES CNN), keeping the ranking readable at every severity."""
+    c = _level([0.9, 0.8, 0.7, 0.6, 0.5], severity, "contrast")
     mean = x.mean(axis=(1, 2), keepdims=True)
     return (x - mean) * c + mean
 

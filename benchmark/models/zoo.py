@@ -8,6 +8,8 @@ compares the sha256 without writing.  Training is made reproducible with fixed s
 thread, ``torch.use_deterministic_algorithms(True)`` and a seeded data order.  Bit-exact bytes are
 only promised for the same torch build and CPU kind: when a ``--check`` hash differs, the largest
 parameter difference to the shipped weights tells float drift (tiny) from a real change.
+The digits LPIPS feature network of the perceptual threats (``lpips-digits-alexnet``, not a zoo
+model) is trained and checked the same way; its sha256 lives in the threat entries naming it.
 
 Recipe keys (``train:`` mapping of an entry):
 
@@ -35,8 +37,9 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +47,7 @@ import yaml
 from torch import nn
 
 from . import architectures
-from ..registry import ModelSpec, Registry, RegistryError, filter_ids
+from ..registry import ModelSpec, Registry, RegistryError, filter_ids, sha256_file
 
 METHODS = ("standard", "pgd", "trades", "noise")
 RECIPE_KEYS = {
@@ -116,14 +119,16 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, eps: float, steps: int, 
 
 # --------------------------------------------------------------------------- training
 def train_model(arch: str, arch_args: Mapping[str, Any], recipe: Mapping[str, Any],
-                x: torch.Tensor, y: torch.Tensor, *, progress: Any = None) -> nn.Module:
-    """Train one model from scratch; same inputs give the same weights bit for bit."""
+                x: torch.Tensor, y: torch.Tensor, *, progress: Any = None,
+                build: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Train one model from scratch; same inputs give the same weights bit for bit.  ``build``
+    makes the network instead of the digits architecture ``arch`` (the LPIPS feature network)."""
     from ..attacks.pgd import pgd
 
     r = check_recipe(recipe)
     seed = int(r["seed"])
     with deterministic(seed):
-        model = architectures.build(arch, **dict(arch_args))
+        model = build() if build is not None else architectures.build(arch, **dict(arch_args))
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(x), generator=gen)
         if r.get("subset"):
@@ -209,6 +214,66 @@ def _max_param_diff(model: nn.Module, path: Path) -> float | None:
     return max(float((old[k].float() - new[k].float()).abs().max()) for k in new)
 
 
+# --------------------------------------------------------------------------- LPIPS feature network
+@dataclass(frozen=True)
+class LpipsNet:
+    """The digits LPIPS feature network (``attacks.lpips``), trained like a zoo model but not
+    part of the zoo: perceptual threats name its weights file in ``params.network``."""
+
+    id: str
+    arch: str  # an attacks.lpips.ARCHS name
+    weights: str  # relative to the registry root
+    train: Mapping[str, Any]
+
+
+LPIPS_NETS = (
+    LpipsNet("lpips-digits-alexnet", "digits-alexnet", "weights/lpips/digits-alexnet.pt",
+             {"method": "standard", "epochs": 20, "lr": 0.003, "seed": 0}),
+)
+
+
+def set_network_sha256(registry: Registry, weights: str, sha: str) -> list[Path]:
+    """Rewrite ``sha256:`` inside ``params.network`` of every threat entry naming ``weights``."""
+    changed = []
+    for path in sorted((registry.root / "threats").rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        if not re.search(rf"(?m)^\s+weights:\s*{re.escape(weights)}\s*$", text):
+            continue
+        new, n = re.subn(r"(?m)^(\s+sha256:)\s*.*$", lambda m: f"{m.group(1)} {sha}", text)
+        if n != 1:
+            raise RegistryError(path, "params.network.sha256", f"expected exactly one nested 'sha256:' line, found {n}")
+        path.write_text(new, encoding="utf-8")
+        changed.append(path)
+    return changed
+
+
+def _named_by_a_threat(registry: Registry, net: LpipsNet) -> bool:
+    """Whether a threat entry of ``registry`` uses this network (only then is it part of it)."""
+    return any(isinstance(t.params.get("network"), Mapping) and t.params["network"].get("weights") == net.weights
+               for t in registry.entries["threats"].values())
+
+
+def _train_lpips_net(net: LpipsNet, registry: Registry, x: torch.Tensor, y: torch.Tensor, check: bool,
+                     bar: Any) -> bool:
+    from ..attacks import lpips
+
+    model = train_model(net.arch, {}, net.train, x, y, progress=bar, build=lpips.ARCHS[net.arch])
+    blob = state_bytes(model)
+    sha = hashlib.sha256(blob).hexdigest()
+    wp = registry.root / net.weights
+    if check:
+        shipped = sha256_file(wp) if wp.is_file() else None
+        bar.write(f"{'ok  ' if sha == shipped else 'DIFF'} {net.id}: {sha[:16]}")
+        return sha == shipped
+    wp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = wp.with_suffix(".pt.tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(wp)
+    entries = set_network_sha256(registry, net.weights, sha)
+    bar.write(f"wrote {net.weights} ({len(blob) // 1024} KB) sha256 {sha[:16]}; updated {len(entries)} threat entries")
+    return True
+
+
 # --------------------------------------------------------------------------- CLI
 def main(args: Any) -> int:
     """``shiftbench zoo train``: retrain (and write, unless ``--check``) every matching entry."""
@@ -218,14 +283,15 @@ def main(args: Any) -> int:
 
     registry = Registry(args.registry, check_files=False)  # weights may not exist yet
     specs = trainable(registry, getattr(args, "models", None))
-    if not specs:
+    nets = [n for n in filter_ids(list(LPIPS_NETS), getattr(args, "models", None)) if _named_by_a_threat(registry, n)]
+    if not specs and not nets:
         print(f"no builtin model with a 'train:' recipe matches {args.models!r} in {registry.root / 'models'}",
               file=sys.stderr)
         return 2
     for spec in specs:
         check_recipe(spec.train, spec.path)
     x, y = load_id("digits", "train")
-    epochs = sum(int(s.train["epochs"]) for s in specs)
+    epochs = sum(int(s.train["epochs"]) for s in specs) + sum(int(n.train["epochs"]) for n in nets)
     mismatches = 0
     t0 = time.perf_counter()
     with tqdm(total=epochs, unit="epoch", desc="zoo", file=sys.stderr) as bar:
@@ -253,10 +319,14 @@ def main(args: Any) -> int:
                 set_sha256(Path(spec.path), sha)
                 bar.write(f"wrote {wp.relative_to(registry.root) if wp.is_relative_to(registry.root) else wp} "
                           f"({len(blob) // 1024} KB) sha256 {sha[:16]}")
+        for net in nets:
+            bar.set_postfix_str(net.id)
+            mismatches += not _train_lpips_net(net, registry, x, y, args.check, bar)
     dt = time.perf_counter() - t0
-    print(f"{'checked' if args.check else 'trained'} {len(specs)} models in {dt:.0f} s", file=sys.stderr)
+    total = len(specs) + len(nets)
+    print(f"{'checked' if args.check else 'trained'} {total} models in {dt:.0f} s", file=sys.stderr)
     if args.check and mismatches:
-        print(f"{mismatches} of {len(specs)} models did not reproduce their sha256 "
+        print(f"{mismatches} of {total} models did not reproduce their sha256 "
               "(a tiny parameter difference means another CPU/torch build, not a broken recipe)", file=sys.stderr)
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""Leaderboard: results/ -> aggregate -> trends -> a markdown page and a trend plot.
+"""Leaderboard: results/ -> aggregate -> trends -> a markdown page and its plots.
 
 Generated from stored results only, never edited by hand.  Regenerating from unchanged
 results gives byte-identical markdown and PNG: no timestamps, a fixed bootstrap seed, a
@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..analysis import aggregate, trends
-from ..registry import REPO_ROOT, Registry, SuiteSpec, ThreatSpec
+from ..registry import Registry, SuiteSpec, ThreatSpec
 
 DPI = 100
 MISSING_SHOWN = 10  # missing cells named on the page; the rest are counted
@@ -23,8 +24,9 @@ DEFAULT_SUITE = "digits"
 
 
 def default_out(suite_id: str) -> Path:
-    """``leaderboard.md`` at the repo root for the default suite, ``leaderboards/<suite>.md`` otherwise."""
-    return REPO_ROOT / "leaderboard.md" if suite_id == DEFAULT_SUITE else REPO_ROOT / "leaderboards" / f"{suite_id}.md"
+    """``leaderboard.md`` in the current folder (the repository root) for the default suite,
+    ``leaderboards/<suite>.md`` otherwise; like ``results/``, relative to where shiftbench runs."""
+    return Path("leaderboard.md") if suite_id == DEFAULT_SUITE else Path("leaderboards") / f"{suite_id}.md"
 
 
 def plot_path(out: Path, suite_id: str) -> Path:
@@ -65,7 +67,7 @@ def num(v: float, digits: int = 3) -> str:
 def eps_text(t: ThreatSpec) -> str:
     """``Linf 8/255`` style budget text (fractions of 255 written as such)."""
     if t.kind != "lp":
-        params = ", ".join(f"{k}={v}" for k, v in sorted(t.params.items()))
+        params = t.params_text()
         return f"{t.kind}" + (f" ({params})" if params else "")
     k = t.eps * 255
     as_255 = t.norm == "Linf" and 0 < k <= 32 and abs(k - round(k)) < 1e-6  # 8/255, not 0.03137
@@ -87,23 +89,157 @@ def _table(header: list[str], rows: list[list[str]], align: list[str] | None = N
 
 # --------------------------------------------------------------------------- ranking
 def ranking(models) -> list[str]:
-    """Model ids by OOD robust accuracy (desc), then ID robust (desc), then id; NaN last."""
+    """Complete model ids by OOD robust accuracy (desc), then ID robust (desc), then id; NaN last.
+
+    A model with missing cells is not ranked (its means would rest on the cells it has, which
+    favours a model that lacks the hard ones): see :func:`incomplete`.
+    """
     def key(m: str):
         r = models.loc[m]
         o, i = float(r["ood_robust"]), float(r["id_robust"])
         return (not math.isfinite(o), -o if math.isfinite(o) else 0.0, -i if math.isfinite(i) else 0.0, m)
 
-    return sorted(models.index, key=key)
+    complete = aggregate.is_complete(models) if len(models) else {}
+    return sorted((m for m in models.index if complete[m]), key=key)
+
+
+def incomplete(models) -> list[str]:
+    """Model ids with missing cells (listed below the ranking, never ranked), by id."""
+    if not len(models):
+        return []
+    complete = aggregate.is_complete(models)
+    return sorted(m for m in models.index if not complete[m])
+
+
+@dataclass
+class Board:
+    """Everything a leaderboard page (Markdown or site) shows, computed once."""
+
+    registry: Registry
+    suite: SuiteSpec
+    res: aggregate.SuiteResults
+    summ: aggregate.Summary
+    fits: dict[str, trends.Trend]  # raw scale: OOD, OOD-D, OOD-T, family:<f>, shifts
+    probit: dict[str, trends.Trend]  # the same targets in probit scale
+    ranked: list[str]
+    incomplete: list[str]
+    missing: dict[str, list[str]]  # model -> "data x threat" of its missing cells
+    families: dict[str, str]  # dataset shift -> family
+    mixed: dict[str, dict[str, int]]  # versions key -> value -> cells, only keys with > 1 value
+
+    @property
+    def ceiling(self) -> trends.Ceiling | None:
+        return trends.ceiling(self.fits["OOD"])
+
+
+def _complete_summary(summ: aggregate.Summary, keep: list[str]) -> aggregate.Summary:
+    ps = summ.per_shift
+    return aggregate.Summary(summ.models.loc[keep] if len(summ.models) else summ.models,
+                             ps[ps["model"].isin(keep)].reset_index(drop=True))
+
+
+def analyse(registry: Registry, res: aggregate.SuiteResults, summ: aggregate.Summary, *,
+            n_boot: int = trends.N_BOOT, seed: int = trends.SEED) -> Board:
+    """Fits (raw and probit) over the complete models, with AER intervals that resample test
+    examples within cells and models."""
+    suite = res.suite
+    ranked = ranking(summ.models) if len(summ.models) else []
+    comp = _complete_summary(summ, sorted(ranked))
+    families = {s: registry.shift(s).family for s in suite.dataset_shifts}
+    noise = aggregate.example_bootstrap(res, comp, n_boot=n_boot, seed=seed) if len(comp.models) else None
+    fits = {sc: trends.fit_summary(comp, suite, n_boot=n_boot, seed=seed, scale=sc, noise=noise, families=families)
+            for sc in ("raw", "probit")}
+    return Board(registry, suite, res, summ, fits["raw"], fits["probit"], ranked,
+                 incomplete(summ.models), aggregate.missing_by_model(res), families, aggregate.mixed_versions(res))
+
+
+def target_label(name: str, suite: SuiteSpec) -> str:
+    """``OOD-D``, ``noise (family)``, ``gaussian_noise (D)``, ``digits-l2 (T)``."""
+    if name in trends.AGGREGATES:
+        return name
+    if name.startswith("family:"):
+        return f"{name.split(':', 1)[1]} (family)"
+    return f"{name} (D)" if name in suite.dataset_shifts else f"{name.split(':', 1)[-1]} (T)"
+
+
+def clipped_text(t: trends.Trend, names: int = 3) -> str:
+    """``-`` or ``2 (y: a, b)``: the points a probit/logit fit clipped."""
+    if not t.clipped:
+        return "-"
+    by_axis: dict[str, list[str]] = {}
+    for m, axis, _ in t.clipped:
+        by_axis.setdefault(axis, []).append(m)
+    parts = []
+    for axis, ms in sorted(by_axis.items()):
+        more = f" +{len(ms) - names} more" if len(ms) > names else ""
+        parts.append(f"{axis}: {', '.join(ms[:names])}{more}")
+    return f"{len(t.clipped)} ({'; '.join(parts)})"
+
+
+def better_scale(raw: trends.Trend, probit: trends.Trend) -> str:
+    """``raw``, ``probit``, ``tie`` (R^2 equal to 3 decimals) or ``-``."""
+    a, b = raw.line.r2, probit.line.r2
+    if not (_finite(a) and _finite(b)):
+        return "-"
+    if round(a, 3) == round(b, 3):
+        return "tie"
+    return "raw" if a > b else "probit"
+
+
+def ceiling_sentence(board: Board) -> str:
+    """One sentence: the OOD robust accuracy the trend predicts at 100% and at the best ID robustness."""
+    raw, prb = trends.ceiling(board.fits["OOD"]), trends.ceiling(board.probit["OOD"])
+    if raw is None:
+        return "Ceiling: no OOD trend (fewer than two complete models with distinct ID robust accuracy)."
+
+    def iv(v: tuple[float, float, float]) -> str:
+        p, lo, hi = v
+        return f"{100 * p:.1f}%" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if _finite(lo) and _finite(hi) else "")
+
+    eps = board.probit["OOD"].line.clip_eps
+    probit_full = f"; probit scale: {iv(prb.at_full)} at {100 * (1 - eps):g}%" if prb is not None else ""
+    probit_best = f" (probit: {iv(prb.at_best)})" if prb is not None else ""
+    return (f"Ceiling: the OOD trend predicts {iv(raw.at_full)} OOD robust accuracy at 100% ID robust accuracy "
+            f"(raw scale{probit_full}) and {iv(raw.at_best)}{probit_best} at the best model's ID robust accuracy "
+            f"({100 * raw.best_x:.1f}%, `{raw.best_model}`), so on this trend no model reaches more than "
+            f"{100 * raw.at_full[0]:.1f}% OOD robust accuracy without beating the trend itself.")
+
+
+def versions_sentence(mixed: dict[str, dict[str, int]]) -> str | None:
+    """None when every result was computed with the same versions, else what differs."""
+    if not mixed:
+        return None
+    parts = [f"{k} " + ", ".join(f"{v} ({n} cells)" for v, n in vals.items()) for k, vals in mixed.items()]
+    return ("Mixed versions: these results were computed with different versions or settings: "
+            + "; ".join(parts) + ". Numbers from different versions may not be comparable; re-run the "
+              "affected cells with one environment to remove this warning.")
+
+
+def aer_text(t: trends.Trend, m: str, markdown: bool = True) -> str:
+    """AER with its interval, bold when the interval excludes 0 (significant)."""
+    s = signed_pp(*t.aer_of(m))
+    if markdown and t.aer_significant(m):
+        head, _, tail = s.partition(" ")
+        s = f"**{head}** {tail}".rstrip()
+    return s
 
 
 # --------------------------------------------------------------------------- markdown
 def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, summ: aggregate.Summary,
-           fits: dict[str, trends.Trend], *, command: str, png_ref: str | None) -> str:
-    """The leaderboard page as one string (pure: no I/O)."""
+           fits: dict[str, trends.Trend], *, command: str, png_ref: str | None,
+           board: Board | None = None, plot_refs: dict[str, str] | None = None) -> str:
+    """The leaderboard page as one string (pure: no I/O).
+
+    ``board`` (from :func:`analyse`) is computed when not given; ``fits`` then replaces its raw
+    fits.  ``png_ref`` is the trend plot's path; ``plot_refs`` the others (``shifts``, ``severity``).
+    """
+    if board is None:
+        board = analyse(registry, res, summ)
+        board.fits = fits
     models = summ.models
-    order = ranking(models) if len(models) else []
+    order = board.ranked
     id_threat = registry.threat(suite.id_threat)
-    attacks = sorted({a for m in order for a in models.loc[m, "attacks"]})
+    attacks = sorted({a for m in models.index for a in models.loc[m, "attacks"]}) if len(models) else []
     sevs = {s: registry.shift(s).severities for s in suite.dataset_shifts}
     common = {v for v in sevs.values() if v}
     if len(common) == 1 and len(sevs) > 1 and all(sevs.values()):  # say the shared severities once
@@ -125,37 +261,64 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         f"{res.n_present} of {res.n_planned} cells present, {res.n_missing} missing, "
         f"{res.n_stale} stale result file(s) ignored."
     )
+    mixed = versions_sentence(board.mixed)
+    if mixed:
+        lines += ["", mixed]
     if suite.description:
         lines += ["", suite.description.strip()]
     caveats = [t for t in (suite.id_threat, *suite.threat_shifts) if registry.threat(t).caveat]
     if caveats:
         lines += ["", "Caveats:", ""] + [f"- `{t}`: {' '.join(registry.threat(t).caveat.split())}" for t in caveats]
     lines += ["", "## Ranking (by OOD robust accuracy)", ""]
-    ood = fits["OOD"]
+    ood, ood_p = board.fits["OOD"], board.probit["OOD"]
     flag_notes: list[str] = []
+
+    def mark_of(m: str) -> str:
+        flags = models.loc[m, "flags"]
+        if not flags:
+            return ""
+        flag_notes.append(f"[{len(flag_notes) + 1}] `{m}`: " + "; ".join(flags) + ".")
+        return f"[{len(flag_notes)}]"
+
     rows = []
     for rank, m in enumerate(order, 1):
         r = models.loc[m]
-        mark = ""
-        if r["flags"]:
-            flag_notes.append(f"[{len(flag_notes) + 1}] `{m}`: " + "; ".join(r["flags"]) + ".")
-            mark = f"[{len(flag_notes)}]"
         rows.append([str(rank), m] + [pct(r[c], r[f"{c}_lo"], r[f"{c}_hi"]) for c in
                                       ("id_clean", "id_robust", "ood_robust", "ood_d_clean", "ood_d_robust",
                                        "ood_t_robust")]
-                    + [signed_pp(*ood.aer_of(m)), r["architecture"], r["training"], mark])
+                    + [aer_text(ood, m), aer_text(ood_p, m), r["architecture"], r["training"], mark_of(m)])
     lines += _table(["Rank", "Model", "ID clean", "ID robust", "OOD robust", "OOD-D clean", "OOD-D robust",
-                     "OOD-T robust", "AER", "Architecture", "Training", "Flags"], rows,
-                    ["r", "l", "r", "r", "r", "r", "r", "r", "r", "l", "l", "l"])
+                     "OOD-T robust", "AER", "AER (probit)", "Architecture", "Training", "Flags"], rows,
+                    ["r", "l", "r", "r", "r", "r", "r", "r", "r", "r", "l", "l", "l"])
     lines += [
         "",
         "Accuracies in %, `±` the half-width of a 95% interval. ID: Wilson score interval from the "
         "per-example outcomes. Means over cells (OOD-D: mean over dataset shifts of the mean over severities; "
         "OOD-T: mean over threat shifts; OOD: mean of OOD-D robust and OOD-T robust, or the one present): "
         "normal approximation over examples, outcomes paired by example index across the cells. "
-        f"AER (adversarial effective robustness): OOD robust minus the OLS trend below, in percentage points, "
-        f"[95% bootstrap interval over models, {ood.n_boot} resamples, seed {ood.seed}].",
+        f"AER (adversarial effective robustness): OOD robust minus the OOD trend below (raw scale; "
+        f"probit: minus the probit-scale trend), in percentage points, [95% interval from {ood.n_boot} bootstrap "
+        f"replicates, seed {ood.seed}, each resampling the test examples within cells (the same draw for every "
+        f"model, which saw the same images) and the models]. **Bold**: the interval excludes 0 (significant); "
+        f"otherwise the model is not distinguishable from the trend. Only models with every planned cell "
+        f"are ranked and fitted.",
     ]
+    if board.incomplete:
+        lines += ["", "### Not ranked: incomplete models", ""]
+        irows = []
+        for m in board.incomplete:
+            r = models.loc[m]
+            miss = board.missing.get(m, [])
+            shown = ", ".join(miss[:MISSING_SHOWN]) + (f", and {len(miss) - MISSING_SHOWN} more"
+                                                       if len(miss) > MISSING_SHOWN else "")
+            irows.append([m, f"{int(r['cells'])} of {int(r['planned'])}", shown,
+                          pct(r["id_robust"], r["id_robust_lo"], r["id_robust_hi"]),
+                          pct(r["ood_robust"], r["ood_robust_lo"], r["ood_robust_hi"]), r["architecture"],
+                          r["training"], mark_of(m)])
+        lines += _table(["Model", "Cells", "Missing", "ID robust", "OOD robust (cells present)", "Architecture",
+                         "Training", "Flags"], irows, ["l", "r", "l", "r", "r", "l", "l", "l"])
+        lines += ["", f"Run `shiftbench run --suite {suite.id}` to complete them; their numbers use only the cells "
+                      "present and are not comparable with the ranking."]
     if flag_notes:
         lines += ["", "Flags:", ""] + [f"- {n}" for n in flag_notes]
     if res.n_missing:
@@ -165,85 +328,240 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         lines += ["", f"Missing cells ({len(miss)}; `shiftbench run --suite {suite.id} --dry-run` lists them all): "
                   + ", ".join(shown) + more + "."]
     # trend fits
-    lines += ["", "## Trends: OOD robust = intercept + slope x ID robust", ""]
+    lines += ["", "## Trends: OOD robust = intercept + slope x ID robust", "", ceiling_sentence(board), ""]
+    better = []
+    for name in ("OOD-D", "OOD-T"):
+        a, b = board.fits[name], board.probit[name]
+        w = better_scale(a, b)
+        better.append(f"{name}: {w} (R^2 raw {num(a.line.r2)}, probit {num(b.line.r2)})")
+    lines += ["Which scale fits better: " + "; ".join(better) + ".", ""]
     frows = []
-    for name, t in fits.items():
-        lo, hi = t.slope_ci
-        ci = f" [{num(lo)}, {num(hi)}]" if _finite(lo) and _finite(hi) else ""
-        label = name if name in ("OOD", "OOD-D", "OOD-T") else \
-            f"{name} (D)" if name in suite.dataset_shifts else f"{name.split(':', 1)[-1]} (T)"
-        frows.append([label, num(t.line.slope) + ci, num(t.line.intercept), num(t.line.r2), str(t.line.n)])
-    lines += _table(["Target", "Slope [95% CI]", "Intercept", "R^2", "n"], frows, ["l", "r", "r", "r", "r"])
-    lines += ["", "Ordinary least squares on the raw accuracy scale across the models of this suite; "
-                  "slope interval: bootstrap over models. (D): one dataset shift, (T): one threat shift."]
+    for name in trends.AGGREGATES:
+        for t in (board.fits[name], board.probit[name]):
+            frows.append([name, t.scale, num(t.line.slope) + _ci_text(t.slope_ci),
+                          num(t.line.intercept) + _ci_text(t.intercept_ci), num(t.line.r2), num(t.line.pearson_r),
+                          num(t.line.resid_sd), str(t.line.n), clipped_text(t)])
+    lines += _table(["Target", "Scale", "Slope [95% CI]", "Intercept [95% CI]", "R^2", "Pearson r", "Residual sd",
+                     "n", "Clipped"], frows, ["l", "l", "r", "r", "r", "r", "r", "r", "l"])
+    eps = board.probit["OOD"].line.clip_eps
+    lines += ["", f"Raw: ordinary least squares on accuracies as fractions. Probit: least squares of "
+                  f"Phi^-1(OOD) on Phi^-1(ID) (Phi the normal CDF); slope, intercept, R^2, r and residual sd are "
+                  f"those of that fit; accuracies of exactly 0 or 1 are clipped to [{eps:g}, {1 - eps:g}] "
+                  f"(Clipped: how many points, on which axis). Fitted on the complete models only. Intervals: "
+                  f"bootstrap ({ood.n_boot} replicates, seed {ood.seed}); for OOD, OOD-D and OOD-T it resamples "
+                  f"test examples within cells and models, for the rows below models only."]
+    srows = []
+    for name, t in board.fits.items():
+        if name in trends.AGGREGATES:
+            continue
+        p = board.probit[name]
+        srows.append([target_label(name, suite), str(t.line.n), num(t.line.slope) + _ci_text(t.slope_ci),
+                      num(t.line.r2), num(p.line.slope) + _ci_text(p.slope_ci), num(p.line.r2),
+                      better_scale(t, p), clipped_text(p)])
+    if srows:
+        lines += ["", "### Per shift family and per shift", ""]
+        lines += _table(["Target", "n", "Raw slope [95% CI]", "Raw R^2", "Probit slope [95% CI]", "Probit R^2",
+                         "Better", "Clipped (probit)"], srows, ["l", "r", "r", "r", "r", "r", "l", "l"])
+        lines += ["", "(family): mean over the family's dataset shifts (" +
+                  "; ".join(f"{f}: {', '.join(s for s, g in board.families.items() if g == f)}"
+                            for f in sorted(set(board.families.values()))) +
+                  "); (D): one dataset shift, mean over severities; (T): one threat shift."]
     # per-shift table
     ps = summ.per_shift
     targets = [("dataset", s) for s in suite.dataset_shifts] + [("threat", t) for t in suite.threat_shifts]
-    if order and targets:
+    shown_models = order + board.incomplete
+    if shown_models and targets:
         lookup = {(r.model, r.kind, r.shift): r.robust for r in ps.itertuples()}
-        srows = [[m, pct(models.loc[m, "id_robust"])] + [pct(lookup.get((m, k, s), float("nan"))) for k, s in targets]
-                 for m in order]
+        srows = [[m + (" (incomplete)" if m in board.incomplete else ""), pct(models.loc[m, "id_robust"])]
+                 + [pct(lookup.get((m, k, s), float("nan"))) for k, s in targets] for m in shown_models]
         lines += ["", "## Robust accuracy per shift (%)", ""]
         lines += _table(["Model", "ID"] + [f"{s} (D)" if k == "dataset" else f"{s} (T)" for k, s in targets], srows,
                         ["l"] + ["r"] * (len(targets) + 1))
         lines += ["", "(D): dataset shift under the ID threat, mean over severities; (T): threat shift on the ID data."]
+    plot_refs = plot_refs or {}
     if png_ref:
-        lines += ["", "## ID robust vs OOD robust", "", f"![ID robust vs OOD robust accuracy]({png_ref})"]
+        lines += ["", "## ID robust vs OOD robust", "",
+                  "Top row: raw axes; bottom row: probit-scaled axes. Shaded: 95% bootstrap band of the fitted line.",
+                  "", f"![ID robust vs OOD robust accuracy]({png_ref})"]
+    if plot_refs.get("shifts"):
+        lines += ["", "## Per shift", "", f"![ID robust vs robust accuracy per shift]({plot_refs['shifts']})"]
+    if plot_refs.get("severity"):
+        lines += ["", "## Robust accuracy against corruption severity", "",
+                  f"![Robust accuracy against severity]({plot_refs['severity']})"]
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- plot
-def plot(fits: dict[str, trends.Trend], suite_id: str, ranks: dict[str, int] | None = None) -> bytes:
-    """PNG bytes: one panel per aggregate (OOD, OOD-D, OOD-T), points and the fitted line.
+def _ci_text(ci: tuple[float, float]) -> str:
+    lo, hi = ci
+    return f" [{num(lo)}, {num(hi)}]" if _finite(lo) and _finite(hi) else ""
 
-    With few models, the OOD panel labels each point with the model's rank on the page.
 
-    Uses the Agg canvas directly (no pyplot global state), a fixed size and dpi and no
-    ``Software`` metadata, so the bytes depend only on the numbers.
-    """
-    from matplotlib import rc_context
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ranks = ranks or {}
-    with rc_context({"font.family": "DejaVu Sans", "font.size": 9, "axes.unicode_minus": False,
-                     "path.simplify": True}):
-        fig = Figure(figsize=(10.5, 3.6), dpi=DPI)
-        FigureCanvasAgg(fig)
-        panels = [("OOD", "o", "C0"), ("OOD-D", "s", "C1"), ("OOD-T", "^", "C2")]
-        axes = fig.subplots(1, 3, sharex=True, sharey=True)
-        for ax, (name, marker, color) in zip(axes, panels):
-            t = fits.get(name)
-            ax.plot([0, 100], [0, 100], ls=":", lw=0.8, color="0.6")
-            if t is not None and t.x.size:
-                ax.scatter(100 * t.x, 100 * t.y, marker=marker, color=color, s=22, zorder=3)
-                if name == "OOD" and t.x.size <= LABEL_MAX:  # few models: name them
-                    for m, xi, yi in zip(t.models, t.x, t.y):
-                        ax.annotate(str(ranks.get(m, "?")), (100 * xi, 100 * yi), xytext=(3, 3),
-                                    textcoords="offset points", fontsize=7, color="0.25")
-                if math.isfinite(t.line.slope):
-                    xs = np.array([0.0, 1.0])
-                    ax.plot(100 * xs, 100 * t.line.predict(xs), color=color, lw=1.2)
-                    ax.text(0.03, 0.97, f"slope {t.line.slope:.2f}, R$^2$ {t.line.r2:.2f}, n {t.line.n}",
-                            transform=ax.transAxes, va="top", ha="left")
-            else:
-                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5")
-            ax.set_title(f"{name} robust")
-            ax.set_xlabel("ID robust accuracy (%)")
-            ax.set_xlim(0, 100)
-            ax.set_ylim(0, 100)
-            ax.grid(True, lw=0.4, color="0.85")
-        axes[0].set_ylabel("OOD robust accuracy (%)")
-        labelled = fits.get("OOD") is not None and 0 < fits["OOD"].x.size <= LABEL_MAX
-        fig.suptitle(f"{suite_id}: ID robust vs OOD robust accuracy (dotted: y = x"
-                     + ("; numbers: rank on the leaderboard)" if labelled else ")"))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+# --------------------------------------------------------------------------- plots
+def _png(fig) -> bytes:
+    """PNG bytes at a fixed dpi without the ``Software`` tag: the bytes depend only on the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def _style():
+    from matplotlib import rc_context
+
+    return rc_context({"font.family": "DejaVu Sans", "font.size": 9, "axes.unicode_minus": False,
+                       "path.simplify": True})
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+PROBIT_TICKS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 0.999)
+
+
+def _panel(ax, t: trends.Trend | None, marker: str, color: str, scale: str, ranks: dict[str, int] | None,
+           label: bool, size: float = 22) -> None:
+    """Points, fitted line and its bootstrap band, on raw (percent) or probit-scaled axes."""
+    eps = t.line.clip_eps if t is not None else trends.CLIP_EPS
+
+    def tr(v):
+        return 100 * np.asarray(v, dtype=float) if scale == "raw" else trends.transform(v, "probit", eps)
+
+    lim = (0, 100) if scale == "raw" else (float(tr(eps)), float(tr(1 - eps)))
+    ax.plot(lim, lim, ls=":", lw=0.8, color="0.6")
+    if t is not None and t.x.size:
+        ax.scatter(tr(t.x), tr(t.y), marker=marker, color=color, s=size, zorder=3)
+        if label and ranks:
+            for m, xi, yi in zip(t.models, t.x, t.y):
+                ax.annotate(str(ranks.get(m, "?")), (float(tr(xi)), float(tr(yi))), xytext=(3, 3),
+                            textcoords="offset points", fontsize=7, color="0.25")
+        if math.isfinite(t.line.slope):
+            grid = np.linspace(eps, 1 - eps, 101) if scale != "raw" else np.linspace(0, 1, 101)
+            pred, lo, hi = t.predict_interval(grid)
+            if np.isfinite(lo).all():
+                ax.fill_between(tr(grid), tr(lo), tr(hi), color=color, alpha=0.18, lw=0)
+            ax.plot(tr(grid), tr(pred), color=color, lw=1.2)
+            ax.text(0.03, 0.97, f"slope {t.line.slope:.2f}, R$^2$ {t.line.r2:.2f}, n {t.line.n}",
+                    transform=ax.transAxes, va="top", ha="left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5")
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    if scale != "raw":
+        ticks = [float(tr(p)) for p in PROBIT_TICKS]
+        labels = [f"{100 * p:g}" for p in PROBIT_TICKS]
+        ax.set_xticks(ticks, labels, fontsize=7)
+        ax.set_yticks(ticks, labels, fontsize=7)
+    ax.grid(True, lw=0.4, color="0.85")
+
+
+def plot(fits: dict[str, trends.Trend], suite_id: str, ranks: dict[str, int] | None = None,
+         probit: dict[str, trends.Trend] | None = None) -> bytes:
+    """PNG bytes: one column per aggregate (OOD, OOD-D, OOD-T): points, the fitted line and its
+    95% bootstrap band, on raw axes and (with ``probit``) below on probit-scaled axes.
+
+    With few models, the OOD panels label each point with the model's rank on the page.
+    Uses the Agg canvas directly (no pyplot global state), a fixed size and dpi and no
+    ``Software`` metadata, so the bytes depend only on the numbers.
+    """
+    ranks = ranks or {}
+    rows = [("raw", fits)] + ([("probit", probit)] if probit is not None else [])
+    with _style():
+        fig = _figure(10.5, 3.6 * len(rows))
+        axes = np.atleast_2d(fig.subplots(len(rows), 3))
+        panels = [("OOD", "o", "C0"), ("OOD-D", "s", "C1"), ("OOD-T", "^", "C2")]
+        labelled = fits.get("OOD") is not None and 0 < fits["OOD"].x.size <= LABEL_MAX
+        for row, (scale, fs) in zip(axes, rows):
+            for ax, (name, marker, color) in zip(row, panels):
+                _panel(ax, fs.get(name), marker, color, scale, ranks, name == "OOD" and labelled)
+                ax.set_title(f"{name} robust ({scale} scale)")
+                ax.set_xlabel("ID robust accuracy (%)")
+            row[0].set_ylabel("OOD robust accuracy (%)")
+        fig.suptitle(f"{suite_id}: ID robust vs OOD robust accuracy (dotted: y = x; shaded: 95% band"
+                     + ("; numbers: rank on the leaderboard)" if labelled and ranks else ")"))
+        fig.tight_layout()
+        return _png(fig)
+
+
+def plot_shifts(fits: dict[str, trends.Trend], suite: SuiteSpec, ncols: int = 6) -> bytes:
+    """PNG bytes: small multiples, one raw-scale panel per dataset shift (D) and threat shift (T)."""
+    names = [n for n in fits if n not in trends.AGGREGATES and not n.startswith("family:")]
+    nrows = max(1, math.ceil(len(names) / ncols))
+    with _style():
+        fig = _figure(2.0 * ncols, 2.0 * nrows + 0.4)
+        # fixed 0-100 limits on every panel: no shared axes (sharing 20+ axes is slow to draw)
+        axes = np.atleast_2d(fig.subplots(nrows, ncols))
+        for i, ax in enumerate(axes.flat):
+            if i >= len(names):
+                ax.set_axis_off()
+                continue
+            t = fits[names[i]]
+            color = "C1" if names[i] in suite.dataset_shifts else "C2"
+            _panel(ax, t, "o", color, "raw", None, False, size=8)
+            if ax.texts:
+                ax.texts[-1].set_fontsize(6)
+            ax.set_title(target_label(names[i], suite), fontsize=7)
+            ax.set_xticks([0, 50, 100])
+            ax.set_yticks([0, 50, 100])
+            ax.tick_params(labelsize=6, labelleft=i % ncols == 0, labelbottom=i + ncols >= len(names))
+        fig.suptitle(f"{suite.id}: ID robust (x) vs robust accuracy per shift (y), %; raw scale, "
+                     f"95% band (bootstrap over models)", fontsize=9)
+        fig.tight_layout()
+        return _png(fig)
+
+
+def representative_models(order: list[str]) -> list[str]:
+    """The best, the median and the last ranked model (distinct, in rank order)."""
+    picks = [order[0], order[(len(order) - 1) // 2], order[-1]] if order else []
+    return list(dict.fromkeys(picks))
+
+
+def severity_curves(res: aggregate.SuiteResults, models: list[str]) -> dict[str, dict[int, tuple[float, float]]]:
+    """model -> severity -> (clean, robust) accuracy, mean over the dataset shifts with that
+    severity; severity 0 is the ID cell."""
+    c = res.cells
+    out: dict[str, dict[int, tuple[float, float]]] = {}
+    for m in models:
+        rows = c[c["model"] == m]
+        curve: dict[int, tuple[float, float]] = {}
+        idr = rows[rows["role"] == "id"]
+        if len(idr):
+            curve[0] = (float(idr["clean_acc"].iloc[0]), float(idr["robust_acc"].iloc[0]))
+        d = rows[(rows["role"] == "dataset") & rows["severity"].notna()]
+        for sev, g in sorted(d.groupby("severity"), key=lambda kv: kv[0]):
+            curve[int(sev)] = (float(g["clean_acc"].mean()), float(g["robust_acc"].mean()))
+        out[m] = curve
+    return out
+
+
+def plot_severity(res: aggregate.SuiteResults, models: list[str], suite_id: str) -> bytes:
+    """PNG bytes: robust (solid) and clean (dashed) accuracy against corruption severity for a few
+    models; severity 0 is the ID data."""
+    curves = severity_curves(res, models)
+    with _style():
+        fig = _figure(8.0, 3.8)
+        ax = fig.subplots()
+        for i, m in enumerate(models):
+            sev = sorted(curves[m])
+            color = f"C{i}"
+            ax.plot(sev, [100 * curves[m][s][1] for s in sev], marker="o", color=color, lw=1.4, label=f"{m} robust")
+            ax.plot(sev, [100 * curves[m][s][0] for s in sev], ls="--", color=color, lw=1.0, label=f"{m} clean")
+        ax.set_xlabel("corruption severity (0: ID data)")
+        ax.set_ylabel("accuracy (%), mean over shifts")
+        ax.set_ylim(0, 100)
+        ax.grid(True, lw=0.4, color="0.85")
+        if models:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        ax.set_title(f"{suite_id}: accuracy against severity (best, median, last ranked model)", fontsize=9)
+        fig.tight_layout()
+        return _png(fig)
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
     """Atomic write; an unchanged file is left untouched (its mtime too)."""
     if path.is_file() and path.read_bytes() == data:
         return
@@ -255,27 +573,59 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 # --------------------------------------------------------------------------- entry point
 def build(registry: Registry, suite_id: str, results_root: Path):
-    """Load, summarise and fit: (SuiteResults, Summary, trends) for a suite."""
+    """Load, summarise and fit: (SuiteResults, Summary, raw-scale trends) for a suite.
+
+    The trends are fitted on the complete models; :func:`analyse` gives the probit fits too.
+    """
+    board = build_board(registry, suite_id, results_root)
+    return board.res, board.summ, board.fits
+
+
+def build_board(registry: Registry, suite_id: str, results_root: Path) -> Board:
+    """Load, summarise and analyse a suite's results."""
     res = aggregate.load(registry, suite_id, Path(results_root))
     summ = aggregate.summarize(registry, res)
-    fits = trends.fit_summary(summ, res.suite)
-    return res, summ, fits
+    return analyse(registry, res, summ)
+
+
+def plot_kinds(board: Board) -> list[str]:
+    """``trend`` and ``shifts``, and ``severity`` when a dataset shift has severities."""
+    kinds = ["trend", "shifts"]
+    if any(board.registry.shift(s).severities for s in board.suite.dataset_shifts):
+        kinds.append("severity")
+    return kinds
+
+
+def plots(board: Board) -> dict[str, bytes]:
+    """The page's PNGs by kind (:func:`plot_kinds`)."""
+    ranks = {m: i for i, m in enumerate(board.ranked, 1)}
+    make = {"trend": lambda: plot(board.fits, board.suite.id, ranks, board.probit),
+            "shifts": lambda: plot_shifts(board.fits, board.suite),
+            "severity": lambda: plot_severity(board.res, representative_models(board.ranked), board.suite.id)}
+    return {k: make[k]() for k in plot_kinds(board)}
 
 
 def write(registry: Registry, suite_id: str, results_root: Path, out: Path | None = None, *,
           command: str | None = None) -> Path:
-    """Regenerate a suite's leaderboard markdown (and its PNG); return the markdown path."""
+    """Regenerate a suite's leaderboard markdown (and its PNGs); return the markdown path."""
     out = Path(out) if out is not None else default_out(suite_id)
-    res, summ, fits = build(registry, suite_id, results_root)
+    board = build_board(registry, suite_id, results_root)
+    res = board.res
     if res.n_present == 0:
         raise FileNotFoundError(f"no current results for suite '{suite_id}' under {Path(results_root) / suite_id} "
                                 f"({res.n_planned} cells planned, {res.n_stale} stale files); "
                                 f"run `shiftbench run --suite {suite_id}` first")
-    png = plot_path(out, suite_id)
+    pngs = plots(board)
+    paths = {k: plot_path(out, suite_id) if k == "trend" else out.parent / "docs" / f"{suite_id}-{k}.png"
+             for k in pngs}
+    refs = {k: os.path.relpath(p, out.parent).replace(os.sep, "/") for k, p in paths.items()}
     command = command or f"shiftbench leaderboard --suite {suite_id}"
-    text = render(registry, res.suite, res, summ, fits, command=command,
-                  png_ref=os.path.relpath(png, out.parent).replace(os.sep, "/"))
-    ranks = {m: i for i, m in enumerate(ranking(summ.models), 1)} if len(summ.models) else {}
-    _write_if_changed(png, plot(fits, suite_id, ranks))
-    _write_if_changed(out, text.encode("utf-8"))
+    text = render(registry, res.suite, res, board.summ, board.fits, command=command, png_ref=refs["trend"],
+                  board=board, plot_refs=refs)
+    for k, data in pngs.items():
+        write_if_changed(paths[k], data)
+    write_if_changed(out, text.encode("utf-8"))
     return out
+
+
+_write_if_changed = write_if_changed  # the old private name

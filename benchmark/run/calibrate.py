@@ -6,7 +6,11 @@ accuracy, the gap (fast minus AutoAttack, in points: positive means the fast att
 adversarial examples) and the wall times.  Targets: mean gap <= 0.3, max gap <= 1.0 point,
 fast attack <= 1/20 of AutoAttack's time.
 
-    shiftbench calibrate --suite digits [--models PAT] [--n N] [--out FILE.md]
+    shiftbench calibrate --suite digits [--models PAT] [--n N] [--out FILE.md] [--fast apgd-mm,mm5]
+
+``--fast`` names the fast attacks to compare (the first is the one the targets apply to); each
+extra one gets its own columns and summary line, on the same examples in the same process, so
+``--fast apgd-mm,mm5`` sets our default beside the reference benchmark's MM5.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ class Row:
     aa: float
     fast_s: float
     aa_s: float
+    # further fast attacks on the same examples: (attack, robust accuracy, seconds)
+    extra: tuple[tuple[str, float, float], ...] = ()
+    fast_name: str = FAST
 
     @property
     def gap(self) -> float:
@@ -84,8 +91,10 @@ def _robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tor
 
 def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor,
                     threats: list[ThreatSpec], *, seed: int = 0, fast_args: dict[str, Any] | None = None,
-                    aa_version: str = "standard") -> list[Row]:
-    """Both attacks on the clean-correct examples of ``x`` for each threat."""
+                    aa_version: str = "standard", fast: tuple[str, ...] = (FAST,)) -> list[Row]:
+    """The fast attacks and AutoAttack on the clean-correct examples of ``x`` for each threat.
+    A fast attack runs with the threat's ``attack_args`` when it is the threat's own attack;
+    ``fast_args`` override the first one's."""
     from ..attacks import run_attack
 
     with torch.no_grad():
@@ -94,21 +103,26 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
     n = len(y)
     rows = []
     for t in threats:
-        args = dict(t.attack_args) if t.attack == FAST else {}
-        args.update(fast_args or {})
-        t0 = time.perf_counter()
-        xf = run_attack(model, xc, yc, t, seed=seed, attack=FAST, **args)
+        res = []
+        for i, attack in enumerate(fast):
+            args = dict(t.attack_args) if t.attack == attack else {}
+            if i == 0:
+                args.update(fast_args or {})
+            t0 = time.perf_counter()
+            xf = run_attack(model, xc, yc, t, seed=seed, attack=attack, **args)
+            res.append((attack, float(_robust(model, xf, yc).sum()) / n, time.perf_counter() - t0))
         t1 = time.perf_counter()
         xa = run_attack(model, xc, yc, t, seed=seed, attack="autoattack", version=aa_version)
         t2 = time.perf_counter()
         rows.append(Row(name, t.id, str(t.norm), float(t.eps), n, float(ok.float().mean()),
-                        float(_robust(model, xf, yc).sum()) / n, float(_robust(model, xa, yc).sum()) / n,
-                        t1 - t0, t2 - t1))
+                        res[0][1], float(_robust(model, xa, yc).sum()) / n, res[0][2], t2 - t1,
+                        extra=tuple(res[1:]), fast_name=res[0][0]))
     return rows
 
 
 def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | None, seed: int,
-                   fast_args: dict[str, Any] | None, threads: int, threats: str | None = None) -> list[Row]:
+                   fast_args: dict[str, Any] | None, threads: int, threats: str | None = None,
+                   fast: tuple[str, ...] = (FAST,)) -> list[Row]:
     """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
     to back in the same process, so their times are comparable whatever else runs."""
     from ..data import datasets
@@ -121,12 +135,12 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
     model = load_model(reg.model(model_id), reg)
     return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite, threats), seed=seed,
-                           fast_args=fast_args)
+                           fast_args=fast_args, fast=fast)
 
 
 def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
         fast_args: dict[str, Any] | None = None, progress: bool = True, workers: int = 1,
-        threads: int = 1, threats: str | None = None) -> list[Row]:
+        threads: int = 1, threats: str | None = None, fast: tuple[str, ...] = (FAST,)) -> list[Row]:
     """Calibration rows for every zoo model of ``suite_id`` matching ``models`` (in model order),
     ``workers`` models at a time in separate processes."""
     from tqdm.auto import tqdm
@@ -138,7 +152,7 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
                          f"see `shiftbench ls models --suite {suite_id}`")
     seed = suite.seed if seed is None else seed
     calibration_threats(reg, suite, threats)  # a bad pattern fails here, not in a worker
-    jobs = [(str(reg.root), spec.id, suite_id, n, seed, fast_args, threads, threats) for spec in specs]
+    jobs = [(reg.location, spec.id, suite_id, n, seed, fast_args, threads, threats, tuple(fast)) for spec in specs]
     by_model: dict[str, list[Row]] = {}
     bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
     try:
@@ -160,9 +174,14 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
     return [r for spec in specs for r in by_model[spec.id]]
 
 
-def summary(rows: list[Row]) -> dict[str, float]:
-    gaps = [r.gap for r in rows]
-    fast_s, aa_s = sum(r.fast_s for r in rows), sum(r.aa_s for r in rows)
+def summary(rows: list[Row], attack: str | None = None) -> dict[str, float]:
+    """Mean and max gap and time ratio of the first fast attack, or of the extra one ``attack``."""
+    if attack is None or all(r.fast_name == attack for r in rows):
+        pairs = [(r.gap, r.fast_s) for r in rows]
+    else:
+        pairs = [(100 * (rob - r.aa), sec) for r in rows for name, rob, sec in r.extra if name == attack]
+    gaps = [g for g, _ in pairs]
+    fast_s, aa_s = sum(sec for _, sec in pairs), sum(r.aa_s for r in rows)
     return {"mean_gap": sum(gaps) / len(gaps) if gaps else float("nan"),
             "max_gap": max(gaps) if gaps else float("nan"),
             "time_ratio": fast_s / aa_s if aa_s else float("nan"), "fast_s": fast_s, "aa_s": aa_s}
@@ -175,20 +194,32 @@ def targets_met(s: dict[str, float]) -> bool:
 
 
 def render(rows: list[Row], command: str) -> str:
-    """Markdown table + summary line (what docs/attacks.md shows)."""
+    """Markdown table + summary line(s) (what docs/attacks.md shows)."""
     s = summary(rows)
-    lines = [f"<!-- generated by: {command} -->",
-             "| model | threat | norm | eps | n | clean % | apgd-mm % | AutoAttack % | gap (pp) | apgd-mm s | AA s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    first = rows[0].fast_name if rows else FAST
+    extras = [name for name, _, _ in rows[0].extra] if rows else []
+    head = f"| model | threat | norm | eps | n | clean % | {first} % | AutoAttack % | gap (pp) | {first} s | AA s |"
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+    for name in extras:
+        head += f" {name} % | {name} gap (pp) | {name} s |"
+        rule += "---|---|---|"
+    lines = [f"<!-- generated by: {command} -->", head, rule]
     for r in rows:
-        lines.append(f"| {r.model} | {r.threat} | {r.norm} | {r.eps:g} | {r.n} | {100 * r.clean:.1f} | "
-                     f"{100 * r.fast:.1f} | {100 * r.aa:.1f} | {r.gap:+.2f} | {r.fast_s:.1f} | {r.aa_s:.1f} |")
+        line = (f"| {r.model} | {r.threat} | {r.norm} | {r.eps:g} | {r.n} | {100 * r.clean:.1f} | "
+                f"{100 * r.fast:.1f} | {100 * r.aa:.1f} | {r.gap:+.2f} | {r.fast_s:.1f} | {r.aa_s:.1f} |")
+        for _, rob, sec in r.extra:
+            line += f" {100 * rob:.1f} | {100 * (rob - r.aa):+.2f} | {sec:.1f} |"
+        lines.append(line)
     ok = targets_met(s)
     lines += ["", f"**Summary**: mean gap {s['mean_gap']:+.2f} pp (target <= {TARGET_MEAN_GAP}), "
                   f"max gap {s['max_gap']:+.2f} pp (target <= {TARGET_MAX_GAP}), "
                   f"time ratio {s['time_ratio']:.3f} = 1/{1 / s['time_ratio']:.0f} "
                   f"(target <= 1/{round(1 / TARGET_TIME_RATIO)}; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). "
                   f"Targets {'met' if ok else 'NOT met'}."]
+    for name in extras:
+        e = summary(rows, name)
+        lines.append(f"**{name}**: mean gap {e['mean_gap']:+.2f} pp, max gap {e['max_gap']:+.2f} pp, time ratio "
+                     f"{e['time_ratio']:.3f} = 1/{1 / e['time_ratio']:.0f} ({e['fast_s']:.0f} s vs {e['aa_s']:.0f} s).")
     return "\n".join(lines) + "\n"
 
 
@@ -202,8 +233,17 @@ def main(args) -> int:
     threads = getattr(args, "threads", 1)  # small models: more threads only contend
     torch.set_num_threads(threads)
     reg = Registry(args.registry)
+    fast = tuple(a.strip() for a in (getattr(args, "fast", None) or FAST).split(",") if a.strip())
+    from ..attacks import get_attack
+
+    for name in fast:
+        try:
+            get_attack(name)
+        except KeyError as e:
+            raise SystemExit(f"calibrate: --fast: {e.args[0]}")
     rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None),
-               workers=getattr(args, "workers", 1), threads=threads, threats=getattr(args, "threats", None))
+               workers=getattr(args, "workers", 1), threads=threads, threats=getattr(args, "threats", None),
+               fast=fast)
     cmd = "shiftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "shiftbench calibrate"
     text = render(rows, getattr(args, "command_line", None) or cmd)
     print(text)

@@ -269,6 +269,8 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     from .plan import batches
 
     results_dir = Path(results_dir)
+    _registry.cache_clear()  # entries may have changed since the last run in this process (e.g. a submission)
+    _model.cache_clear()
     todo = pending(cells, results_dir)
     counts = {"planned": len(cells), "cached": len(cells) - len(todo), "ran": 0}
     if not todo:
@@ -277,7 +279,8 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     for b in batches(todo):
         by_model[b[0].model.id].append(b)
     chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
-    runner = functools.partial(_run_chunk, registry_root=str(registry.root),
+    # registry.location: every layer, so workers see the same entries
+    runner = functools.partial(_run_chunk, registry_root=registry.location,
                                data_dir=str(data_dir) if data_dir else None,
                                model_dir=str(model_dir) if model_dir else None)
     ex = executor if executor is not None else executors.LocalExecutor(workers=workers)

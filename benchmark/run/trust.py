@@ -43,6 +43,12 @@ def cell_checks(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, th
     if threat.kind == "lp":
         worst = float(lp_norm(x_adv - x, threat.norm).max()) if len(x) else 0.0
         checks["in_budget"] = {"ok": worst <= threat.eps * (1 + 1e-4) + TOL, "max_norm": round(worst, 6)}
+    elif threat.kind == "lpips" and len(x):  # perceptual threats: LPIPS with the threat's own network
+        from ..attacks.perceptual import lpips_to
+
+        worst = float(lpips_to(threat, x, x_adv).max())
+        checks["in_budget"] = {"ok": worst <= float(threat.params["bound"]) * (1 + 1e-4) + TOL,
+                               "max_lpips": round(worst, 6)}
     with torch.no_grad():
         k = min(64, len(x))
         a, b = model(x[:k]), model(x[:k])

@@ -115,3 +115,126 @@ def test_weighted_mean_interval_paired_and_independent():
     v3, lo3, hi3 = weighted_mean_interval([c], [1.0])
     assert v3 == 1.0 and lo3 == hi3 == 1.0
     assert all(math.isnan(x) for x in weighted_mean_interval([], []))
+
+
+# --------------------------------------------------------------------------- scales, clipping, ceiling
+from scipy.special import ndtr  # noqa: E402
+
+from benchmark.analysis import trends  # noqa: E402
+from benchmark.analysis.stats import bootstrap_weighted_means  # noqa: E402
+
+# raw golden: X4/Y4 divided by 10 (fractions)
+RAW_X = [0.0, 0.1, 0.2, 0.3]
+RAW_Y = [0.1, 0.3, 0.2, 0.5]
+# probit golden: points whose probits are (-1, -1.5), (0, 0), (1, -0.5), (2, 1)
+PROBIT_TX = np.array([-1.0, 0.0, 1.0, 2.0])
+PROBIT_TY = np.array([-1.5, 0.0, -0.5, 1.0])
+
+
+def test_raw_fit_golden():
+    # Sxx 0.05, Sxy 0.055, Syy 0.0875 -> slope 1.1, intercept 0.275 - 1.1 * 0.15 = 0.11;
+    # residuals -0.01, 0.08, -0.13, 0.06 -> SSres 0.027; r = 0.055 / sqrt(0.05 * 0.0875)
+    t = trends.fit_trend("g", list("abcd"), RAW_X, RAW_Y, n_boot=200)
+    line = t.line
+    assert (line.slope, line.intercept) == pytest.approx((1.1, 0.11))
+    assert line.r2 == pytest.approx(1 - 0.027 / 0.0875)
+    assert line.pearson_r == pytest.approx(0.055 / math.sqrt(0.05 * 0.0875))
+    assert line.resid_sd == pytest.approx(math.sqrt(0.027 / 2))
+    assert t.scale == "raw" and t.clipped == () and line.n == 4
+    lo, hi = t.intercept_ci
+    assert lo <= line.intercept <= hi
+
+
+def test_probit_fit_golden():
+    # in probit space: mean x 0.5, Sxx 5, mean y -0.25, Sxy 3.5 -> slope 0.7, intercept -0.6;
+    # residuals -0.2, 0.6, -0.6, 0.2 -> SSres 0.8, SStot 3.25
+    x, y = ndtr(PROBIT_TX), ndtr(PROBIT_TY)
+    t = trends.fit_trend("g", list("abcd"), x, y, scale="probit", n_boot=200)
+    line = t.line
+    assert (line.slope, line.intercept) == pytest.approx((0.7, -0.6))
+    assert line.r2 == pytest.approx(1 - 0.8 / 3.25)
+    assert line.pearson_r == pytest.approx(3.5 / math.sqrt(5 * 3.25))
+    assert line.resid_sd == pytest.approx(math.sqrt(0.4))
+    assert t.scale == "probit" and t.clipped == ()
+    # AER is in accuracy units: y - Phi(-0.6 + 0.7 * Phi^-1(x))
+    assert t.aer_of("b")[0] == pytest.approx(0.5 - ndtr(-0.6))
+    # the raw fit of the same points differs
+    assert trends.fit_trend("g", list("abcd"), x, y, n_boot=10).line.slope != pytest.approx(0.7)
+
+
+def test_logit_roundtrip_and_unknown_scale():
+    v = np.array([0.01, 0.2, 0.5, 0.9])
+    assert trends.inverse(trends.transform(v, "logit"), "logit") == pytest.approx(v)
+    assert trends.transform(0.5, "logit") == pytest.approx(0.0)
+    assert trends.transform(np.log(3) / (1 + np.log(3)), "raw") == pytest.approx(np.log(3) / (1 + np.log(3)))
+    with pytest.raises(ValueError, match="unknown scale 'probits'"):
+        trends.fit_trend("g", list("abc"), [0.1, 0.2, 0.3], [0.1, 0.2, 0.3], scale="probits")
+
+
+def test_clipping_is_stated_and_equals_the_clipped_values():
+    x = [0.2, 0.4, 0.6, 1.0]
+    y = [0.0, 0.1, 0.3, 0.5]
+    t = trends.fit_trend("g", list("abcd"), x, y, scale="probit", clip_eps=0.01, n_boot=100)
+    assert t.clipped == (("a", "y", 0.0), ("d", "x", 1.0))
+    same = trends.fit_trend("g", list("abcd"), [0.2, 0.4, 0.6, 0.99], [0.01, 0.1, 0.3, 0.5], scale="probit",
+                            clip_eps=0.01, n_boot=100)
+    assert (t.line.slope, t.line.intercept, t.line.r2) == pytest.approx(
+        (same.line.slope, same.line.intercept, same.line.r2))
+    assert same.clipped == ()
+    # raw scale never clips
+    assert trends.fit_trend("g", list("abcd"), x, y, n_boot=10).clipped == ()
+
+
+def test_ceiling_on_an_exact_line():
+    x = np.array([0.1, 0.3, 0.5, 0.7])
+    t = trends.fit_trend("OOD", list("abcd"), x, 0.1 + 0.4 * x, n_boot=100)
+    c = trends.ceiling(t)
+    assert c.at_full == pytest.approx((0.5, 0.5, 0.5))  # an exact line: every bootstrap line is the same
+    assert c.best_model == "d" and c.best_x == pytest.approx(0.7) and c.at_best[0] == pytest.approx(0.38)
+    assert trends.ceiling(trends.fit_trend("x", ["a"], [0.3], [0.2])) is None
+
+
+def test_example_noise_widens_aer_intervals_and_is_seeded():
+    rng = np.random.default_rng(3)
+    n_models, n_ex, n_boot = 8, 200, 400
+    p = np.linspace(0.1, 0.7, n_models)
+    id_bits = [rng.random(n_ex) < q for q in p]
+    ood_bits = [rng.random(n_ex) < q * 0.6 for q in p]
+    x = np.array([b.mean() for b in id_bits])
+    y = np.array([b.mean() for b in ood_bits])
+    boot = bootstrap_weighted_means([([b], [1.0]) for b in id_bits] + [([b], [1.0]) for b in ood_bits],
+                                    n_boot=n_boot, seed=0)
+    models = [f"m{i}" for i in range(n_models)]
+    plain = trends.fit_trend("OOD", models, x, y, n_boot=n_boot)
+    noisy = trends.fit_trend("OOD", models, x, y, n_boot=n_boot, x_boot=boot[:, :n_models],
+                             y_boot=boot[:, n_models:])
+    assert noisy.example_noise and not plain.example_noise
+    assert np.array_equal(noisy.aer, plain.aer)  # the point estimates do not change
+    width = lambda t: t.aer_ci[:, 1] - t.aer_ci[:, 0]  # noqa: E731
+    assert (width(noisy) > width(plain)).mean() >= 0.75 and width(noisy).mean() > 1.5 * width(plain).mean()
+    again = trends.fit_trend("OOD", models, x, y, n_boot=n_boot, x_boot=boot[:, :n_models],
+                             y_boot=boot[:, n_models:])
+    assert np.array_equal(again.aer_ci, noisy.aer_ci)
+    sig = [m for m in models if noisy.aer_significant(m)]
+    for m in sig:
+        _, lo, hi = noisy.aer_of(m)
+        assert lo > 0 or hi < 0
+    with pytest.raises(ValueError, match="bootstrap values of shape"):
+        trends.fit_trend("OOD", models, x, y, n_boot=10, x_boot=boot[:, :n_models], y_boot=boot[:, n_models:])
+
+
+def test_bootstrap_weighted_means_pairs_cells_of_a_size():
+    a = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 1], bool)
+    c = np.array([1, 1, 0, 1], bool)
+    out = bootstrap_weighted_means([([a], [1.0]), ([a, a], [0.5, 0.5]), ([np.ones(4, bool)], [1.0]),
+                                    ([a, c], [0.5, 0.5]), ([], [])], n_boot=500, seed=1)
+    assert out.shape == (500, 5)
+    assert np.array_equal(out[:, 0], out[:, 1])  # the same examples drawn for every cell of a size
+    assert (out[:, 2] == 1.0).all()
+    assert out[:, 0].std() > 0 and abs(out[:, 0].mean() - a.mean()) < 0.03
+    assert np.isnan(out[:, 4]).all()
+    # groups of different sizes draw independently; the mean is the weighted mean of the cells
+    assert abs(out[:, 3].mean() - (a.mean() + c.mean()) / 2) < 0.03
+    assert np.array_equal(out, bootstrap_weighted_means([([a], [1.0]), ([a, a], [0.5, 0.5]),
+                                                         ([np.ones(4, bool)], [1.0]), ([a, c], [0.5, 0.5]),
+                                                         ([], [])], n_boot=500, seed=1), equal_nan=True)

@@ -18,7 +18,7 @@ from benchmark.attacks.jpeg import from_coeffs, jpeg_linf, to_coeffs
 from benchmark.attacks.spatial import flow_magnitude, spatial_flow, warp
 from benchmark.attacks.transforms import candidates, rotate_translate, rotation_translation
 from benchmark.registry import DEFAULT_REGISTRY, FrozenMap, Registry, ThreatSpec
-from helpers import train_tiny_mlp
+from helpers import frozen_mlp_and_correct_test_images
 
 N_TEST = 120
 
@@ -26,16 +26,7 @@ N_TEST = 120
 @pytest.fixture(scope="module")
 def setup():
     """A small MLP trained on the digits train split, and clean-correct test examples."""
-    torch.set_num_threads(1)
-    model = train_tiny_mlp(epochs=15, hidden=64, depth=1, lr=3e-3, batch=128)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x, y = datasets.load_id("digits", "test")
-    x, y = x[:N_TEST], y[:N_TEST]
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    assert ok.float().mean() > 0.85, "the test model should learn the digits"
-    return model, x[ok], y[ok]
+    return frozen_mlp_and_correct_test_images(N_TEST)
 
 
 def threat(kind: str, attack: str, **params) -> ThreatSpec:
@@ -55,13 +46,13 @@ CASES = {
         [{"max_rotation": 5, "max_translation": 0.5}, {"max_rotation": 10, "max_translation": 1},
          {"max_rotation": 20, "max_translation": 2}],
     ),
-    "spatial-flow": (
-        lambda **p: threat("spatial", "spatial-flow", **p),
+    "pixel-flow": (
+        lambda **p: threat("pixel-flow", "pixel-flow", **p),
         {"max_flow": 0},
         [{"max_flow": 0.1}, {"max_flow": 0.4}, {"max_flow": 1.0}],
     ),
-    "color": (
-        lambda **p: threat("color", "color", **p),
+    "brightness-contrast": (
+        lambda **p: threat("brightness-contrast", "brightness-contrast", **p),
         {"brightness": 0, "contrast": 0},
         [{"brightness": 0.05, "contrast": 0.1}, {"brightness": 0.2, "contrast": 0.5},
          {"brightness": 0.4, "contrast": 0.9}],
@@ -164,20 +155,20 @@ def test_jpeg_coefficients_are_orthonormal_and_bounded(setup):
 
 def test_bad_params_name_the_file_and_key(setup):
     model, x, y = setup
-    bad = dataclasses.replace(threat("spatial", "spatial-flow", max_flo=0.5), path="registry/threats/x.yaml")
+    bad = dataclasses.replace(threat("pixel-flow", "pixel-flow", max_flo=0.5), path="registry/threats/x.yaml")
     with pytest.raises(ValueError, match=r"x\.yaml.*params\.max_flo"):
         run_attack(model, x, y, bad)
-    wrong_kind = threat("lp", "color")
-    with pytest.raises(ValueError, match="needs a 'color' threat"):
+    wrong_kind = threat("lp", "brightness-contrast")
+    with pytest.raises(ValueError, match="needs a 'brightness-contrast' threat"):
         run_attack(model, x, y, wrong_kind)
     with pytest.raises(ValueError, match="params.contrast"):
-        run_attack(model, x, y, threat("color", "color", contrast=[1.2, 1.5]))
+        run_attack(model, x, y, threat("brightness-contrast", "brightness-contrast", contrast=[1.2, 1.5]))
 
 
 def test_digits_threat_entries_load_and_name_registered_attacks():
     reg = Registry(DEFAULT_REGISTRY, check_files=False)
     ids = ["digits-linf-large", "digits-l2", "digits-l1", "digits-rotation-translation",
-           "digits-spatial-flow", "digits-color", "digits-jpeg"]
+           "digits-pixel-flow", "digits-brightness-contrast", "digits-jpeg"]
     for tid in ids:
         t = reg.threat(tid)
         assert t.description, f"{tid} needs a description"
@@ -190,7 +181,7 @@ def test_digits_non_lp_entries_run(setup):
     """Each registered non-Lp digits entry runs with its own settings and lowers accuracy."""
     model, x, y = setup
     reg = Registry(DEFAULT_REGISTRY, check_files=False)
-    for tid in ["digits-rotation-translation", "digits-spatial-flow", "digits-color", "digits-jpeg"]:
+    for tid in ["digits-rotation-translation", "digits-pixel-flow", "digits-brightness-contrast", "digits-jpeg"]:
         xa = run_attack(model, x[:40], y[:40], reg.threat(tid), seed=0)
         assert xa.shape == x[:40].shape and 0 <= xa.min() and xa.max() <= 1
         assert robust_acc(model, xa, y[:40]) < 1.0, f"{tid} fooled nothing"
@@ -204,7 +195,7 @@ def test_evaluator_runs_a_non_lp_threat(setup):
     model, _, _ = setup
     x, y = datasets.load_id("digits", "test")
     reg = Registry(DEFAULT_REGISTRY, check_files=False)
-    out = attack_outcome(model, x[:60], y[:60], reg.threat("digits-spatial-flow"), seed=0)
+    out = attack_outcome(model, x[:60], y[:60], reg.threat("digits-pixel-flow"), seed=0)
     assert (out.robust_correct <= out.clean_correct).all()
     assert out.robust_correct.sum() < out.clean_correct.sum()
     assert out.checks["in_range"]["ok"] and out.checks["robust_le_clean"]["ok"]

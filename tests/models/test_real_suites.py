@@ -40,10 +40,25 @@ def test_real_suites_are_complete():
     assert REAL.threat(linf.id_threat).eps == pytest.approx(8 / 255)
     assert {"cifar10.1", "cifar10.2", "cinic10", "cifar10-r"} <= set(linf.dataset_shifts)
     kinds = {REAL.threat(t).kind: REAL.threat(t).attack for t in linf.threat_shifts}
-    assert kinds["rotation-translation"] == "rotation-translation" and kinds["spatial"] == "spatial-flow"
-    assert kinds["color"] == "color" and kinds["jpeg"] == "jpeg"
+    assert kinds["rotation-translation"] == "rotation-translation" and kinds["pixel-flow"] == "pixel-flow"
+    assert kinds["brightness-contrast"] == "brightness-contrast" and kinds["jpeg"] == "jpeg"
     l2_kinds = {REAL.threat(t).kind for t in REAL.suite("cifar10-l2").threat_shifts}
-    assert {"rotation-translation", "spatial", "color", "jpeg"} <= l2_kinds
+    assert {"rotation-translation", "pixel-flow", "brightness-contrast", "jpeg"} <= l2_kinds
+    # OODRobustBench's six threat shifts, marked, with its budgets and iteration counts
+    for sid, lp in (("cifar10-linf", {("Linf", 12 / 255), ("L2", 0.5)}), ("cifar10-l2", {("Linf", 8 / 255), ("L2", 1.0)}),
+                    ("cifar100-linf", {("Linf", 12 / 255), ("L2", 0.5)}), ("imagenet-linf", {("Linf", 8 / 255), ("L2", 1.0)})):
+        ref = [REAL.threat(t) for t in REAL.suite(sid).threat_shifts if REAL.threat(t).reference_set]
+        assert len(ref) == 6, sid
+        assert {(t.norm, round(t.eps, 6)) for t in ref if t.kind == "lp"} == {(n, round(e, 6)) for n, e in lp}, sid
+        by_attack = {t.attack: t for t in ref if t.kind != "lp"}
+        assert set(by_attack) == {"ppgd", "lpa", "stadv", "recolor"}, sid
+        assert by_attack["ppgd"].params["bound"] == 0.5 and by_attack["lpa"].params["bound"] == 0.5
+        assert by_attack["stadv"].params["bound"] == 0.05 and by_attack["recolor"].params["bound"] == 0.06
+        assert by_attack["ppgd"].attack_args["steps"] == 40 and by_attack["lpa"].attack_args["steps"] == 40
+        iters = 100 if sid.startswith("cifar10-") else 200
+        assert by_attack["stadv"].attack_args["steps"] == iters == by_attack["recolor"].attack_args["steps"]
+        arch = "cifar-alexnet" if sid.startswith("cifar10-") else "alexnet"
+        assert by_attack["ppgd"].params["network"]["arch"] == arch, sid
     assert REAL.threat("cifar10-jpeg").params["eps"] == pytest.approx(57.625 * 0.25 / 2 / 255, abs=1e-5)
     assert REAL.threat(REAL.suite("imagenet-linf").id_threat).eps == pytest.approx(4 / 255)
     masked = {s for s in REAL.suite("imagenet-linf").dataset_shifts if REAL.shift(s).mask_logits}

@@ -172,9 +172,13 @@ def test_ranking_by_ood_robust(toy):
     order = leaderboard.ranking(summ.models)
     ood = [summ.models.loc[m, "ood_robust"] for m in order]
     assert ood == sorted(ood, reverse=True)
-    # the synthetic zoo has a clear positive ID -> OOD trend
-    assert fits["OOD"].line.slope > 0 and fits["OOD"].line.n == 5
-    assert set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur", "toy-linf-big", "toy-l2"}
+    # the model with a missing cell is not ranked and not fitted, though it has the lowest numbers
+    assert MISSING[0] not in order and leaderboard.incomplete(summ.models) == [MISSING[0]]
+    assert len(order) == 4
+    # the synthetic zoo has a clear positive ID -> OOD trend, fitted on the four complete models
+    assert fits["OOD"].line.slope > 0 and fits["OOD"].line.n == 4 and MISSING[0] not in fits["OOD"].models
+    assert set(fits) == {"OOD", "OOD-D", "OOD-T", "family:noise", "family:blur", "noise", "blur", "toy-linf-big",
+                         "toy-l2"}
 
 
 def test_regeneration_is_byte_identical(toy, tmp_path):
@@ -183,7 +187,11 @@ def test_regeneration_is_byte_identical(toy, tmp_path):
     b = leaderboard.write(reg, SUITE, results, tmp_path / "b" / "board.md")
     png_a, png_b = a.parent / "docs" / "toy-trend.png", b.parent / "docs" / "toy-trend.png"
     assert a.read_bytes() == b.read_bytes()
-    assert png_a.read_bytes() == png_b.read_bytes() and png_a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("trend", "shifts", "severity"):  # every plot: same bytes, a real PNG, embedded in the page
+        pa, pb = a.parent / "docs" / f"toy-{kind}.png", b.parent / "docs" / f"toy-{kind}.png"
+        assert pa.read_bytes() == pb.read_bytes() and pa.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
+        assert f"](docs/toy-{kind}.png)" in a.read_text()
+        assert b"Software" not in pa.read_bytes()
     first = png_a.read_bytes()
     leaderboard.write(reg, SUITE, results, a)  # rewrite in place: unchanged
     assert png_a.read_bytes() == first
@@ -262,9 +270,11 @@ def test_suite_without_threat_shifts(toy):
     assert res.n_stale == 1 + 5 * 2 and res.n_planned == 5 * 4
     m = summ.models
     assert np.allclose(m["ood_robust"], m["ood_d_robust"]) and m["ood_t_robust"].isna().all()
-    assert fits["OOD-T"].line.n == 0 and set(fits) == {"OOD", "OOD-D", "OOD-T", "noise", "blur"}
+    assert fits["OOD-T"].line.n == 0 and set(fits) == {"OOD", "OOD-D", "OOD-T", "family:noise", "family:blur",
+                                                       "noise", "blur"}
     text = leaderboard.render(reg2, res.suite, res, summ, fits, command="x", png_ref=None)
-    assert "0 threat shift(s): none" in text and "| OOD-T | - | - | - | 0 |" in text
+    assert "0 threat shift(s): none" in text and "| OOD-T | raw | - | - | - | - | - | 0 | - |" in text
+    assert "| OOD-T | probit | - | - | - | - | - | 0 | - |" in text
 
 
 def test_committed_leaderboard_matches_committed_results(tmp_path):
@@ -298,3 +308,64 @@ def test_threat_caveat_is_shown_and_keeps_results_current(toy):
     assert "Caveats:\n\n- `toy-l2`: weaker than AutoAttack here.\n" in text
     path.write_text(yaml.safe_dump({**data, "description": "changed"}, sort_keys=False))
     assert leaderboard.build(Registry(reg.root), SUITE, results)[0].n_missing == 1 + 5
+
+
+def test_mixed_versions_are_stated(toy, tmp_path):
+    """Results computed with different package versions (or settings recorded next to them) are
+    named on the board with their cell counts; uniform versions say nothing."""
+    reg, results, _ = toy
+    text = leaderboard.write(reg, SUITE, results, tmp_path / "a" / "lb.md").read_text()
+    assert "Mixed versions" not in text
+    victims = sorted((results / SUITE / "toy-cnn-at").glob("*.json"))[:2]
+    for v in victims:
+        payload = store.read_json(v)
+        payload["versions"] = {**payload["versions"], "torch": "0.0.1-old"}
+        store.write_json_atomic(v, payload)
+    res = aggregate.load(reg, SUITE, results)
+    mixed = aggregate.mixed_versions(res)
+    assert list(mixed) == ["torch"] and mixed["torch"]["0.0.1-old"] == 2
+    assert sum(mixed["torch"].values()) == res.n_present
+    text = leaderboard.write(reg, SUITE, results, tmp_path / "b" / "lb.md").read_text()
+    assert "Mixed versions" in text and "torch 0.0.1-old (2 cells), " in text
+
+
+def test_aer_intervals_include_example_noise_and_bold_only_when_significant(toy):
+    reg, results, _ = toy
+    res = aggregate.load(reg, SUITE, results)
+    summ = aggregate.summarize(reg, res)
+    board = leaderboard.analyse(reg, res, summ)
+    ood = board.fits["OOD"]
+    assert ood.example_noise and board.probit["OOD"].example_noise and not board.fits["noise"].example_noise
+    from benchmark.analysis import trends
+
+    # the board's intervals are those of the fit fed with the per-example bootstrap of the complete
+    # models (that this widens intervals is tested in tests/analysis/test_trends.py)
+    complete = leaderboard.ranking(summ.models)
+    sub = aggregate.Summary(summ.models.loc[sorted(complete)], summ.per_shift)
+    noise = aggregate.example_bootstrap(res, sub, n_boot=ood.n_boot, seed=ood.seed)
+    again = trends.fit_trend("OOD", tuple(sub.models.index), sub.models["id_robust"], sub.models["ood_robust"],
+                             x_boot=noise["id_robust"], y_boot=noise["ood_robust"])
+    models_only = trends.fit_trend("OOD", ood.models, ood.x, ood.y)
+    assert np.array_equal(again.aer_ci, ood.aer_ci) and not np.array_equal(models_only.aer_ci, ood.aer_ci)
+    # each model's bootstrap ID robust accuracy scatters around its value by about its binomial sd
+    sd = noise["id_robust"].std(axis=0)
+    p = sub.models["id_robust"].to_numpy()
+    assert sd == pytest.approx(np.sqrt(p * (1 - p) / N), rel=0.15)
+    for m in ood.models:
+        cell = leaderboard.aer_text(ood, m)
+        assert cell.startswith("**") == ood.aer_significant(m)
+
+
+def test_no_complete_model_renders_and_fits_nothing(toy, tmp_path):
+    """With a cell missing from every model nothing is ranked or fitted; the page lists them all."""
+    reg, results, _ = toy
+    for m in MODELS:
+        victim = sorted((results / SUITE / m).glob("blur__*.json"))[0]
+        victim.unlink()
+    out = leaderboard.write(reg, SUITE, results, tmp_path / "lb.md")
+    text = out.read_text()
+    _, summ, fits = leaderboard.build(reg, SUITE, results)
+    assert leaderboard.ranking(summ.models) == [] and leaderboard.incomplete(summ.models) == sorted(MODELS)
+    assert fits["OOD"].line.n == 0
+    assert "Ceiling: no OOD trend" in text and "| toy-cnn-at | 5 of 6 | blur x toy-linf |" in text
+    assert all(f"| {m} | " in text for m in MODELS)

@@ -1,0 +1,266 @@
+"""Perceptual attacks under an LPIPS bound (Laidlaw, Singla & Feizi, ICLR 2021): PPGD and LPA.
+
+Both attack the set {x' in [0, 1]^d : LPIPS(x, x') <= bound} with LPIPS measured by a fixed
+feature network (:mod:`.lpips`; the threat's ``params.network``).  Written from the paper; the
+settings are those of ``perceptual-advex`` as OODRobustBench calls it (bound 0.5, 40 iterations,
+Newton's projection, margin loss capped at kappa = 1).
+
+**PPGD** (perceptual projected gradient descent).  Each step linearises the feature map phi at
+the current point x_k: the steepest step of LPIPS length eta solves
+``max_d grad L . d  s.t. ||J d|| = eta``, i.e. d proportional to (J^T J)^-1 grad L, found by
+conjugate gradient (5 iterations) where J^T J v is a finite difference of phi along v (h = 1e-3)
+pulled back through phi by autograd.  The step is scaled so its finite-difference LPIPS length
+is eta = 2 bound / steps, clipped to [0, 1], then projected onto the LPIPS ball.
+
+**LPA** (Lagrangian perceptual attack).  Minimises ``-L(x') + lambda max(0, LPIPS(x, x') - bound)``
+by normalised gradient steps whose LPIPS length is ``step`` (bound, decayed by 10x over the
+steps), estimated by a finite difference (h = 0.1); ``lambda`` starts at 0.01 and is multiplied
+by 10 after each of ``binary_steps`` (5) rounds for the examples still outside the ball.  The
+result is projected onto the ball.
+
+**Projection** (Newton's method, as the reference): while LPIPS(x, x') > bound, step along the
+LPIPS gradient by (LPIPS - bound + 0.1) (1.1) / |grad|^2 (at most 10 times); examples still
+outside then get a 10-step bisection on the segment from x to x', which keeps the inside end, so
+every returned image is inside the ball.
+
+Deviations from the reference, both deliberate: the attacks start at x itself instead of x plus
+N(0, 0.01) noise (no random draw; the outcome cannot depend on the batch); and an example stops at
+the first point that is inside the ball and misclassified (the reference runs on and returns the
+last iterate, which can only lose successes).  Conjugate gradient stops per example (the
+reference stops the whole batch when every residual is small).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import register
+from .lpips import FeatureNet, load_network, normalized_features
+from .transforms import nonneg, threat_params
+
+KAPPA = 1.0  # the margin loss is capped at kappa, as the reference's MarginLoss(kappa=1)
+OVERSHOOT = 0.1  # Newton projection overshoot
+NEWTON_STEPS = 10
+BISECTION_STEPS = 10
+
+
+def capped_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = KAPPA) -> torch.Tensor:
+    """min(max_{j != y} z_j - z_y, kappa): positive exactly when misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return (other.amax(1) - true).clamp(max=kappa)
+
+
+def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _dist(net: FeatureNet, x_adv: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+    return (normalized_features(net, x_adv) - f0).norm(dim=1)
+
+
+# --------------------------------------------------------------------------- projection
+def bisection_projection(net: FeatureNet, x: torch.Tensor, x_adv: torch.Tensor, f0: torch.Tensor, bound: float,
+                         steps: int = BISECTION_STEPS) -> torch.Tensor:
+    """The point x + t (x_adv - x) with the largest t found by bisection that is inside the ball
+    (t = 0, x itself, when none is)."""
+    lo = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+    hi = torch.ones(len(x), device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            inside = _dist(net, x + _bc(mid, x) * (x_adv - x), f0) <= bound
+            lo = torch.where(inside, mid, lo)
+            hi = torch.where(inside, hi, mid)
+    return x + _bc(lo, x) * (x_adv - x)
+
+
+def newton_projection(net: FeatureNet, x: torch.Tensor, x_adv: torch.Tensor, f0: torch.Tensor | None,
+                      bound: float) -> torch.Tensor:
+    """Map every x_adv outside the LPIPS ball around x back inside (see the module docstring).
+    Images inside are returned unchanged; every output lies in [0, 1] and inside the ball."""
+    if f0 is None:
+        with torch.no_grad():
+            f0 = normalized_features(net, x)
+    out = x_adv.detach().clone()
+    todo = torch.arange(len(x), device=x.device)
+    for _ in range(NEWTON_STEPS):
+        if len(todo) == 0:
+            break
+        cur = out[todo].requires_grad_(True)
+        with torch.enable_grad():
+            d = _dist(net, cur, f0[todo])
+            (g,) = torch.autograd.grad(d.sum(), cur)
+        over = d.detach() > bound
+        todo, cur, d, g = todo[over], cur.detach()[over], d.detach()[over], g[over]
+        if len(todo) == 0:
+            break
+        size = (d - bound + OVERSHOOT) * (1 + OVERSHOOT)
+        gn2 = g.flatten(1).pow(2).sum(1).clamp_min(1e-20)
+        out[todo] = (cur - _bc(size / gn2, g) * g).clamp(0.0, 1.0)
+    if len(todo):
+        with torch.no_grad():
+            still = _dist(net, out[todo], f0[todo]) > bound
+        ii = todo[still]
+        if len(ii):
+            out[ii] = bisection_projection(net, x[ii], x_adv[ii].detach(), f0[ii], bound)
+    return out
+
+
+# --------------------------------------------------------------------------- PPGD
+def _jtj(net: FeatureNet, cur: torch.Tensor, f_cur: torch.Tensor, v: torch.Tensor, h: float) -> torch.Tensor:
+    """J^T J v at ``cur``: J v by a finite difference of the features, J^T by autograd through
+    ``f_cur`` (the features of ``cur``, computed with a graph)."""
+    with torch.no_grad():
+        jv = (normalized_features(net, cur.detach() + h * v) - f_cur.detach()) / h
+    (out,) = torch.autograd.grad(f_cur, cur, grad_outputs=jv, retain_graph=True)
+    return out
+
+
+def ppgd(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.5,
+         steps: int = 40, step: float | None = None, cg_steps: int = 5, h: float = 1e-3) -> torch.Tensor:
+    """Perceptual PGD; see the module docstring."""
+    out = x.detach().clone()
+    if bound == 0 or steps == 0 or len(x) == 0:
+        return out
+    eta = 2 * bound / steps if step is None else step
+    with torch.no_grad():
+        f0_all = normalized_features(net, x)
+        wrong = model(x).argmax(1) != y
+    active = (~wrong).nonzero().squeeze(1)
+    cur_all = x.detach().clone()
+    for _ in range(steps):
+        if len(active) == 0:
+            break
+        cur = cur_all[active].requires_grad_(True)
+        with torch.enable_grad():
+            loss = capped_margin(model(cur), y[active])
+            (g,) = torch.autograd.grad(loss.sum(), cur)
+            f_cur = normalized_features(net, cur)
+            # conjugate gradient on (J^T J) v = g, per example; stops where the residual is small
+            v = torch.zeros_like(g)
+            r = g.clone()
+            p = r.clone()
+            rr = r.flatten(1).pow(2).sum(1)
+            live = torch.ones(len(g), dtype=torch.bool, device=g.device)
+            for it in range(cg_steps):
+                if it > 0:
+                    live &= rr >= 1e-1
+                if not live.any():
+                    break
+                ap = _jtj(net, cur, f_cur, p, h)
+                pap = (p * ap).flatten(1).sum(1)
+                alpha = torch.where(live & (pap != 0), rr / torch.where(pap == 0, torch.ones_like(pap), pap),
+                                    torch.zeros_like(rr))
+                v = v + _bc(alpha, v) * p
+                r = r - _bc(alpha, r) * ap
+                rr_new = r.flatten(1).pow(2).sum(1)
+                beta = torch.where(rr > 0, rr_new / rr.clamp_min(1e-30), torch.zeros_like(rr))
+                p = torch.where(_bc(live, p), r + _bc(beta, p) * p, p)
+                rr = torch.where(live, rr_new, rr)
+        with torch.no_grad():
+            jv_len = ((normalized_features(net, cur.detach() + h * v) - f_cur.detach()) / h).norm(dim=1)
+            lam = eta / jv_len.clamp_min(1e-12)
+            flat = g.flatten(1).norm(dim=1) < 1e-4  # no gradient: do not move (as the reference)
+            lam = torch.where(flat | ~torch.isfinite(lam), torch.zeros_like(lam), lam)
+            nxt = (cur.detach() + _bc(lam, v) * v).clamp(0.0, 1.0)
+        nxt = newton_projection(net, x[active], nxt, f0_all[active], bound)
+        with torch.no_grad():
+            fooled = model(nxt).argmax(1) != y[active]
+        cur_all[active] = nxt
+        out[active] = nxt
+        active = active[~fooled]
+    return out
+
+
+# --------------------------------------------------------------------------- LPA
+def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.5,
+        steps: int = 40, binary_steps: int = 5, step: float | None = None, h: float = 0.1,
+        lam0: float = 0.01) -> torch.Tensor:
+    """Lagrangian perceptual attack; see the module docstring."""
+    out = x.detach().clone()
+    if bound == 0 or steps == 0 or len(x) == 0:
+        return out
+    step = bound if step is None else step
+    n = len(x)
+    with torch.no_grad():
+        f0 = normalized_features(net, x)
+    adv = x.detach().clone()
+    lam = torch.full((n,), lam0, device=x.device, dtype=x.dtype)
+    last_d = torch.zeros(n, device=x.device, dtype=x.dtype)
+    live = torch.ones(n, dtype=torch.bool, device=x.device)
+    for _ in range(max(1, binary_steps)):
+        for it in range(steps):
+            ii = live.nonzero().squeeze(1)
+            if len(ii) == 0:
+                break
+            size = step * 0.1 ** (it / steps)
+            cur = adv[ii].requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(cur)
+                feats = normalized_features(net, cur)
+                # a safe norm: LPIPS is 0 at the start, where the plain norm has no gradient
+                d = ((feats - f0[ii]).pow(2).sum(1) + 1e-20).sqrt()
+                obj = -capped_margin(logits, y[ii]) + lam[ii] * torch.relu(d - bound)
+                (g,) = torch.autograd.grad(obj.sum(), cur)
+            with torch.no_grad():
+                d = d.detach()
+                last_d[ii] = d
+                done = (logits.argmax(1) != y[ii]) & (d <= bound)  # inside and fooled: keep it
+                live[ii[done]] = False
+                move = ~done
+                ii, g, cur, feats = ii[move], g[move], cur.detach()[move], feats.detach()[move]
+                if len(ii) == 0:
+                    continue
+                gn = g / _bc(g.flatten(1).norm(dim=1) + 1e-8, g)
+                dist_grad = (normalized_features(net, cur + h * gn) - feats).norm(dim=1) / h
+                adv[ii] = (cur - gn * _bc(size / (dist_grad + 1e-8), gn)).clamp(0.0, 1.0)
+        lam = torch.where(last_d >= bound, lam * 10, lam)
+        if not live.any():
+            break
+    return newton_projection(net, x, adv, f0, bound)
+
+
+# --------------------------------------------------------------------------- registry entries
+def _setup(threat: Any) -> tuple[float, FeatureNet]:
+    where = threat.path or threat.id
+    p = threat_params(threat, "lpips", {"bound": None, "network": None})
+    return nonneg(p["bound"], where, "bound"), load_network(p["network"], threat.path)
+
+
+def lpips_to(threat: Any, x: torch.Tensor, x_adv: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Per-example LPIPS between ``x`` and ``x_adv`` with the threat's network (trust checks)."""
+    _, net = _setup(threat)
+    net = _on(net, x)
+    with torch.no_grad():
+        return torch.cat([(normalized_features(net, x[i:i + batch]) - normalized_features(net, x_adv[i:i + batch]))
+                          .norm(dim=1) for i in range(0, len(x), batch)])
+
+
+def _on(net: FeatureNet, x: torch.Tensor) -> FeatureNet:
+    return net.to(x.device) if next(net.parameters()).device != x.device else net
+
+
+@register("ppgd")
+def ppgd_attack(model, x, y, threat, *, seed: int = 0, steps: int = 40, step: float | None = None,
+                cg_steps: int = 5, h: float = 1e-3) -> torch.Tensor:
+    """Budget (``threat.params``): ``bound`` (LPIPS) and ``network`` (the feature network:
+    ``arch``, ``weights``, ``sha256``, ``source``).  Settings: ``steps`` (40 as the reference),
+    ``step`` (default 2 bound / steps), ``cg_steps``, ``h``.  Deterministic: ``seed`` is unused."""
+    bound, net = _setup(threat)
+    if bound == 0:
+        return x.detach().clone()
+    return ppgd(model, _on(net, x), x, y, bound=bound, steps=steps, step=step, cg_steps=cg_steps, h=h)
+
+
+@register("lpa")
+def lpa_attack(model, x, y, threat, *, seed: int = 0, steps: int = 40, binary_steps: int = 5,
+               step: float | None = None, h: float = 0.1) -> torch.Tensor:
+    """Budget as :func:`ppgd_attack`.  Settings: ``steps`` per round (40 as the reference),
+    ``binary_steps`` rounds of the penalty weight (5), ``step`` (default bound), ``h``."""
+    bound, net = _setup(threat)
+    if bound == 0:
+        return x.detach().clone()
+    return lpa(model, _on(net, x), x, y, bound=bound, steps=steps, binary_steps=binary_steps, step=step, h=h)

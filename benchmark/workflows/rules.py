@@ -1,0 +1,45 @@
+"""The stated rules of the workflows, as numbers and as the text shown by ``--help`` and the docs:
+the reproduce tolerance, the submit clean-accuracy tolerance and the ``regress --quick`` subset.
+Kept free of heavy imports so that building the command line stays fast."""
+from __future__ import annotations
+
+import math
+
+# reproduce: when does a recomputed cell count as the stored one?
+REPRODUCE_ALPHA = 0.05  # level of the two-sided McNemar test on the flips
+CAP_MIN, CAP_FRACTION = 3, 0.01  # at most max(3, ceil(1% of n)) flipped examples
+
+TOLERANCE_RULE = (
+    "A cell reproduces exactly when every per-example outcome (clean and robust) is the same. It is "
+    "within tolerance when, for the clean and for the robust outcomes separately, the number of "
+    f"flipped examples d is at most max({CAP_MIN}, ceil({CAP_FRACTION:g} x n)) and an exact two-sided McNemar "
+    f"test on the flips (lost vs gained) gives p >= {REPRODUCE_ALPHA:g}: floating-point differences between "
+    "CPUs and BLAS builds flip a few near-boundary examples in both directions (measured: 2 of 377,280 "
+    "outcomes of the digits suite, 1 example in each of 2 cells), while another seed, attack setting "
+    "or model flips many, or flips them one way. Anything else differs."
+)
+
+
+def flip_cap(n: int) -> int:
+    """The absolute cap on flipped examples in a reproduced cell of ``n`` examples."""
+    return max(CAP_MIN, math.ceil(CAP_FRACTION * n))
+
+
+# submit: the claimed clean accuracy
+CLEAN_TOL_MIN, CLEAN_TOL_SE = 0.01, 3.0
+CLEAN_TOLERANCE_RULE = (
+    f"the measured ID clean accuracy must be within max({CLEAN_TOL_MIN:g}, {CLEAN_TOL_SE:g} x sqrt(c (1 - c) / n)) "
+    "of the claimed c, n the ID cell's examples (1 point, or 3 standard errors of the measurement when the "
+    "claim was made on another sample of the test set)")
+
+
+def clean_tolerance(claimed: float, n: int) -> float:
+    return max(CLEAN_TOL_MIN, CLEAN_TOL_SE * math.sqrt(max(claimed * (1 - claimed), 0.0) / max(n, 1)))
+
+
+# regress --quick
+QUICK_SHIFTS, QUICK_THREATS = 3, 2
+QUICK_RULE = (f"--quick evaluates, among the baseline's cells, the ID cell, the first dataset shift of each family "
+              f"in the suite's order (up to {QUICK_SHIFTS}, every severity: they are attacked as one batch) and the "
+              f"first {QUICK_THREATS} Lp threat shifts in the suite's order, passing over shifts and threats where "
+              "the baseline has no robust example (nothing there can get worse)")
