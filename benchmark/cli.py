@@ -12,13 +12,19 @@
     shiftbench reproduce [--suite S] [--models PAT] [--sample K] [--seed N] [--json] [--update]
     shiftbench export-baseline --suite S --model ID --out baseline.json
     shiftbench regress --model ENTRY.yaml|ID|python:module:factory --baseline baseline.json [--quick]
+    shiftbench verify-results [--suite S] [--sign]
+
+
     shiftbench trends fit --csv FILE --x COL --y COL [--scale raw|probit|logit] [--json]
     shiftbench site [--suite S | --all] --out DIR
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import fnmatch
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +93,8 @@ def cmd_validate(args) -> int:
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     counts = ", ".join(f"{len(v)} {k}" for k, v in r.entries.items())
+    for note in _code_notes(r):
+        print(f"note: {note}", file=sys.stderr)
     if problems:
         return 1
     print(f"registry OK: {counts} ({r.root})")
@@ -95,9 +103,13 @@ def cmd_validate(args) -> int:
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from .run import plan
+    from .run import plan, store
 
     r = _registry(args)
+    suite = r.suite(args.suite)
+    _check_run_flags(args)
+    _check_patterns(r, suite, args)
+    _check_data_dir(suite, args.data_dir)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
                             n_examples=args.n, seed=args.seed)
     if not cells:
@@ -108,8 +120,15 @@ def cmd_run(args) -> int:
     results_dir = Path(args.results) / args.suite
     from .run.evaluate import pending, pending_with_batches, run_grid
 
+    refused = _refuse_code(r, suite, cells, args.allow_code)
+    cells = [c for c in cells if c.model.id not in refused]
     todo = pending(cells, results_dir)
     n_done = len(cells) - len(todo)
+    for c in todo:  # a file that exists but failed verification: say so, then recompute it
+        path = results_dir / c.filename
+        if path.is_file():
+            print(f"warning: {store.check_result(path, expected_key=c.key).describe()}; recomputing it",
+                  file=sys.stderr)
     # severities of a shift are attacked together (plan.Cell.batch): a pending cell brings its batch
     todo = pending_with_batches(todo[: args.limit], results_dir)
     models = sorted({c.model.id for c in cells})
@@ -118,17 +137,33 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
-        return 0
+        return 1 if refused else 0
+    removed = store.clean_temp(results_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)
     t0 = time.perf_counter()
-    counts = _run_on_executor(args, run_grid, todo, r, results_dir)
-    if isinstance(counts, int):  # failures listed or interrupted
-        return counts
+    saved = os.environ.get(CODE_ENV)
+    if args.allow_code:  # worker processes inherit the opt-in
+        os.environ[CODE_ENV] = "1"
+    try:
+        counts = _run_on_executor(args, run_grid, todo, r, results_dir)
+    finally:
+        if args.allow_code:
+            os.environ.pop(CODE_ENV, None) if saved is None else os.environ.__setitem__(CODE_ENV, saved)
+    if counts is None:  # Ctrl-C
+        return 130
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if counts.get("busy"):
+        print(f"{counts['busy']} cell(s) are being computed by another `shiftbench run` over {results_dir}; "
+              "they were left to it", file=sys.stderr)
+    if counts.get("failed"):
+        print(f"error: {counts['failed']} cell(s) failed (errors above); the others were kept; fix the entries "
+              "and re-run to compute only what is missing", file=sys.stderr)
     if args.leaderboard:
         from .report import leaderboard
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
-    return 0
+    return 1 if counts.get("failed") or refused else 0
 
 
 # --------------------------------------------------------------------------- run: executors
@@ -179,9 +214,9 @@ def _executor_from_args(args):
                          gpus=args.slurm_gpus, array_parallelism=args.slurm_array_parallelism)
 
 
-def _run_on_executor(args, run_grid, todo, registry, results_dir) -> dict[str, int] | int:
-    """run_grid on the chosen executor; failures are listed (exit 1), Ctrl-C exits 130."""
-    from .run.executors import GridError, GridInterrupted, MissingExtra
+def _run_on_executor(args, run_grid, todo, registry, results_dir) -> dict[str, int] | None:
+    """run_grid on the chosen executor; None after Ctrl-C.  A missing extra is a usage error."""
+    from .run.executors import GridInterrupted, MissingExtra
 
     try:
         executor = _executor_from_args(args)
@@ -189,24 +224,24 @@ def _run_on_executor(args, run_grid, todo, registry, results_dir) -> dict[str, i
                         workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
                         executor=executor, retries=args.retries, min_batch_size=args.min_batch_size)
     except MissingExtra as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except GridError as exc:
-        print(f"ran {exc.counts['ran']} cells; {exc}", file=sys.stderr)
-        print("rerun the same command to retry only what is missing", file=sys.stderr)
-        return 1
+        raise ValueError(str(exc)) from None  # main(): "error: ...", exit 2
     except GridInterrupted as exc:
-        print(f"interrupted: {exc.counts['ran']} cells written (every written result is complete); "
+        print(f"\ninterrupted: {exc.counts['ran']} cells written (every written result is complete); "
               "rerun the same command to resume", file=sys.stderr)
-        return 130
+        return None
 
 
 def cmd_leaderboard(args) -> int:
+    from .analysis import aggregate
     from .report import leaderboard
 
     r = _registry(args)
+    res = aggregate.load(r, args.suite, Path(args.results))  # to name excluded files (cheap next to the fits)
+    for v in res.corrupt:
+        print(f"warning: excluded {v.describe()} (`shiftbench run --suite {args.suite}` recomputes it)",
+              file=sys.stderr)
     path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {path} ({leaderboard.integrity_text(res)})", file=sys.stderr)
     return 0
 
 
@@ -227,6 +262,9 @@ def cmd_verify_archives(args) -> int:
 
     r = _registry(args)
     suite = r.suite(args.suite)
+    _check_patterns(r, suite, argparse.Namespace(shifts=args.shifts))
+    if args.archive_dir and not Path(args.archive_dir).is_dir():
+        raise UsageError(f"--archive-dir {args.archive_dir}: no such folder")
     folder = Path(args.archive_dir) if args.archive_dir else datasets.data_root(args.data_dir)
     checks = archives.verify_suite(r, suite, folder, args.shifts, report=lambda c: print(c.describe(), flush=True))
     if not checks:
@@ -241,6 +279,15 @@ def cmd_verify_archives(args) -> int:
 def cmd_calibrate(args) -> int:
     from .run import calibrate
 
+    r = _registry(args)
+    suite = r.suite(args.suite)
+    _check_patterns(r, suite, argparse.Namespace(models=args.models, threats=args.threats))
+    for flag in ("n", "threads", "workers"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {v}")
+    if getattr(args, "allow_code", False):
+        os.environ[CODE_ENV] = "1"  # read by the loader in this process and in its workers
     return calibrate.main(args)
 
 
@@ -407,6 +454,169 @@ def _add_workflow_parsers(sub) -> None:
     q.set_defaults(fn=cmd_regress)
 
 
+# --------------------------------------------------------------------------- reliability: verify-results, input checks, code opt-in
+CODE_ENV = "SHIFTBENCH_ALLOW_CODE"  # benchmark.models.load.CODE_ENV (not imported: keeps `ls` light)
+
+
+class UsageError(ValueError):
+    """Bad command-line input: one line on stderr, exit 2, nothing written."""
+
+
+def cmd_verify_results(args) -> int:
+    """Check every stored result file (current or stale) of one suite, or of all; exit 1 on any corrupt file."""
+    from .run import store
+
+    root = Path(args.results)
+    if args.suite:
+        folders = [root / args.suite]
+        if not folders[0].is_dir():
+            known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+            try:
+                known = sorted({*known, *_registry(args).entries["suites"]})
+            except reg.RegistryError:
+                pass
+            close = difflib.get_close_matches(args.suite, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (suites with results: {', '.join(known) or 'none'})"
+            raise UsageError(f"no results for suite '{args.suite}' under {root}{hint}")
+    else:
+        if not root.is_dir():
+            raise UsageError(f"results folder {root} does not exist")
+        folders = sorted(d for d in root.iterdir() if d.is_dir())
+    counts = {store.VERIFIED: 0, store.UNSIGNED: 0, store.CORRUPT: 0}
+    signed = 0
+    for folder in folders:
+        for path in store.result_files(folder):
+            v = store.check_result(path)
+            counts[v.status] += 1
+            if v.status == store.CORRUPT:
+                print(f"error: {v.describe()}", file=sys.stderr)
+            elif v.status == store.UNSIGNED and args.sign:
+                store.write_json_atomic(path, store.sign(v.payload))
+                signed += 1
+            elif v.status == store.UNSIGNED and args.verbose:
+                print(f"note: {v.describe()}", file=sys.stderr)
+    where = ", ".join(str(f) for f in folders) or str(root)
+    total = sum(counts.values())
+    print(f"{total} result file(s) in {where}: {counts[store.VERIFIED]} verified, {counts[store.UNSIGNED]} unsigned"
+          + (f" ({signed} signed now)" if signed else " (no digest: written before digests; `--sign` adds one "
+             "after the consistency checks)" if counts[store.UNSIGNED] else "")
+          + f", {counts[store.CORRUPT]} corrupt", file=sys.stderr)
+    if counts[store.CORRUPT]:
+        print("corrupt files are excluded from leaderboards; `shiftbench run` recomputes them", file=sys.stderr)
+    return 1 if counts[store.CORRUPT] else 0
+
+
+def _code_notes(r: reg.Registry) -> list[str]:
+    """What ``validate`` says about entries that run code (nothing is imported to say it)."""
+    notes = []
+    for m in sorted(r.entries["models"].values(), key=lambda m: m.id):
+        if m.source_kind != "python":
+            continue
+        module = m.source_target.partition(":")[0]
+        suites = [s.id for s in r.entries["suites"].values() if reg.module_allowed(module, s.allow_code)]
+        how = f"allowed by suite(s) {', '.join(suites)} (allow_code)" if suites else "runs only with --allow-code"
+        notes.append(f"{m.path}: model '{m.id}' runs code from module '{module}' ({how})")
+    return notes
+
+
+def _refuse_code(r: reg.Registry, suite, cells, allow_all: bool) -> set[str]:
+    """Model ids whose ``python:`` source is not allowed: reported (with how to allow them), not run."""
+    from .models.load import allowed_code, code_module
+
+    allow = True if allow_all else allowed_code(suite.allow_code)
+    refused = set()
+    for m in {c.model.id: c.model for c in cells}.values():
+        module = code_module(m)
+        if module is None or reg.module_allowed(module, allow):
+            continue
+        refused.add(m.id)
+        print(f"error: {m.path}: key 'source': model '{m.id}' runs code from module '{module}' ({m.source}); "
+              f"its cells are not run and nothing was imported. If you trust it, re-run with --allow-code, or add "
+              f"'{module}' to allow_code in {suite.path or 'the suite entry'}", file=sys.stderr)
+    return refused
+
+
+def _check_run_flags(args) -> None:
+    for flag in ("workers", "limit", "n", "batch_size"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {v}")
+    if getattr(args, "seed", None) is not None and args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if getattr(args, "dry_run", False) and getattr(args, "leaderboard", False):
+        raise UsageError("--dry-run writes nothing, --leaderboard writes the leaderboard: give one of them")
+    if getattr(args, "out", None) and not getattr(args, "leaderboard", True):
+        raise UsageError("--out names the leaderboard file: it needs --leaderboard")
+
+
+def _check_patterns(r: reg.Registry, suite, args) -> None:
+    """Every comma-separated pattern of --models/--shifts/--threats must match something in the
+    suite; the error suggests the closest names."""
+    names = {
+        "models": [m.id for m in r.suite_models(suite)],
+        "shifts": ["id"] + [f"{s}-{v}" if v is not None else s for s in suite.dataset_shifts
+                            for v in (r.shift(s).severities or (None,))] + list(suite.dataset_shifts),
+        "threats": [suite.id_threat, *suite.threat_shifts],
+    }
+    for flag, candidates in names.items():
+        raw = getattr(args, flag, None)
+        if not raw:
+            continue
+        pats = [p.strip() for p in raw.split(",") if p.strip()]
+        if not pats:
+            raise UsageError(f"--{flag} {raw!r} holds no pattern")
+        for pat in pats:
+            if not any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+                close = difflib.get_close_matches(pat, sorted(set(candidates)), n=3)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+                    f"; see `shiftbench ls {flag} --suite {suite.id}`"
+                raise UsageError(f"--{flag} pattern '{pat}' matches no {flag[:-1]} of suite '{suite.id}'{hint}")
+
+
+def _check_data_dir(suite, data_dir: str | None) -> None:
+    """A real suite needs its data root: a missing or empty folder is a usage error, before anything runs."""
+    from .data import datasets
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {data_dir}: no such folder")
+    if suite.dataset == "digits":
+        return  # embedded data
+    root = datasets.data_root(data_dir)
+    src = "--data-dir" if data_dir else "$SHIFTBENCH_DATA" if os.environ.get("SHIFTBENCH_DATA") else "the default ./data"
+    state = "does not exist" if not root.is_dir() else "is empty" if not any(root.iterdir()) else None
+    if state is None:
+        return
+    from .data import loaders
+
+    src_files = loaders.ID_SOURCES.get(suite.dataset, {})
+    try:  # the files the ID data needs, named with where to get them (presence only, no hashing)
+        loaders.check_files([{"path": f["path"]} for f in src_files.get("files", ())], root,
+                            what=f"{suite.dataset} test set", url=src_files.get("url"))
+    except loaders.DataMissingError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines())
+        raise UsageError(f"data root {root} ({src}) {state}. {detail}") from None
+    raise UsageError(f"data root {root} ({src}) {state}; suite '{suite.id}' needs the {suite.dataset} files there "
+                     "(see docs/real-suites.md), or set --data-dir / $SHIFTBENCH_DATA")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (no usage dump), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_reliability_commands(sub) -> None:
+    q = sub.add_parser("verify-results", help="check every stored result's digest and consistency")
+    q.add_argument("--suite", default=None, help="only this suite's results (default: all)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--sign", action="store_true",
+                   help="add a digest to unsigned results that pass the consistency checks (migration)")
+    q.add_argument("--verbose", action="store_true", help="also list unsigned files")
+    _add_common(q)
+    q.set_defaults(fn=cmd_verify_results)
+
+
 # --------------------------------------------------------------------------- trends / site
 def trend_fit_json(fit, cx, cy, labels: list[str], path: str) -> dict:
     """The JSON object of ``shiftbench trends fit --json`` (slope/intercept in fraction units in raw scale)."""
@@ -500,7 +710,7 @@ def _add_trends_site(sub) -> None:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shiftbench", description=__doc__.split("\n")[0])
+    p = _Parser(prog="shiftbench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("ls", help="list registry entries")
@@ -531,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
     q.add_argument("--results", default=str(RESULTS_ROOT))
     q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
+    q.add_argument("--allow-code", action="store_true",
+                   help="let python:module:factory model entries import their module (off by default)")
     _add_common(q)
     _add_data(q)
     _add_executor_args(q)
@@ -582,14 +794,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "the one the targets apply to), e.g. apgd-mm,mm5")
     _add_common(q)
     _add_data(q)
+    q.add_argument("--allow-code", action="store_true",
+                   help="let python:module:factory model entries import their module (off by default)")
     q.set_defaults(fn=cmd_calibrate)
 
+    _add_reliability_commands(sub)
     _add_workflow_parsers(sub)
     _add_trends_site(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .run.store import StoreError
+
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "registry"):  # every command sees the built-in registry with the user's layered over it
@@ -599,6 +816,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except StoreError as exc:  # a failed write: named path, nothing partial left, earlier results intact
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ class SuiteSpec:
     n_shift_examples: int | None = None  # per dataset-shift cell (one severity); default n_examples
     seed: int = 0
     description: str = ""
+    # module prefixes whose ``python:`` model entries this suite may import without --allow-code
+    allow_code: tuple[str, ...] = ()
     path: str = ""
 
 
@@ -247,6 +249,30 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _check_plain(value: Any, path: Path, key: str, depth: int = 0) -> None:
+    """Entry values are plain JSON data (strings, finite numbers, booleans, null, lists, mappings
+    with string keys): they are hashed into cell keys and stored in results."""
+    import math
+
+    if depth > 32:
+        raise RegistryError(path, key, "nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RegistryError(path, key, f"expected a finite number, got {value}")
+    if isinstance(value, str) and any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise RegistryError(path, key, f"control characters in {value!r}")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(v, path, key, depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RegistryError(path, key, f"mapping keys must be strings, got {k!r}")
+            _check_plain(v, path, key, depth + 1)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise RegistryError(path, key, f"expected a plain value (string, number, boolean, list, mapping), "
+                            f"got {type(value).__name__} {value!r} (quote it to make it a string)")
+
+
 def build_spec(kind: str, data: Any, path: Path) -> Any:
     """Validate one entry's raw mapping against its spec type and build the spec."""
     cls = SPEC_TYPES[kind]
@@ -265,6 +291,7 @@ def build_spec(kind: str, data: Any, path: Path) -> Any:
             raise RegistryError(path, name, "missing required key")
     values: dict[str, Any] = {}
     for key, value in data.items():
+        _check_plain(value, path, str(key))
         if kind == "threats" and key == "eps":
             value = parse_eps(value, path)
         tp = hints[key]
@@ -285,7 +312,7 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         if spec.kind == "lp":
             if spec.norm not in LP_NORMS:
                 raise RegistryError(path, "norm", f"an lp threat needs norm in {LP_NORMS}, got {spec.norm!r}")
-            limits = {"Linf": 1.0, "L2": 64.0, "L1": 4096.0}
+            limits = {"Linf": LINF_MAX, "L2": 64.0, "L1": 4096.0}
             if spec.eps < 0:
                 raise RegistryError(path, "eps", f"budget must be >= 0, got {spec.eps}")
             if spec.eps > limits[spec.norm]:
@@ -300,6 +327,10 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(
                 path, "source", f"expected one of {', '.join(s + ':...' for s in MODEL_SOURCES)}, got {spec.source!r}"
             )
+        if spec.source_kind == "python":
+            check_python_source(spec.source_target, path)
+        if spec.weights is not None:
+            check_weights_ref(spec.weights, path)
         if spec.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", spec.sha256):
             raise RegistryError(path, "sha256", "expected 64 lowercase hex digits")
         if spec.preprocessing is not None:
@@ -327,6 +358,9 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(path, "n_examples", "must be positive")
         if spec.n_shift_examples is not None and spec.n_shift_examples <= 0:
             raise RegistryError(path, "n_shift_examples", "must be positive")
+        for prefix in spec.allow_code:
+            if not _MODULE.fullmatch(prefix):
+                raise RegistryError(path, "allow_code", f"{prefix!r}: expected a module prefix such as 'mypkg.models'")
     if kind == "shifts":
         if not all(1 <= s <= 5 for s in spec.severities):
             raise RegistryError(path, "severities", "severities are integers 1..5")
@@ -340,6 +374,67 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
 
 
 CLAIMED_KEYS = ("clean_acc", "robust_acc")  # a model entry's ``claimed``: accuracies as fractions
+
+
+LINF_MAX = 0.5  # an Linf budget above half the pixel range can turn any image into any other
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_python_source(target: str, path: Path) -> None:
+    """``python:module:factory``: a well-formed module and attribute, and not a standard-library
+    module (``python:os:system`` names a shell, not a model).  Nothing is imported here."""
+    import sys
+
+    module, _, factory = target.partition(":")
+    if not _MODULE.fullmatch(module) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", factory):
+        raise RegistryError(path, "source", f"expected python:<module>:<factory>, got 'python:{target}'")
+    top = module.split(".", 1)[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        raise RegistryError(path, "source", f"'python:{target}' names the standard-library module '{top}', "
+                            "not model code; a python source must name your own model factory")
+
+
+def module_allowed(module: str, prefixes: Any) -> bool:
+    """Whether ``module`` is one of ``prefixes`` or inside one (``a.b`` allows ``a.b.c``, not ``a.bc``);
+    ``prefixes`` True allows every module."""
+    if prefixes is True:
+        return True
+    return any(module == p.rstrip(".") or module.startswith(p.rstrip(".") + ".") for p in (prefixes or ()))
+
+
+def check_weights_ref(weights: str, path: Path) -> None:
+    """A weights reference is ``pkg:<package>/<file>`` or a path inside the registry folder:
+    no absolute path, no ``..`` (symlinks are checked when the path is resolved)."""
+    if weights.startswith("pkg:"):
+        package, _, rel = weights[4:].partition("/")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", package) or not rel or _escapes(rel):
+            raise RegistryError(path, "weights", f"{weights!r}: expected pkg:<top-level package>/<relative path> "
+                                "(no dots in the package name, no '..' in the path)")
+        return
+    if _escapes(weights):
+        raise RegistryError(path, "weights", f"{weights!r} leaves the registry folder; weights live under the "
+                            "registry folder (a relative path without '..'), or inside an installed package "
+                            "(pkg:<package>/<path>)")
+
+
+def _escapes(rel: str) -> bool:
+    """An absolute path, a drive, or a ``..`` part: a path that can leave its root."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return (rel.startswith(("/", "\\", "~")) or PureWindowsPath(rel).drive != "" or
+            ".." in PurePosixPath(rel.replace("\\", "/")).parts)
+
+
+def contained(root: Path, rel: str, entry_path: Path | str, key: str) -> Path:
+    """``root / rel`` with symlinks resolved, which must stay inside ``root``."""
+    full = (Path(root) / rel)
+    real, base = full.resolve(), Path(root).resolve()
+    if real != base and base not in real.parents:
+        raise RegistryError(entry_path, key, f"{rel!r} resolves to {real}, outside {base} (a symlink that leaves "
+                            "the folder?); copy the file into the folder instead")
+    return full
+
+
 FILE_KEYS = ("path", "sha256", "md5")
 ARCHIVE_KEYS = ("name", "url", "size", "md5", "sha256", "source")
 _HEX = {"md5": 32, "sha256": 64}
@@ -363,6 +458,9 @@ def _check_keys(item: Any, allowed: tuple[str, ...], required: tuple[str, ...], 
 def check_file_item(item: Any, path: Path, key: str) -> None:
     """A shift entry's ``files`` item: ``path`` under the data root, optional ``sha256``/``md5``."""
     _check_keys(item, FILE_KEYS, ("path",), path, key)
+    if _escapes(item["path"]):
+        raise RegistryError(path, key, f"path {item['path']!r} leaves the data root; give a path relative to it, "
+                            "without '..'")
 
 
 def check_archive_item(item: Any, path: Path, key: str) -> None:
@@ -379,12 +477,37 @@ def check_archive_item(item: Any, path: Path, key: str) -> None:
         raise RegistryError(path, key, f"size {size!r}: expected a positive number of bytes")
 
 
+MAX_ENTRY_BYTES = 1 << 20  # an entry is a few hundred bytes
+
+
+class _EntryLoader(yaml.SafeLoader):
+    """``safe_load`` without aliases: an entry never needs ``*ref``, and aliases are how a small
+    file expands into billions of nodes ("billion laughs") once walked."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias '*{event.anchor}' not allowed in registry entries "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: Path) -> Any:
+    """Read one entry: safe YAML only (no python tags), no aliases, at most 1 MiB."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_ENTRY_BYTES:
+            raise RegistryError(path, None, f"{size} bytes: too large for a registry entry (limit {MAX_ENTRY_BYTES})")
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_EntryLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise RegistryError(path, None, f"not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise RegistryError(path, None, "not valid YAML: nested too deeply") from None
+    except OSError as exc:
+        raise RegistryError(path, None, f"cannot be read: {exc.strerror or exc}") from None
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -495,11 +618,13 @@ class Registry:
         return self.get("suites", name)
 
     def weights_path(self, spec: ModelSpec) -> Path | None:
-        """Where an entry's weights live: relative to the registry root, absolute, or
-        ``pkg:<package>/<path>`` for a file shipped inside an installed package (found without
-        importing the package, e.g. ``pkg:pyautoattack/examples/model_test.pt``)."""
+        """Where an entry's weights live: under the registry root (symlinks must not lead out of
+        it), or ``pkg:<package>/<path>`` for a file shipped inside an installed package (found
+        without importing anything: only top-level package names, e.g.
+        ``pkg:pyautoattack/examples/model_test.pt``)."""
         if spec.weights is None:
             return None
+        check_weights_ref(spec.weights, Path(spec.path))
         if spec.weights.startswith("pkg:"):
             import importlib.util
             import sys
@@ -507,15 +632,14 @@ class Registry:
             package, _, rel = spec.weights[4:].partition("/")
             # an imported package's __path__ first: aliasing (autoattack -> pyautoattack) replaces its __spec__
             where = getattr(sys.modules.get(package), "__path__", None)
-            if where is None and package:
+            if where is None:  # a top-level name: located by the finders, its code is not run
                 found = importlib.util.find_spec(package)
                 where = found.submodule_search_locations if found is not None else None
-            if not where or not rel:
+            if not where:
                 raise RegistryError(spec.path, "weights", f"{spec.weights!r}: expected pkg:<installed package>/<path>, "
                                     f"and package '{package}' must be installed")
-            return Path(list(where)[0]) / rel
-        p = Path(spec.weights)
-        return p if p.is_absolute() else self.roots[self.layer_of(spec)] / p
+            return contained(Path(list(where)[0]), rel, spec.path, "weights")
+        return contained(self.roots[self.layer_of(spec)], spec.weights, spec.path, "weights")
 
     def suite_models(self, suite: SuiteSpec, patterns: str | None = None) -> list[ModelSpec]:
         lowest = self.layer_of(suite)

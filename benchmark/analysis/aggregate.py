@@ -2,7 +2,11 @@
 
 Only results whose key is in the suite's *current* plan count: a file left over from older
 weights, settings or harness versions has a key the plan no longer produces and is ignored
-(and counted as stale).  Planned cells without a file are counted as missing.  Reading is
+(and counted as stale).  Planned cells without a file are counted as missing.  Every planned
+cell's file is verified (:func:`benchmark.run.store.check_result`): a corrupt one (truncated,
+edited after it was written, numbers contradicting its per-example outcomes) is excluded, listed
+in ``corrupt`` with its path and the reason, and counts as missing, so `shiftbench run` recomputes
+it; results without a digest (written before digests existed) count, as ``unsigned``.  Reading is
 driven by file names (the key is the last ``__`` part), so stale files are never parsed.
 
 Summary per model (accuracies are fractions; each has ``_lo``/``_hi`` 95% bounds):
@@ -18,7 +22,6 @@ Means over cells get the paired normal-approximation interval of
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,9 @@ class SuiteResults:
     cells: pd.DataFrame  # one row per planned cell with a result file (CELL_COLUMNS)
     planned: pd.DataFrame  # one row per planned cell: key, model, role, data, shift, severity, threat, present
     stale: list[Path] = field(default_factory=list)  # result files whose key is not in the plan
+    corrupt: list[store.Verdict] = field(default_factory=list)  # planned cells whose file failed verification
+    n_verified: int = 0  # present cells whose digest matched
+    n_unsigned: int = 0  # present cells without a digest (written before digests; still checked for consistency)
 
     @property
     def n_planned(self) -> int:
@@ -61,9 +67,9 @@ class SuiteResults:
     def n_stale(self) -> int:
         return len(self.stale)
 
-
-def _key_of(filename: str) -> str:
-    return filename[:-5].rsplit("__", 1)[-1]
+    @property
+    def n_corrupt(self) -> int:
+        return len(self.corrupt)
 
 
 def _scan(folder: Path) -> dict[str, list[Path]]:
@@ -80,7 +86,7 @@ def _scan(folder: Path) -> dict[str, list[Path]]:
             if e.is_dir():
                 stack.append(Path(e.path))
             elif e.name.endswith(".json") and not e.name.startswith(".tmp-"):
-                found.setdefault(_key_of(e.name), []).append(Path(e.path))
+                found.setdefault(store.key_of_name(e.name), []).append(Path(e.path))
     return found
 
 
@@ -123,10 +129,12 @@ def load(registry: Registry, suite_id: str, results_root: Path) -> SuiteResults:
     files = _scan(folder)
     # Cell.key hashes the whole spec: compute it once per cell (via the file name)
     names = [c.filename for c in cells]
-    keys = [_key_of(n) for n in names]
+    keys = [store.key_of_name(n) for n in names]
     planned_keys = set(keys)
     stale = sorted(p for k, ps in files.items() if k not in planned_keys for p in ps)
     rows, plan_rows = [], []
+    corrupt: list[store.Verdict] = []
+    counted = {store.VERIFIED: 0, store.UNSIGNED: 0}
     for c, name, key in zip(cells, names, keys):
         expected = folder / name
         found = sorted(files.get(key, []))
@@ -136,19 +144,17 @@ def load(registry: Registry, suite_id: str, results_root: Path) -> SuiteResults:
                           "present": path is not None})
         if path is None:
             continue
-        with open(path, "rb") as fh:
-            try:
-                payload = json.loads(fh.read())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc}); delete it and re-run `shiftbench run`") from None
-        if payload.get("key") != key:
-            stale.append(path)  # renamed or hand-edited: its content is not this cell
+        verdict = store.check_result(path, expected_key=key)
+        if not verdict.ok:  # truncated, edited, self-contradicting: excluded, reported, recomputed by `run`
+            corrupt.append(verdict)
             plan_rows[-1]["present"] = False
             continue
-        rows.append(_row(path, payload, plan_rows[-1]))
+        counted[verdict.status] += 1
+        rows.append(_row(path, verdict.payload, plan_rows[-1]))
     return SuiteResults(suite, pd.DataFrame(rows, columns=list(CELL_COLUMNS)),
                         pd.DataFrame(plan_rows, columns=["key", "model", "role", "data", "shift", "severity",
-                                                         "threat", "present"]), sorted(stale))
+                                                         "threat", "present"]), sorted(stale), corrupt,
+                        counted[store.VERIFIED], counted[store.UNSIGNED])
 
 
 # --------------------------------------------------------------------------- summary

@@ -24,4 +24,12 @@ def verified_state_dict(path: Path, sha256: str | None, entry_path: str = "") ->
                 f"{entry_path}: key 'sha256': {path} has sha256 {actual}, the entry says {sha256}; "
                 "the file is corrupt or was replaced (re-download it, or retrain with `shiftbench zoo train`)"
             )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (pickle.UnpicklingError, RuntimeError, EOFError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{entry_path}: key 'weights': {path} is not a plain tensor checkpoint, so it was not loaded "
+            f"(torch.load(weights_only=True) refused it: {first}); a checkpoint that needs more than tensors "
+            "can run code when unpickled: re-save it as a state_dict of tensors"
+        ) from None

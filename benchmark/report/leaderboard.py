@@ -87,6 +87,16 @@ def _table(header: list[str], rows: list[list[str]], align: list[str] | None = N
     return lines
 
 
+def integrity_text(res: aggregate.SuiteResults) -> str:
+    """The header's integrity sentence: how many results were verified by their digest."""
+    text = f"Integrity: {res.n_verified} of {res.n_present} results verified (content digest and per-example outcomes)"
+    if res.n_unsigned:
+        text += f", {res.n_unsigned} unsigned (no digest, written before digests; outcomes checked)"
+    if res.n_corrupt:
+        text += f"; {res.n_corrupt} corrupt file(s) excluded (listed below)"
+    return text + "."
+
+
 # --------------------------------------------------------------------------- ranking
 def ranking(models) -> list[str]:
     """Complete model ids by OOD robust accuracy (desc), then ID robust (desc), then id; NaN last.
@@ -259,7 +269,7 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         f"n={'/'.join(map(str, ns))} examples per cell, seed {suite.seed}; "
         f"attack(s) used: {', '.join(attacks) or 'none'}; "
         f"{res.n_present} of {res.n_planned} cells present, {res.n_missing} missing, "
-        f"{res.n_stale} stale result file(s) ignored."
+        f"{res.n_stale} stale result file(s) ignored. " + integrity_text(res)
     )
     mixed = versions_sentence(board.mixed)
     if mixed:
@@ -321,6 +331,12 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
                       "present and are not comparable with the ranking."]
     if flag_notes:
         lines += ["", "Flags:", ""] + [f"- {n}" for n in flag_notes]
+    if res.n_corrupt:
+        shown = [f"`{'/'.join(v.path.parts[-2:])}` ({v.problem})" for v in res.corrupt[:MISSING_SHOWN]]
+        more = f", and {res.n_corrupt - MISSING_SHOWN} more" if res.n_corrupt > MISSING_SHOWN else ""
+        lines += ["", f"Corrupt result files ({res.n_corrupt}; excluded, counted as missing; "
+                  f"`shiftbench run --suite {suite.id}` recomputes them, `shiftbench verify-results --suite {suite.id}` "
+                  "checks every file): " + "; ".join(shown) + more + "."]
     if res.n_missing:
         miss = res.planned[~res.planned["present"]]
         shown = [f"`{r.model}` {r.data} x {r.threat}" for r in miss.head(MISSING_SHOWN).itertuples()]

@@ -126,14 +126,14 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
     to back in the same process, so their times are comparable whatever else runs."""
     from ..data import datasets
-    from ..models.load import load_model
+    from ..models.load import allowed_code, load_model
 
     torch.set_num_threads(threads)
     reg = Registry(registry_root)
     suite = reg.suite(suite_id)
     x_all, y_all = datasets.load_id(suite.dataset, "test")
     idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
-    model = load_model(reg.model(model_id), reg)
+    model = load_model(reg.model(model_id), reg, allow_code=allowed_code(suite.allow_code))
     return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite, threats), seed=seed,
                            fast_args=fast_args, fast=fast)
 

@@ -96,8 +96,11 @@ def _id_data(dataset: str, data_dir: str | None, preprocessing: str | None = Non
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    from ..models.load import check_logits  # NaN/inf or misshapen outputs fail the cell, not the sweep
+
     dev = model_device(model)
-    return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([check_logits(model(x[i:i + batch_size].to(dev)), len(x[i:i + batch_size]), None,
+                                   "the model").argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -208,18 +211,23 @@ def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, dat
     """Evaluate one batch of cells and write the result of each that is not on disk yet (a
     resumed run recomputes a half-written batch and keeps the files already there); returns the
     keys written."""
-    written = []
-    for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
-        path = results_dir / cell.filename
-        if not path.is_file():
-            store.write_json_atomic(path, result_payload(cell, out, cell.threat.attack))
-            written.append(cell.key)
+    written: list[str] = []
+    # one process at a time per batch: a concurrent run over the same folder skips a claimed batch
+    with store.claim(results_dir, batch[0].key) as mine:
+        if not mine or not pending(batch, results_dir):
+            return written
+        for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
+            path = results_dir / cell.filename
+            if not store.is_done(path, cell.key):
+                store.write_result(path, result_payload(cell, out, cell.threat.attack))
+                written.append(cell.key)
     return written
 
 
 # --------------------------------------------------------------------------- grid runner
 def pending(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
-    return [c for c in cells if not (results_dir / c.filename).is_file()]
+    """Cells without a result that passes verification (a corrupt file is recomputed)."""
+    return [c for c in cells if not store.is_done(results_dir / c.filename, c.key)]
 
 
 def pending_with_batches(cells: Iterable[Cell], results_dir: Path) -> list[Cell]:
@@ -236,35 +244,63 @@ def _registry(root: str) -> Registry:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | None) -> nn.Module:
-    from ..models.load import load_model
+def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | None,
+           suite_id: str | None = None) -> nn.Module:
+    from ..models.load import allowed_code, load_model
 
     reg = _registry(registry_root)
-    model = load_model(reg.model(model_id), reg, model_dir=model_dir)
+    suite = reg.entries["suites"].get(suite_id)  # its allow_code lets its python: entries load
+    allow = allowed_code(suite.allow_code if suite is not None else ())
+    model = load_model(reg.model(model_id), reg, model_dir=model_dir, allow_code=allow)
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: str, data_dir: str | None,
-               model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH) -> list[str]:
+               model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH,
+               raise_errors: bool = False) -> list[str]:
+    """``raise_errors``: a failing batch raises (the executors retry and report it) instead of
+    being reported here."""
     torch.set_num_threads(threads)
     done = []
     for batch in chunk:
-        model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir)
-        done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+        try:
+            model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir, batch[0].suite)
+            done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+        except (store.StoreError, KeyboardInterrupt):
+            raise  # nothing more can be written: stop the sweep
+        except Exception as exc:  # a broken entry or model fails its cells, the sweep goes on
+            if raise_errors:
+                raise
+            _report_failure(batch, exc)
     return done
+
+
+def _report_failure(batch: Sequence[Cell], exc: BaseException) -> None:
+    import sys
+
+    m = batch[0].model
+    msg = str(exc) if isinstance(exc, (ValueError, RuntimeError)) and str(exc) else f"{type(exc).__name__}: {exc}"
+    if m.path and m.path not in msg and not isinstance(exc, OSError):  # data errors name their files
+        msg = f"model '{m.id}' ({m.path}): {msg}"
+    cells = ", ".join(c.describe() for c in batch)
+    print(f"error: cell(s) failed, the sweep goes on: {cells}: {msg}", file=sys.stderr, flush=True)
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
              workers: int | None = 1, progress: bool = True, chunk: int = 6,
              batch_size: int = DEFAULT_BATCH, executor=None, retries: int | None = None,
              min_batch_size: int | None = None) -> dict[str, int]:
-    """Run every pending cell; return counts.  Cells already on disk are skipped (resume).
+    """Run every pending cell; return counts.  Cells already on disk (and verified) are skipped
+    (resume).  A batch of cells that raises is retried ``retries`` times, then reported on stderr
+    and counted in ``failed``; cells another live run holds are counted in ``busy``; a write that
+    fails raises :class:`store.StoreError`; Ctrl-C raises :class:`.executors.GridInterrupted`.
 
     Work goes by :attr:`Cell.batch`: a pending cell brings the other severities of its shift
     along (they are written too and counted in ``ran``).  ``chunk`` batches of one model make
-    one task.  ``executor`` (:mod:`.executors`) says where tasks run; by default ``workers``
-    local processes.  A failing batch is retried ``retries`` times, then the others go on and
-    :class:`~.executors.GridError` lists the failures at the end."""
+    one task.  ``executor`` (:mod:`.executors`) says where tasks run; by default ``workers`` local
+    processes (None: one per visible GPU)."""
+    import sys
+
     from . import executors
     from .plan import batches
 
@@ -282,16 +318,26 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     # registry.location: every layer, so workers see the same entries
     runner = functools.partial(_run_chunk, registry_root=registry.location,
                                data_dir=str(data_dir) if data_dir else None,
-                               model_dir=str(model_dir) if model_dir else None)
+                               model_dir=str(model_dir) if model_dir else None, raise_errors=True)
     ex = executor if executor is not None else executors.LocalExecutor(workers=workers)
     work = pending_with_batches(todo, results_dir)
+
+    def report(f: executors.Failure) -> None:
+        print(f"error: cell(s) failed, the sweep goes on: {', '.join(f.cells)}: {f.error}"
+              + (f" (tried {f.attempts} times)" if f.attempts > 1 else ""), file=sys.stderr, flush=True)
+
     try:
         done = executors.drive(ex, chunks, runner, results_dir, total=len(work),
                                retries=executors.DEFAULT_RETRIES if retries is None else retries,
-                               batch_size=batch_size, progress=progress,
+                               batch_size=batch_size, progress=progress, report=report,
                                min_batch_size=min_batch_size or executors.DEFAULT_MIN_BATCH)
-    except (executors.GridError, executors.GridInterrupted) as exc:
-        exc.counts = {**counts, **exc.counts, "ran": len(work) - len(pending(work, results_dir))}  # what is on disk
+    except executors.GridInterrupted as exc:
+        exc.counts = {**counts, "ran": len(work) - len(pending(work, results_dir))}  # what is on disk
         raise
     counts["ran"] = done["ran"]
+    left = pending(todo, results_dir)
+    # cells still missing: claimed by another live run ("busy"), else "failed" (reported above);
+    # the keys are present only when non-zero
+    busy = sum(1 for c in left if store.claimed_elsewhere(results_dir, c.batch[0].key))
+    counts.update({k: v for k, v in (("failed", len(left) - busy), ("busy", busy)) if v})
     return counts

@@ -144,7 +144,7 @@ def test_autoattack_resnet18_loads_offline_with_checked_sha():
     spec = REAL.model("autoattack-resnet18")
     path = REAL.weights_path(spec)
     assert path.is_file() and sha256_file(path) == spec.sha256
-    model = load_model(spec, REAL)
+    model = load_model(spec, REAL, allow_code=["pyautoattack.examples"])
     assert not model.training and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -214,7 +214,7 @@ def _fake_cifar10_world(tmp_path):
     base = rng.integers(0, 256, (8, 3, 4, 4)).astype(np.float32)
     imgs = torch.nn.functional.interpolate(torch.from_numpy(base), size=32, mode="bilinear").numpy()
     with torch.no_grad():
-        labels = load_model(reg.model("autoattack-resnet18"), reg)(torch.from_numpy(imgs / 255)).argmax(1)
+        labels = load_model(reg.model("autoattack-resnet18"), reg, allow_code=True)(torch.from_numpy(imgs / 255)).argmax(1)
     labels[::2] = (labels[::2] + 1) % 10  # half of them wrong on purpose
     u8 = imgs.round().astype(np.uint8)
     with open(data / "cifar-10-batches-py" / "test_batch", "wb") as fh:

@@ -1,7 +1,7 @@
 """Aggregation and the rendered leaderboard, from synthetic result files written in a tmp dir.
 
 The results are made with the real path: a registry of real entries, the real plan (so keys
-are the ones the suite expects), ``evaluate.result_payload`` and ``store.write_json_atomic``.
+are the ones the suite expects), ``evaluate.result_payload`` and ``store.write_result``.
 Only the per-example outcomes are synthetic (drawn from a fixed seed), which keeps this fast.
 Set ``UPDATE_GOLDEN=1`` to rewrite tests/report/golden/leaderboard_toy.md.
 """
@@ -90,10 +90,10 @@ def write_results(reg: Registry, results_root: Path) -> list:
         if (cell.model.id, cell.threat.id) == FLAGGED:
             checks["in_budget"] = {"ok": False, "max_norm": 1.5}
         payload = result_payload(cell, Outcome(clean, robust, 0.01, 0.02, checks), cell.threat.attack)
-        store.write_json_atomic(folder / cell.filename, payload)
+        store.write_result(folder / cell.filename, payload)
     old = plan_suite(reg, SUITE, models="toy-mlp-at", shifts="id", n_examples=N // 2)[0]  # other n: other key
     clean = np.ones(N // 2, bool)
-    store.write_json_atomic(folder / old.filename, result_payload(old, Outcome(clean, clean, 0, 0, {}), "pgd"))
+    store.write_result(folder / old.filename, result_payload(old, Outcome(clean, clean, 0, 0, {}), "pgd"))
     return cells
 
 
@@ -199,7 +199,8 @@ def test_regeneration_is_byte_identical(toy, tmp_path):
     victim = sorted((results / SUITE / "toy-cnn-at").glob("id__toy-linf__*.json"))[0]
     payload = store.read_json(victim)
     payload["robust_correct"] = "0" * N
-    store.write_json_atomic(victim, payload)
+    payload["robust_acc"] = 0.0
+    store.write_result(victim, payload)  # re-signed: a legitimate new result
     c = leaderboard.write(reg, SUITE, results, tmp_path / "c" / "board.md")
     assert c.read_bytes() != a.read_bytes()
 
@@ -217,14 +218,20 @@ def test_cli_leaderboard_and_errors(toy, tmp_path, capsys):
     assert rc == 2 and "shiftbench run --suite toy" in capsys.readouterr().err
 
 
-def test_corrupt_result_names_the_file(toy):
+def test_corrupt_result_is_excluded_named_and_counted(toy, tmp_path):
+    """A truncated bit string no longer aborts the board: the file is excluded, named with its
+    reason, counted as missing (so `run` recomputes it) and the header says so."""
     reg, results, _ = toy
     victim = sorted((results / SUITE / "toy-mlp-at").glob("blur__*.json"))[0]
     payload = store.read_json(victim)
     payload["clean_correct"] = payload["clean_correct"][:-1]
     store.write_json_atomic(victim, payload)
-    with pytest.raises(ValueError, match=victim.name):
-        aggregate.load(reg, SUITE, results)
+    res = aggregate.load(reg, SUITE, results)
+    assert [v.path for v in res.corrupt] == [victim] and "digest mismatch" in res.corrupt[0].problem
+    assert res.n_missing == 2 and res.n_present == res.n_verified == 28
+    text = leaderboard.write(reg, SUITE, results, tmp_path / "lb.md").read_text()
+    assert "Integrity: 28 of 28 results verified" in text and "1 corrupt file(s) excluded" in text
+    assert f"`toy-mlp-at/{victim.name}` (digest mismatch" in text
 
 
 def test_formatting_helpers():
@@ -320,7 +327,7 @@ def test_mixed_versions_are_stated(toy, tmp_path):
     for v in victims:
         payload = store.read_json(v)
         payload["versions"] = {**payload["versions"], "torch": "0.0.1-old"}
-        store.write_json_atomic(v, payload)
+        store.write_result(v, payload)  # re-signed: results really computed with another version
     res = aggregate.load(reg, SUITE, results)
     mixed = aggregate.mixed_versions(res)
     assert list(mixed) == ["torch"] and mixed["torch"]["0.0.1-old"] == 2

@@ -3,15 +3,15 @@
 local executor; extra ``shiftbench[slurm]``).
 
 All take the same tasks (batches of cells) and run them through the same worker code
-(:func:`common.run_task`); :func:`common.drive` retries, counts, shows progress and lists what
+(:func:`common.run_task`); :func:`common.drive` retries, counts, shows progress and reports what
 failed.  Ray and submitit are imported only when asked for.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .common import (DEFAULT_MIN_BATCH, DEFAULT_RETRIES, Executor, Failure, GridError, GridInterrupted,  # noqa: F401
-                     InputError, MissingExtra, drive)
+from .common import (DEFAULT_MIN_BATCH, DEFAULT_RETRIES, Executor, Failure, GridInterrupted,  # noqa: F401
+                     MissingExtra, drive)
 from .local import LocalExecutor
 
 NAMES = ("local", "ray", "submitit")

@@ -1,5 +1,5 @@
 """What every executor shares: tasks of cell batches, the worker-side loop (per-batch errors,
-out-of-memory backoff), and the driver (retries, progress, Ctrl-C, the list of failures).
+out-of-memory backoff), and the driver (retries, progress, Ctrl-C, failures reported).
 
 An executor only moves zero-argument calls to where they run and hands their outcome back; the
 driver decides what to run, retries what failed, writes returned results and counts.  A cell's
@@ -21,7 +21,7 @@ from ..plan import Cell
 
 Batch = tuple[Cell, ...]
 # runner(chunk, *, results_dir, threads, batch_size) -> keys written; evaluate._run_chunk with its
-# registry, data and model folders bound.  It must be picklable (a functools.partial of module
+# registry, data and model folders bound and raise_errors=True (a failing batch raises).  It must be picklable (a functools.partial of module
 # functions) so that it can travel to worker processes, Ray workers and Slurm jobs.
 Runner = Callable[..., list[str]]
 
@@ -42,7 +42,8 @@ class BatchOutcome:
     keys: tuple[str, ...]
     written: list[str] = field(default_factory=list)
     error: str | None = None
-    fatal: bool = False  # an input error: the run stops
+    fatal: bool = False  # a result could not be written (store.StoreError): the run stops
+    retry: bool = True  # False for errors in the input (missing files, a broken entry): retrying cannot help
     batch_size: int | None = None  # the batch size that succeeded (smaller than asked after an OOM backoff)
     files: dict[str, str] = field(default_factory=dict)  # returned results: path in results_dir -> JSON text
 
@@ -52,24 +53,6 @@ class Failure:
     cells: tuple[str, ...]  # Cell.describe() of each cell of the batch
     error: str
     attempts: int
-
-
-class GridError(RuntimeError):
-    """Some cells still failed after their retries; every other cell ran."""
-
-    def __init__(self, failures: list[Failure], counts: dict[str, int]):
-        self.failures, self.counts = failures, counts
-        lines = [f"{sum(len(f.cells) for f in failures)} cells failed "
-                 f"({len(failures)} batches, each tried {failures[0].attempts} times):"]
-        for f in failures:
-            lines.append(f"  {', '.join(f.cells)}\n    {f.error}")
-        super().__init__("\n".join(lines))
-
-
-class InputError(ValueError):
-    """A cell met an error in the user's input (missing data or weights, a broken registry
-    entry) where it ran: the same for every cell that reads that input, so the run stops there
-    rather than retrying and listing each of them.  Run in process, the original error is raised."""
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -96,11 +79,20 @@ def need(executor: str, package: str, extra: str):
 
 
 # --------------------------------------------------------------------------- worker side
-def describe_error(exc: BaseException) -> str:
-    """The exception and the innermost frames of its traceback (a string: it travels back)."""
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
-    return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+def describe_error(exc: BaseException, batch: Batch | None = None) -> str:
+    """One line for an error (a string: it travels back from where the batch ran).  Errors of our
+    own (ValueError, RuntimeError) are their message; others carry their type and the innermost
+    frames.  The model's entry file is named unless the message does (data errors name their files)."""
+    if isinstance(exc, (ValueError, RuntimeError)) and str(exc):
+        msg = str(exc)
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)[-3:]
+        where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
+        msg = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+    m = batch[0].model if batch else None
+    if m is not None and m.path and m.path not in msg and not isinstance(exc, OSError):
+        msg = f"model '{m.id}' ({m.path}): {msg}"
+    return msg
 
 
 def is_input_error(exc: BaseException) -> bool:
@@ -124,35 +116,38 @@ def _free_gpu_memory() -> None:
 
 
 def run_batch_with_backoff(runner: Runner, batch: Batch, *, results_dir: str, threads: int, batch_size: int,
-                           min_batch_size: int = DEFAULT_MIN_BATCH, raise_input_errors: bool = False) -> BatchOutcome:
+                           min_batch_size: int = DEFAULT_MIN_BATCH, raise_fatal: bool = False) -> BatchOutcome:
     """Run one batch; on CUDA out-of-memory, retry it with half the batch size while that stays at
     or above ``min_batch_size``, then report it failed.  Any other error is reported, not raised:
-    one broken cell never stops the task; an input error (:func:`is_input_error`) is reported as
-    fatal, or raised with ``raise_input_errors``.  Ctrl-C (KeyboardInterrupt) does propagate."""
+    one broken cell never stops the task (an input error, :func:`is_input_error`, is marked not
+    worth retrying).  A failed write (:class:`store.StoreError`) is marked fatal, or raised with
+    ``raise_fatal``; Ctrl-C (KeyboardInterrupt) propagates."""
     keys = tuple(c.key for c in batch)
     bs = batch_size
     while True:
         try:
             written = runner(list((batch,)), results_dir=results_dir, threads=threads, batch_size=bs)
             return BatchOutcome(keys, list(written), batch_size=bs)
+        except store.StoreError as exc:
+            if raise_fatal:
+                raise
+            return BatchOutcome(keys, error=str(exc), fatal=True)
         except Exception as exc:  # noqa: BLE001 - reported per batch, the sweep goes on
             if is_input_error(exc):
-                if raise_input_errors:
-                    raise
-                return BatchOutcome(keys, error=str(exc), fatal=True)
+                return BatchOutcome(keys, error=describe_error(exc, batch), retry=False)
             if not _is_oom(exc):
-                return BatchOutcome(keys, error=describe_error(exc))
+                return BatchOutcome(keys, error=describe_error(exc, batch))
             _free_gpu_memory()
             if bs // 2 < min_batch_size:
                 return BatchOutcome(keys, error=f"out of GPU memory at batch size {bs} (floor {min_batch_size}): "
-                                                f"{describe_error(exc)}")
+                                                f"{describe_error(exc, batch)}")
             bs //= 2
 
 
 def run_task(runner: Runner, task: Task, *, results_dir: str, threads: int, batch_size: int,
              min_batch_size: int = DEFAULT_MIN_BATCH, return_results: bool = False,
-             raise_input_errors: bool = False) -> list[BatchOutcome]:
-    """Where a task lands: run its batches one by one (up to the first input error).  With
+             raise_fatal: bool = False) -> list[BatchOutcome]:
+    """Where a task lands: run its batches one by one (up to the first fatal error).  With
     ``return_results`` the results are written to a private temporary folder and returned as
     text, for the driver to write (no shared filesystem needed)."""
     out = []
@@ -160,7 +155,7 @@ def run_task(runner: Runner, task: Task, *, results_dir: str, threads: int, batc
         with tempfile.TemporaryDirectory(prefix="shiftbench-") if return_results else _no_folder() as tmp:
             o = run_batch_with_backoff(runner, b, results_dir=tmp or results_dir, threads=threads,
                                        batch_size=batch_size, min_batch_size=min_batch_size,
-                                       raise_input_errors=raise_input_errors)
+                                       raise_fatal=raise_fatal)
             for cell in b if tmp else ():
                 path = Path(tmp) / cell.filename
                 if path.is_file():
@@ -207,10 +202,9 @@ class Executor(Protocol):
 # --------------------------------------------------------------------------- driver
 def _write_returned(results_dir: Path, files: dict[str, str]) -> list[str]:
     written = []
-    for rel, text in files.items():
-        path = results_dir / rel
-        if not path.is_file():
-            payload = json.loads(text)
+    for rel, text in files.items():  # already signed where they were computed
+        path, payload = results_dir / rel, json.loads(text)
+        if not store.is_done(path, payload["key"]):
             store.write_json_atomic(path, payload)
             written.append(payload["key"])
     return written
@@ -218,16 +212,16 @@ def _write_returned(results_dir: Path, files: dict[str, str]) -> list[str]:
 
 def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner, results_dir: Path, *,
           total: int, retries: int = DEFAULT_RETRIES, batch_size: int, min_batch_size: int = DEFAULT_MIN_BATCH,
-          progress: bool = True) -> dict[str, int]:
+          progress: bool = True, report: Callable[[Failure], None] | None = None) -> dict[str, int]:
     """Run ``chunks`` (one task each) on ``executor``; a batch that fails is retried alone up to
-    ``retries`` times, then listed.  Returns ``{"ran": cells written, "failed": cells given up}``
-    when nothing failed for good; raises :class:`GridError` (after everything else ran) when
-    something did, :class:`GridInterrupted` on Ctrl-C."""
+    ``retries`` times (errors in the input are not retried), then handed to ``report`` while the
+    rest goes on.  Returns ``{"ran": cells written, "failed": cells given up, "retried": batches}``.
+    Raises :class:`store.StoreError` when a result cannot be written, :class:`GridInterrupted`
+    on Ctrl-C; either way outstanding work is cancelled."""
     from tqdm.auto import tqdm
 
     results_dir = Path(results_dir)
     counts = {"ran": 0, "failed": 0, "retried": 0}
-    failures: list[Failure] = []
     outstanding: dict[Any, Task] = {}
     bar = tqdm(total=total, desc=f"cells ({executor.name})", unit="cell", disable=not progress, dynamic_ncols=True)
 
@@ -241,7 +235,7 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
         return functools.partial(run_task, runner, task, results_dir=str(results_dir), threads=executor.threads,
                                  batch_size=batch_size, min_batch_size=min_batch_size,
                                  return_results=executor.return_results,
-                                 raise_input_errors=getattr(executor, "in_process", False))
+                                 raise_fatal=getattr(executor, "in_process", False))
 
     def submit(tasks: list[Task]) -> None:
         if tasks:
@@ -262,18 +256,19 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
                 for batch, o in zip(task.batches, result):
                     if o.fatal:
                         executor.cancel()
-                        raise InputError(f"{batch[0].describe()}: {o.error}")
+                        raise store.StoreError(o.error)
                     if o.error is None:
                         written = _write_returned(results_dir, o.files) if executor.return_results else o.written
                         counts["ran"] += len(written)
                         advance += len(written)
-                    elif task.attempt < retries:
+                    elif o.retry and task.attempt < retries:
                         counts["retried"] += 1
                         again.append(Task((batch,), task.attempt + 1))
                     else:
-                        lost = [c for c in batch if not (results_dir / c.filename).is_file()]
+                        lost = [c for c in batch if not store.is_done(results_dir / c.filename, c.key)]
                         counts["failed"] += len(lost)
-                        failures.append(Failure(tuple(c.describe() for c in batch), o.error, task.attempt + 1))
+                        if report is not None:
+                            report(Failure(tuple(c.describe() for c in batch), o.error, task.attempt + 1))
                 show(advance)
             submit(again)
     except KeyboardInterrupt:
@@ -283,7 +278,4 @@ def drive(executor: Executor, chunks: Sequence[Sequence[Batch]], runner: Runner,
     finally:
         bar.close()
         executor.close()
-    if failures:
-        raise GridError(failures, counts)
     return counts
-
