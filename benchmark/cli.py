@@ -142,14 +142,10 @@ def cmd_run(args) -> int:
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)
     t0 = time.perf_counter()
-    saved = os.environ.get(CODE_ENV)
-    if args.allow_code:  # worker processes inherit the opt-in
-        os.environ[CODE_ENV] = "1"
-    try:
+    from .models.load import code_opt_in
+
+    with code_opt_in(args.allow_code):  # worker processes inherit the opt-in
         counts = _run_on_executor(args, run_grid, todo, r, results_dir)
-    finally:
-        if args.allow_code:
-            os.environ.pop(CODE_ENV, None) if saved is None else os.environ.__setitem__(CODE_ENV, saved)
     if counts is None:  # Ctrl-C
         return 130
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -587,6 +587,11 @@ class Registry:
         """The folders of this registry as one string, for :class:`Registry` in another process."""
         return os.pathsep.join(str(r) for r in self.roots)
 
+    def holds(self, spec: Any) -> bool:
+        """Whether an entry's file lies inside one of this registry's folders."""
+        p = Path(spec.path).resolve() if getattr(spec, "path", "") else None
+        return p is not None and any(p.is_relative_to(r.resolve()) for r in self.roots)
+
     def layer_of(self, spec: Any) -> int:
         """Index in :attr:`roots` of the folder an entry's file lies in (the top layer if none)."""
         p = Path(spec.path).resolve() if getattr(spec, "path", "") else None
@@ -624,6 +629,13 @@ class Registry:
         ``pkg:pyautoattack/examples/model_test.pt``)."""
         if spec.weights is None:
             return None
+        given = Path(spec.weights)
+        if given.is_absolute() and (not self.holds(spec) or
+                                    given.resolve().is_relative_to(self.roots[self.layer_of(spec)].resolve())):
+            # an entry named on the command line (regress --model ENTRY.yaml / --weights FILE): the
+            # user chose this file, or it lies in the registry folder anyway; still sha256-checked.
+            # Registry YAML files never get here with an absolute path: loading them refuses one.
+            return given
         check_weights_ref(spec.weights, Path(spec.path))
         if spec.weights.startswith("pkg:"):
             import importlib.util

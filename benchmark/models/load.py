@@ -13,6 +13,8 @@ outputs are weaker) and a model whose output changes between two identical calls
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib
 import os
 import warnings
@@ -64,6 +66,24 @@ def allowed_code(suite_prefixes: Sequence[str] = ()) -> bool | tuple[str, ...]:
     if raw in ("1", "*", "all"):
         return True
     return tuple(p.strip() for p in raw.split(",") if p.strip()) + tuple(suite_prefixes)
+
+
+@contextlib.contextmanager
+def code_opt_in(allow: bool):
+    """While active, ``--allow-code`` is in force here and in worker processes started meanwhile
+    (they inherit ``$SHIFTBENCH_ALLOW_CODE``); the variable is restored afterwards."""
+    if not allow:
+        yield
+        return
+    saved = os.environ.get(CODE_ENV)
+    os.environ[CODE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(CODE_ENV, None)
+        else:
+            os.environ[CODE_ENV] = saved
 
 
 def code_allowed(spec: ModelSpec, allow: bool | Sequence[str] | None = None) -> bool:

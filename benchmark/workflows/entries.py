@@ -98,7 +98,8 @@ def resolve(model: str | nn.Module | ModelSpec, registry: Registry, *, dataset: 
     return spec
 
 
-def load(spec: ModelSpec | nn.Module, registry: Registry, *, model_dir: str | Path | None = None) -> nn.Module:
+def load(spec: ModelSpec | nn.Module, registry: Registry, *, model_dir: str | Path | None = None,
+         allow_code: bool = False) -> nn.Module:
     """Load an entry's model (weights sha256-checked, ``weights_only``); a module is returned in eval mode.
     A ``python:`` module is looked up on the path and in the current folder (the user's repository)."""
     if isinstance(spec, nn.Module):
@@ -108,7 +109,7 @@ def load(spec: ModelSpec | nn.Module, registry: Registry, *, model_dir: str | Pa
     if added:
         sys.path.insert(0, cwd)
     try:
-        return load_model(spec, registry, model_dir=model_dir)
+        return load_model(spec, registry, model_dir=model_dir, allow_code=True if allow_code else None)
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)

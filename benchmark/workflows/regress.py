@@ -270,7 +270,7 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
     chosen = quick_subset(data["cells"], registry, suite.id) if quick else list(data["cells"])
     cells = check_settings({**data, "cells": chosen}, registry, n_examples=n_examples, seed=seed, where=where)
     resolved = entries.resolve(model, registry, dataset=suite.dataset, weights=weights, allow_code=allow_code)
-    net = entries.load(resolved, registry, model_dir=model_dir)
+    net = entries.load(resolved, registry, model_dir=model_dir, allow_code=allow_code)
     if isinstance(resolved, nn.Module):
         name = getattr(net, "shiftbench_name", type(net).__name__)
         spec = ModelSpec(id=name, source="python:<in-memory>:model", dataset=suite.dataset,

@@ -157,8 +157,11 @@ def reproduce(registry: Registry, suite: str = "digits", results: str | Path = "
             run_grid(present, registry, work / suite, data_dir=data_dir, model_dir=model_dir, workers=workers,
                      progress=progress)
             for c in present:
-                new = store.read_json(work / suite / c.filename)
                 row = {"model": c.model.id, "data": c.data_name, "threat": c.threat.id, "key": c.key}
+                if not (work / suite / c.filename).is_file():  # the re-run failed (its error was printed)
+                    rows.append({**row, "n": c.n, "status": "differs", "reason": "the re-run failed"})
+                    continue
+                new = store.read_json(work / suite / c.filename)
                 row.update(judge(stored[c.key], new))
                 rows.append(row)
                 if update and row["status"] != "exact":

@@ -25,6 +25,7 @@ import yaml
 from ..registry import PACKAGED_REGISTRY, ModelSpec, Registry, RegistryError, build_spec, load_yaml, sha256_file
 from ..report import leaderboard
 from ..run import plan as planner
+from ..models.load import code_opt_in
 from ..run.evaluate import prepare, predict, run_grid
 from . import entries
 from .rules import CLEAN_TOLERANCE_RULE, clean_tolerance  # noqa: F401  (the rule: API)
@@ -181,10 +182,12 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
     if not entry.is_file():
         raise FileNotFoundError(f"{entry}: entry file not found")
     raw = load_yaml(entry)
+    upload = None
     if weights is not None and isinstance(raw, dict):  # --weights: this file, and its checksum
         if not Path(weights).is_file():
             raise FileNotFoundError(f"--weights {weights}: file not found")
-        raw.update(weights=str(Path(weights).resolve()), sha256=sha256_file(weights))
+        upload = Path(weights).resolve()  # validated below under its bare name, as a registry path
+        raw.update(weights=upload.name, sha256=sha256_file(upload))
     spec = build_spec("models", raw, entry)  # errors name the file and the key
     claimed = _claimed_clean(spec)
     s = registry.suite(suite)
@@ -199,7 +202,7 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
             raise SubmitError(f"{entry}: key 'id': model '{spec.id}' already exists ({old.path}); choose another id, "
                               "or pass --replace to replace it")
         replaced = f"{old.path} (source {old.source}, weights sha256 {old.sha256 or '-'})"
-    src, sha = _entry_weights(spec, root)
+    src, sha = (upload, spec.sha256) if upload is not None else _entry_weights(spec, root)
     dest_w = None
     if src is not None and not src.resolve().is_relative_to(root.resolve()):
         dest_w = root / "weights" / spec.dataset / f"{spec.id}{src.suffix or '.pt'}"
@@ -227,7 +230,7 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
         # the claimed clean accuracy, on the ID cell's own images
         cells = [c for c in planner.plan_suite(reg, suite, models=new.id) if c.model.id == new.id]
         id_cell = next(c for c in cells if c.role == "id")
-        net = entries.load(new, reg, model_dir=model_dir)
+        net = entries.load(new, reg, model_dir=model_dir, allow_code=allow_code)
         net_c, x, y = prepare(id_cell, net, data_dir)
         measured = float((predict(net_c, x) == y).float().mean())
         tol = clean_tolerance(claimed, len(y))
@@ -239,8 +242,11 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
             tx.guard(results_root)  # created here: removed again on rollback
             results_root.mkdir(parents=True)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-submit-", dir=results_root))
-        run_grid(cells, reg, staging / suite, data_dir=data_dir, model_dir=model_dir, workers=workers,
-                 progress=progress)
+        with code_opt_in(allow_code):
+            counts = run_grid(cells, reg, staging / suite, data_dir=data_dir, model_dir=model_dir, workers=workers,
+                              progress=progress)
+        if counts.get("failed"):  # the sweep reported each failed cell with its error
+            raise RuntimeError(f"{counts['failed']} of {len(cells)} cells of model '{new.id}' failed (errors above)")
         for c in cells:
             tx.move(staging / suite / c.filename, results_root / suite / c.filename)
         for path in _board_files(out_md, suite):

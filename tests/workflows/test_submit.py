@@ -144,7 +144,8 @@ def test_failed_submission_changes_nothing(case, board, tmp_path, tiny_model, mo
         rc_want, msg = 2, "normalisation"
     elif case == "wrong-sha256":
         entry = write_entry(tmp_path / "e" / "new-model.yaml", arch_args={"hidden": 32, "depth": 1},
-                            weights=str(weights), sha256="0" * 64, claimed={"clean_acc": acc})
+                            weights="w.pt", sha256="0" * 64, claimed={"clean_acc": acc})  # next to the entry
+        shutil.copy(weights, tmp_path / "e" / "w.pt")
         extra, rc_want, msg = [], 2, "key 'sha256'"
     elif case == "existing-id":
         entry = write_entry(tmp_path / "e" / "tiny.yaml", arch_args={"hidden": 32, "depth": 1},
