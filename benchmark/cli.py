@@ -171,7 +171,7 @@ def _add_executor_args(q: argparse.ArgumentParser) -> None:
                    help="local: worker processes here (default); ray: a Ray cluster (pip install "
                         "'shiftbench[ray]'); submitit: Slurm job arrays (pip install 'shiftbench[slurm]')")
     g.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                   help=f"times a failing batch of cells is retried before it is listed as failed "
+                   help=f"times a failing batch of cells is retried before it is reported as failed "
                         f"(default {DEFAULT_RETRIES})")
     g.add_argument("--min-batch-size", type=int, default=DEFAULT_MIN_BATCH,
                    help="out of GPU memory: retry with half the batch size down to this floor "

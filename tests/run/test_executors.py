@@ -1,6 +1,6 @@
 """Executors: the same slice of the digits suite through a real local Ray (2 CPUs), submitit's
 local executor and local worker processes gives per-example outcomes identical to a serial local
-run; a cell that fails on purpose is retried, then listed, and the rest completes; CUDA
+run; a cell that fails on purpose is retried, then reported, and the rest completes; CUDA
 out-of-memory halves the batch size down to a floor; Ctrl-C stops cleanly and the run resumes."""
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def assert_same_outcomes(expected: Path, got: Path, cells) -> None:
         assert a["checks"] == b["checks"], c.describe()
 
 
-def test_ray_matches_local_and_lists_a_failing_cell(digits_slice, serial_results, tmp_path, capsys):
+def test_ray_matches_local_and_reports_a_failing_cell(digits_slice, serial_results, tmp_path, capsys):
     import ray
 
     reg, cells = digits_slice
@@ -81,7 +81,7 @@ def test_ray_matches_local_and_lists_a_failing_cell(digits_slice, serial_results
     assert not ray.is_initialized(), "the local Ray stops with the run"
 
 
-def test_submitit_local_matches_local_and_lists_a_failing_cell(digits_slice, serial_results, tmp_path, capsys):
+def test_submitit_local_matches_local_and_reports_a_failing_cell(digits_slice, serial_results, tmp_path, capsys):
     reg, cells = digits_slice
     bad = broken(cells[0])
     out = tmp_path / "digits"
