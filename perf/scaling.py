@@ -28,7 +28,7 @@ import torch
 # CIFAR-10 Linf suite image counts per model (cell n = 10,000, capped by the set's size):
 # ID test 10,000; CIFAR-10.1 v6 2,000; CIFAR-10.2 test 2,000; CINIC-10 (ImageNet part, fixed subset)
 # 10,000; CIFAR-10-R at most 10,000 (its size is whatever the user builds); CIFAR-10-C 15 x 5 x 10,000;
-# 6 threat shifts on the ID test set x 10,000.
+# each threat shift on the ID test set x 10,000.
 CIFAR10_SET_SIZE = {"cifar10.1": 2000, "cifar10.2": 2000}
 
 
