@@ -111,7 +111,7 @@ def cmd_run(args) -> int:
     _check_patterns(r, suite, args)
     _check_data_dir(suite, args.data_dir)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, seed=args.seed)
+                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
     if not cells:
         print(f"error: no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
               f"threats={args.threats}); see `shiftbench ls models --suite {args.suite}`", file=sys.stderr)
@@ -138,6 +138,9 @@ def cmd_run(args) -> int:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
         return 1 if refused else 0
+    device = _device_or_exit(args.device)
+    if device is None:
+        return 2
     removed = store.clean_temp(results_dir)
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)
@@ -145,7 +148,7 @@ def cmd_run(args) -> int:
     from .models.load import code_opt_in
 
     with code_opt_in(args.allow_code):  # worker processes inherit the opt-in
-        counts = _run_on_executor(args, run_grid, todo, r, results_dir)
+        counts = _run_on_executor(args, run_grid, todo, r, results_dir, device)
     if counts is None:  # Ctrl-C
         return 130
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -191,7 +194,7 @@ def _add_executor_args(q: argparse.ArgumentParser) -> None:
     g.add_argument("--local", action="store_true", help="with --executor submitit: submitit's local executor")
 
 
-def _executor_from_args(args):
+def _executor_from_args(args, device: str = "auto"):
     """The executor ``shiftbench run`` asked for (None: run_grid's local default)."""
     from .run.executors import make_executor
 
@@ -200,9 +203,10 @@ def _executor_from_args(args):
     if args.retries < 0 or args.min_batch_size < 1:
         raise ValueError("--retries must be >= 0 and --min-batch-size >= 1")
     if args.executor == "local":
-        return make_executor("local", workers=args.workers)
+        return make_executor("local", workers=args.workers, gpus=[] if device == "cpu" else None)
     if args.executor == "ray":
-        return make_executor("ray", address=args.ray_address, return_results=args.ray_return_results)
+        return make_executor("ray", address=args.ray_address, return_results=args.ray_return_results,
+                             gpus_per_task=0 if device == "cpu" else None)
     from .run.executors.submitit import parse_slurm_time
 
     return make_executor("submitit", folder=args.slurm_folder or ".submitit", local=args.local,
@@ -210,21 +214,40 @@ def _executor_from_args(args):
                          gpus=args.slurm_gpus, array_parallelism=args.slurm_array_parallelism)
 
 
-def _run_on_executor(args, run_grid, todo, registry, results_dir) -> dict[str, int] | None:
+def _run_on_executor(args, run_grid, todo, registry, results_dir, device: str = "auto") -> dict[str, int] | None:
     """run_grid on the chosen executor; None after Ctrl-C.  A missing extra is a usage error."""
     from .run.executors import GridInterrupted, MissingExtra
 
     try:
-        executor = _executor_from_args(args)
+        executor = _executor_from_args(args, device)
         return run_grid(todo, registry, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
                         workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
-                        executor=executor, retries=args.retries, min_batch_size=args.min_batch_size)
+                        device=device, executor=executor, retries=args.retries,
+                        min_batch_size=args.min_batch_size)
     except MissingExtra as exc:
         raise ValueError(str(exc)) from None  # main(): "error: ...", exit 2
     except GridInterrupted as exc:
         print(f"\ninterrupted: {exc.counts['ran']} cells written (every written result is complete); "
               "rerun the same command to resume", file=sys.stderr)
         return None
+
+
+
+
+def _device_or_exit(device: str) -> str | None:
+    """``--device``: the resolved device name, or None (message printed) when it is unavailable."""
+    from .run.evaluate import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ValueError as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where models run: auto (CUDA when available), cpu or cuda; data moves there once")
 
 
 def cmd_leaderboard(args) -> int:
@@ -275,6 +298,8 @@ def cmd_verify_archives(args) -> int:
 def cmd_calibrate(args) -> int:
     from .run import calibrate
 
+    if _device_or_exit(args.device) is None:
+        return 2
     r = _registry(args)
     suite = r.suite(args.suite)
     _check_patterns(r, suite, argparse.Namespace(models=args.models, threats=args.threats))
@@ -739,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
     q.add_argument("--allow-code", action="store_true",
                    help="let python:module:factory model entries import their module (off by default)")
+    _add_device(q)
     _add_common(q)
     _add_data(q)
     _add_executor_args(q)
@@ -788,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fast", default=None,
                    help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
                         "the one the targets apply to), e.g. apgd-mm,mm5")
+    _add_device(q)
     _add_common(q)
     _add_data(q)
     q.add_argument("--allow-code", action="store_true",

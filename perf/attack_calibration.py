@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="models calibrated at a time (processes)")
     p.add_argument("--threats", default=None, help="patterns over the suite's Lp threats")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the models run (auto: CUDA when available)")
     p.add_argument("--fast", default=None, help="comma-separated fast attacks (default apgd-mm), e.g. apgd-mm,mm5")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -78,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     x_all, y_all = datasets.load_id(suite.dataset, "test")
     idx = torch.from_numpy(datasets.subset(min(a.n or calibrate.DEFAULT_N, len(x_all)), len(x_all), suite.seed))
     threats = calibrate.calibration_threats(reg, suite, a.threats)
+    from benchmark.run.evaluate import resolve_device
+
+    dev = resolve_device(a.device)
     rows = []
     for name, model in demo_zoo(suite.seed):
         fast = tuple(f.strip() for f in (a.fast or calibrate.FAST).split(",") if f.strip())
-        rows += calibrate.calibrate_model(model, name, x_all[idx], y_all[idx], threats, seed=suite.seed,
-                                          fast_args=a.fast_args, fast=fast)
+        rows += calibrate.calibrate_model(model.to(dev), name, x_all[idx].to(dev), y_all[idx].to(dev), threats,
+                                          seed=suite.seed, fast_args=a.fast_args, fast=fast)
         print(calibrate.render(rows[-len(threats):], a.command_line), flush=True)
     text = calibrate.render(rows, a.command_line)
     print(text)

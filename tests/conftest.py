@@ -49,6 +49,13 @@ def make_tiny_registry(root: Path, model: torch.nn.Module) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _weights_lock_in_tmp(tmp_path, monkeypatch):
+    """Loading a RobustBench model records its checksums in the registry's lock file on first use;
+    tests keep theirs in a temporary folder, never in the repository's registry."""
+    monkeypatch.setenv("SHIFTBENCH_WEIGHTS_LOCK", str(tmp_path / "lock" / "weights.lock"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> torch.nn.Module:
     return train_tiny_mlp()

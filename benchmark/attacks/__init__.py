@@ -4,12 +4,15 @@ Our own PGD / APGD code, non-Lp threat attacks, and an adapter over pyautoattack
 
 Every attack has one signature::
 
-    attack(model, x, y, threat: ThreatSpec, *, seed: int, **attack_args) -> x_adv
+    attack(model, x, y, threat: ThreatSpec, *, seed: int, index=None, **attack_args) -> x_adv
 
 ``x`` is a batch of images in [0, 1] (N, C, H, W), ``y`` the labels; ``model`` returns logits
 and is in eval mode.  ``x_adv`` has the same shape, lies in [0, 1] and inside the threat's
 perturbation set.  The evaluator counts an example robust when the model is correct on both
-``x`` and ``x_adv``.  Attacks register themselves with :func:`register`.
+``x`` and ``x_adv``.  ``index`` holds each example's position in its cell: our attacks draw
+every random number from ``(seed, index)`` (:mod:`._draws`), so an example's outcome does not
+depend on the batch it is attacked in; ``None`` numbers the batch 0, 1, ...  Attacks register
+themselves with :func:`register`; one without an ``index`` argument is called without it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ if TYPE_CHECKING:  # torch is heavy: planning and the leaderboard must not impor
     import torch
 
 # Bump when any attack's numbers can change; it is part of every cell's hash.
-HARNESS_VERSION = "3"
+HARNESS_VERSION = "4"
 
 
 class Attack(Protocol):
@@ -60,10 +63,20 @@ def _load_all() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
+def _takes_index(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == "index" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def run_attack(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", threat: Any, *,
-               seed: int = 0, attack: str | None = None, **overrides: Any) -> "torch.Tensor":
-    """Run the threat's attack (or ``attack``) with its registry settings plus ``overrides``."""
+               seed: int = 0, attack: str | None = None, index: Any = None, **overrides: Any) -> "torch.Tensor":
+    """Run the threat's attack (or ``attack``) with its registry settings plus ``overrides``;
+    ``index``: the examples' positions in their cell (see the module docstring)."""
     fn = get_attack(attack or threat.attack)
     kwargs = dict(threat.attack_args) if attack is None else {}
     kwargs.update(overrides)
+    if index is not None and _takes_index(fn):
+        kwargs["index"] = index
     return fn(model, x, y, threat, seed=seed, **kwargs)

@@ -112,13 +112,20 @@ def ascent_step(grad: torch.Tensor, step: float, p: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {p!r}")
 
 
-def random_start(x: torch.Tensor, eps: float, p: str, gen: torch.Generator) -> torch.Tensor:
-    """A random point inside the ball (used for random restarts)."""
-    noise = torch.rand(x.shape, generator=gen, device="cpu").to(x.device) * 2 - 1
+def random_start(x: torch.Tensor, eps: float, p: str, gen, *purpose) -> torch.Tensor:
+    """A random point inside the ball (used for random restarts).  ``gen`` is a
+    :class:`~._draws.Draws` (per-example streams, ``purpose`` names the draw: evaluation) or a
+    ``torch.Generator`` (one stream for the batch: adversarial training of the zoo)."""
+    if isinstance(gen, torch.Generator):
+        noise = torch.rand(x.shape, generator=gen, device="cpu").to(x.device) * 2 - 1
+        r = torch.rand(x.shape[0], generator=gen).to(x.device) if p != "Linf" else None
+    else:
+        u = gen.rand((x[0].numel() + 1,), "start", *purpose)
+        noise = (u[:, :-1].reshape(x.shape) * 2 - 1).to(x)
+        r = u[:, -1].to(x)
     if p == "Linf":
         d = noise * eps
     else:
         n = _flat_norm(noise, p).clamp_min(1e-12)
-        r = torch.rand(x.shape[0], generator=gen).to(x.device)
         d = noise / _bcast(n, noise) * _bcast(r * eps, noise)
     return (x + d).clamp(0.0, 1.0)

@@ -120,7 +120,7 @@ def _clip_to_threat(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str)
 
 
 @register("autoattack")
-def autoattack_attack(model, x, y, threat, *, seed: int = 0, version: str = "standard",
+def autoattack_attack(model, x, y, threat, *, seed: int = 0, index=None, version: str = "standard",
                       batch_size: int = 500) -> torch.Tensor:
     if threat.kind != "lp":
         raise ValueError(f"autoattack needs an lp threat, '{threat.id}' is kind '{threat.kind}'")
@@ -129,7 +129,7 @@ def autoattack_attack(model, x, y, threat, *, seed: int = 0, version: str = "sta
 
 
 @register("square")
-def square_attack(model, x, y, threat, *, seed: int = 0, queries: int = 5000, p_init: float = 0.8) -> torch.Tensor:
+def square_attack(model, x, y, threat, *, seed: int = 0, index=None, queries: int = 5000, p_init: float = 0.8) -> torch.Tensor:
     if threat.kind != "lp":
         raise ValueError(f"square needs an lp threat, '{threat.id}' is kind '{threat.kind}'")
     return square(model, x, y, eps=threat.eps, norm=threat.norm, queries=queries, seed=seed, p_init=p_init)

@@ -113,7 +113,7 @@ def color_attack_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 @register("brightness-contrast")
-def color_attack(model, x, y, threat, *, seed: int = 0, grid: int = 5, steps: int = 10,
+def color_attack(model, x, y, threat, *, seed: int = 0, index=None, grid: int = 5, steps: int = 10,
                  loss: str = "ce") -> torch.Tensor:
     """Budget (``threat.params``): ``brightness`` [lo, hi] added to every pixel (a number d means
     [-d, d]), ``contrast`` [lo, hi] scaling about the image's mean grey (a number d means

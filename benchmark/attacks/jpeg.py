@@ -60,7 +60,8 @@ def from_coeffs(z: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg_linf(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
-              step_size: float | None = None, restarts: int = 1, loss: str = "ce", seed: int = 0, return_delta: bool = False):
+              step_size: float | None = None, restarts: int = 1, loss: str = "ce", seed: int = 0, index=None,
+              return_delta: bool = False):
     """PGD on a coefficient perturbation ``delta`` with ``|delta|_inf <= eps``; the image is
     ``clip(from_coeffs(to_coeffs(x) + delta))``.  Keeps per example the first fooling point.
     With ``return_delta`` also returns that ``delta``."""
@@ -73,17 +74,16 @@ def jpeg_linf(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     z0 = to_coeffs(x.detach())
     best, best_delta = signed_pgd(
         model, x, y, param_shape=tuple(x.shape[1:]),
-        init=lambda active, gen: ((torch.rand((len(active), *x.shape[1:]), generator=gen) * 2 - 1) * eps).to(x),
+        init=lambda active, draws, purpose: (draws.rand(x.shape[1:], *purpose, like=x) * 2 - 1) * eps,
         render=lambda active, delta: from_coeffs(z0[active] + delta).clamp(0.0, 1.0),
         project=lambda delta: delta.clamp(-eps, eps),
         steps=steps, step_size=step_size if step_size is not None else 2.5 * eps / steps,
-        restarts=restarts, loss=loss, seed=seed)
-    return (best, best_delta) if return_delta else best
+        restarts=restarts, loss=loss, seed=seed, index=index)
     return (best, best_delta) if return_delta else best
 
 
 @register("jpeg")
-def jpeg_attack(model, x, y, threat, *, seed: int = 0, steps: int = 20, step_size: float | None = None,
+def jpeg_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 20, step_size: float | None = None,
                 restarts: int = 1, loss: str = "ce") -> torch.Tensor:
     """Budget (``threat.params``): ``eps``, the largest change of any orthonormal 8x8 block-DCT
     coefficient (of luma/chroma for colour images), in the units of images in [0, 1]; a pixel
@@ -91,4 +91,4 @@ def jpeg_attack(model, x, y, threat, *, seed: int = 0, steps: int = 20, step_siz
     ``restarts``, ``loss`` ce or margin.  Left out, ``eps`` is 0.1."""
     p = threat_params(threat, "jpeg", {"eps": DEFAULT_EPS})
     return jpeg_linf(model, x, y, eps=nonneg(p["eps"], threat.path or threat.id, "eps"), steps=steps,
-                     step_size=step_size, restarts=restarts, loss=loss, seed=seed)
+                     step_size=step_size, restarts=restarts, loss=loss, seed=seed, index=index)

@@ -58,7 +58,7 @@ def smoothness(flow: torch.Tensor) -> torch.Tensor:
 
 def spatial_flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_flow: float, steps: int = 20,
                  step_size: float | None = None, smooth_weight: float = 0.0, restarts: int = 1,
-                 random_init: bool = True, loss: str = "ce", seed: int = 0,
+                 random_init: bool = True, loss: str = "ce", seed: int = 0, index=None,
                  return_flow: bool = False):
     """Projected signed-gradient ascent on a flow field bounded by ``max_flow`` pixels per vector.
 
@@ -71,23 +71,23 @@ def spatial_flow(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ma
         best = x.detach().clone()
         return (best, torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)) if return_flow else best
 
-    def init(active: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def init(active: torch.Tensor, draws, purpose: tuple) -> torch.Tensor:
         if not random_init:
             return torch.zeros(len(active), 2, h, w, device=x.device, dtype=x.dtype)
-        flow = (torch.rand(len(active), 2, h, w, generator=gen) * 2 - 1).to(x.device, x.dtype) * max_flow
+        flow = (draws.rand((2, h, w), *purpose, like=x) * 2 - 1) * max_flow
         return project_flow(flow, max_flow)
 
     best, best_flow = signed_pgd(
         model, x, y, param_shape=(2, h, w), init=init, render=lambda active, flow: warp(x[active], flow),
         project=lambda flow: project_flow(flow, max_flow),
         steps=steps, step_size=step_size if step_size is not None else 2.5 * max_flow / steps,
-        restarts=restarts, loss=loss, seed=seed,
+        restarts=restarts, loss=loss, seed=seed, index=index,
         penalty=(lambda flow: smooth_weight * smoothness(flow)) if smooth_weight else None)
     return (best, best_flow) if return_flow else best
 
 
 @register("pixel-flow")
-def spatial_flow_attack(model, x, y, threat, *, seed: int = 0, steps: int = 20, step_size: float | None = None,
+def spatial_flow_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 20, step_size: float | None = None,
                         smooth_weight: float = 0.0, restarts: int = 1, random_init: bool = True,
                         loss: str = "ce") -> torch.Tensor:
     """Budget (``threat.params``): ``max_flow``, the largest displacement in pixels any single
@@ -99,4 +99,4 @@ def spatial_flow_attack(model, x, y, threat, *, seed: int = 0, steps: int = 20, 
     p = threat_params(threat, "pixel-flow", {"max_flow": DEFAULT_MAX_FLOW})
     return spatial_flow(model, x, y, max_flow=nonneg(p["max_flow"], threat.path or threat.id, "max_flow"),
                         steps=steps, step_size=step_size, smooth_weight=smooth_weight, restarts=restarts,
-                        random_init=random_init, loss=loss, seed=seed)
+                        random_init=random_init, loss=loss, seed=seed, index=index)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
+from ._draws import Draws
 
 LOSSES = ("ce", "margin")
 # Used only for keys a threat entry leaves out: Engstrom et al.'s CIFAR-10 budget (+-30 degrees,
@@ -68,16 +69,17 @@ def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") ->
 
 
 def signed_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, param_shape: tuple[int, ...],
-               init: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+               init: Callable[[torch.Tensor, Draws, tuple], torch.Tensor],
                render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                project: Callable[[torch.Tensor], torch.Tensor], steps: int, step_size: float,
                restarts: int = 1, loss: str = "ce",
                penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               seed: int = 0, index=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Signed-gradient ascent of ``loss`` over a per-example perturbation parameter (a flow
     field, block-DCT coefficients, ...), the loop the parametric non-Lp attacks share.
 
-    ``init(active, gen)`` draws the start for the examples ``active`` (indices into ``x``),
+    ``init(active, draws, purpose)`` draws the start for the examples ``active`` (indices into
+    ``x``) from their own streams (:mod:`._draws`, keyed by ``seed`` and ``index``),
     ``render(active, param)`` makes their images, ``project`` maps a parameter back into the
     budget; ``penalty(param)`` (per example) is subtracted from the loss.  Keeps per example the
     first fooling point, else the last iterate; a restart attacks only the examples not yet
@@ -86,14 +88,14 @@ def signed_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, para
     n = len(x)
     best = x.detach().clone()
     best_param = torch.zeros((n, *param_shape), device=x.device, dtype=x.dtype)
-    gen = torch.Generator().manual_seed(seed)
+    draws = Draws(seed, index, n)
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    for _ in range(max(1, restarts)):
+    for r in range(max(1, restarts)):
         active = (~fooled).nonzero().squeeze(1)
         if len(active) == 0:
             break
         ya = y[active]
-        param = init(active, gen)
+        param = init(active, draws.take(active), ("start", r))
         done = torch.zeros(len(active), dtype=torch.bool, device=x.device)
         for it in range(steps + 1):
             param.requires_grad_(True)
@@ -219,13 +221,15 @@ def rotation_translation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 @register("rotation-translation")
-def rotation_translation_attack(model, x, y, threat, *, seed: int = 0, search: str = "grid", rotations: int = 5,
+def rotation_translation_attack(model, x, y, threat, *, seed: int = 0, index=None, search: str = "grid",
+                                rotations: int = 5,
                                 translations: int = 3, k: int = 100, loss: str = "ce") -> torch.Tensor:
     """Budget (``threat.params``): ``max_rotation`` in degrees (angles in [-R, R]) and
     ``max_translation`` in pixels (each of the horizontal and vertical shifts in [-T, T]).
     The image is rotated about its centre, shifted, and filled with black outside.  Keys left
     out default to Engstrom et al.'s CIFAR-10 budget (30 degrees, 3 pixels).
-    Settings: ``search`` grid (``rotations`` x ``translations``^2 points) or random (``k`` draws).
+    Settings: ``search`` grid (``rotations`` x ``translations``^2 points) or random (``k`` draws,
+    the same for every example: they depend on ``seed`` only, never on the batch).
     """
     p = threat_params(threat, "rotation-translation", DEFAULTS)
     where = threat.path or threat.id

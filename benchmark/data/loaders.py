@@ -91,11 +91,13 @@ def _digest(path: Path, algo: str) -> str:
 
 
 def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, url: str | None,
-                layout: str | None = None, hint: str | None = None) -> None:
+                layout: str | None = None, hint: str | None = None) -> list[str]:
     """Raise if any listed file is missing (all of them named at once) or has the wrong checksum.
 
     A path ending in ``/`` names a folder that must exist.  Checksums are cached per
-    (path, size, mtime) so repeated loads in one process hash each file once.
+    (path, size, mtime) so repeated loads in one process hash each file once.  A file without a
+    checksum in its entry is checked against the data root's lock file (:func:`_check_pinned`);
+    returns those not pinned yet, for :func:`record_pins` once they have been read successfully.
     """
     missing = []
     for f in files:
@@ -116,6 +118,51 @@ def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, ur
                         f"{what}: {p} has {algo} {got}, the entry says {want}; the file is corrupt or a "
                         f"different version: re-download it from {url or 'its source'}"
                     )
+    unpinned = []
+    for f in files:
+        p = root / str(f["path"])
+        if p.is_file() and not (f.get("sha256") or f.get("md5")) and not _check_pinned(root, str(f["path"]), what, url):
+            unpinned.append(str(f["path"]))
+    return unpinned
+
+
+DATA_LOCK = "shiftbench-data.lock"  # in the data root: sha256 of files whose entries give no checksum
+
+
+def _check_pinned(root: Path, rel: str, what: str, url: str | None) -> bool:
+    """A listed file without a published checksum is pinned in ``<data root>/shiftbench-data.lock``
+    the first time it is read successfully (trust on first use, :func:`record_pins`) and verified
+    on every later read (hashed once per process and file version), so a replaced file cannot
+    serve stale results.  Returns whether the file is pinned already."""
+    from .pins import PinError, read_pins
+
+    lock = root / DATA_LOCK
+    try:
+        known = read_pins(lock).get(rel)
+    except PinError as exc:
+        raise DataChecksumError(f"{what}: {exc}") from None
+    if known is None:
+        return False
+    got = _digest(root / rel, "sha256")
+    if known.get("sha256") != got:
+        raise DataChecksumError(
+            f"{what}: {root / rel} has sha256 {got}, but {lock} pinned {known.get('sha256')} when it was first "
+            f"read: the file was replaced. Restore it (from {url or 'its source'}), or delete its line in the "
+            "lock file to trust the new one")
+    return True
+
+
+def record_pins(root: Path, rels: Sequence[str], what: str) -> None:
+    """Pin files read successfully for the first time (see :func:`_check_pinned`), with a message."""
+    import sys
+
+    from .pins import pin
+
+    for rel in rels:
+        _, recorded = pin(root / DATA_LOCK, rel, {"sha256": _digest(root / rel, "sha256")})
+        if recorded:
+            print(f"{what}: {rel} has no published checksum; recorded its sha256 in {root / DATA_LOCK} (trust on "
+                  "first use); later reads are verified against it", file=sys.stderr)
 
 
 def _missing_message(what: str, root: Path, missing: Sequence[str], url: str | None,
@@ -347,11 +394,13 @@ def load_shift(spec: ShiftSpec, severity: int | None, root: Path,
         names = ", ".join(str(a["name"]) for a in spec.archives)
         hint = (f"Before extracting, check the download ({names}) against its published checksums: "
                 f"shiftbench verify-archives --suite <suite> --shifts {spec.id} --archive-dir <folder>")
-    check_files(spec.files, root, what=f"{spec.path or spec.id}", url=spec.url, layout=spec.layout, hint=hint)
+    unpinned = check_files(spec.files, root, what=f"{spec.path or spec.id}", url=spec.url, layout=spec.layout,
+                           hint=hint)
     params = dict(spec.params)
     if params.get("transform") == MODEL_TRANSFORM:
         params["transform"] = shift_preprocessing(spec, preprocessing)
     x, y = FORMATS[fmt](spec, severity, root, params)
+    record_pins(root, unpinned, f"{spec.path or spec.id}")
     return x, y
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..registry import DEFAULT_REGISTRY, IMAGENET_PREPROCESSINGS, ModelSpec, Registry, RegistryError
-from .weights import WeightsError, verified_state_dict
+from .weights import WeightsError, pinned, verified_state_dict
 
 GENERATED_THREATS = (("cifar10", "Linf"), ("cifar10", "L2"), ("cifar100", "Linf"), ("imagenet", "Linf"))
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
@@ -134,20 +134,22 @@ def load(spec: ModelSpec, registry: Registry | None, model_dir: str | Path | Non
         if not path.is_file():
             raise _missing(spec, path, f"run torch.save(timm.create_model('{tname}', pretrained=True)"
                                        ".state_dict(), '<file>')")
+        _pin(spec, registry, [path])
         model = timm.create_model(tname, num_classes=NUM_CLASSES[spec.dataset], pretrained=False)
         model.load_state_dict(_load_checkpoint(path, spec.sha256, spec))
         return model.eval()
     gid = entry["gdrive_id"]
     if (spec.dataset, threat, name) in TORCHVISION_WEIGHTS:
-        return _load_torchvision(spec, name, threat, path)
+        return _load_torchvision(spec, name, threat, path, registry)
     if not gid:
         raise WeightsError(f"{spec.path}: robustbench model '{name}' has no checkpoint of its own (its "
                            "constructor downloads pretrained weights at build time); it cannot run offline")
     if isinstance(gid, list):
-        return _load_ensemble(spec, entry, name, path, dataset, rb_utils)
+        return _load_ensemble(spec, entry, name, path, dataset, rb_utils, registry)
     if not path.is_file():
         raise _missing(spec, path, f"run robustbench.utils.load_model('{name}', dataset='{spec.dataset}', "
                                    f"threat_model='{threat}', model_dir='models')")
+    _pin(spec, registry, [path])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = entry["model"]()
@@ -161,6 +163,49 @@ def load(spec: ModelSpec, registry: Registry | None, model_dir: str | Path | Non
         if not _keys_match(model, state):  # most ImageNet checkpoints lack the normaliser's 'model.' prefix
             state = rb_utils.add_substr_to_state_dict(state, "model.")
     return rb_utils._safe_load_state_dict(model, name, state, dataset).eval()
+
+
+def _pin(spec: ModelSpec, registry: Registry | None, files: list[Path]) -> None:
+    """Checkpoints the entry does not pin itself (no sha256; ensembles: every part but the
+    first) are verified against the registry's lock file, or recorded there on first use."""
+    if registry is not None and (spec.sha256 is None or len(files) > 1):
+        pinned(registry.root, spec.id, files, spec.path)
+
+
+def weight_files(spec: ModelSpec, registry: Registry | None, model_dir: str | Path | None = None) -> list[Path]:
+    """The checkpoint files a ``robustbench:`` entry is built from (ensembles: every part);
+    only those present (none when the weights are not downloaded yet)."""
+    entry, name, threat = _zoo_entry(spec)
+    path = expected_path(spec, registry, model_dir)
+    if (spec.dataset, threat, name) in TORCHVISION_WEIGHTS:
+        return [p for p in torchvision_weights_paths(spec, path) if p.is_file()][:1]
+    gid = entry.get("gdrive_id")
+    if isinstance(gid, list) and not timm_name_known(name, spec.dataset, threat):
+        parts = [Path(f"{path}_m{i}.pt") for i in range(len(gid))]
+        return parts if all(p.is_file() for p in parts) else []
+    return [path] if path.is_file() else []
+
+
+def cell_weights(spec: ModelSpec, registry: Registry, model_dir: str | Path | None = None) -> tuple | None:
+    """What the cell key holds for the checkpoints of an entry that does not pin them itself:
+    ``((file name, sha256), ...)`` from the lock file, recorded now (trust on first use) when the
+    files are present and not locked yet; None when the entry pins them (its sha256) or the
+    files are absent (the cell then fails to load and writes nothing)."""
+    from .weights import lock_path, read_lock
+
+    known = read_lock(lock_path(registry.root)).get(spec.id)
+    if known is None:
+        files = weight_files(spec, registry, model_dir)
+        if not files or (spec.sha256 is not None and len(files) == 1):
+            return None
+        known = pinned(registry.root, spec.id, files, spec.path)
+    return tuple(sorted(known.items()))
+
+
+def timm_name_known(name: str, dataset: str, threat: str) -> bool:
+    import timm
+
+    return bool(timm.is_model(timm_name(name, dataset, threat)))
 
 
 def _keys_match(model: nn.Module, state: dict) -> bool:
@@ -178,7 +223,7 @@ def torchvision_weights_paths(spec: ModelSpec, path: Path) -> list[Path]:
     return [path, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]]
 
 
-def _load_torchvision(spec: ModelSpec, name: str, threat: str, path: Path) -> nn.Module:
+def _load_torchvision(spec: ModelSpec, name: str, threat: str, path: Path, registry: Registry | None = None) -> nn.Module:
     import re
 
     import torchvision.models as tvm
@@ -204,6 +249,7 @@ def _load_torchvision(spec: ModelSpec, name: str, threat: str, path: Path) -> nn
         if not got.startswith(prefix):
             raise WeightsError(f"{spec.path}: {found} has sha256 {got}, but torchvision's file name {url} says it "
                                f"starts with {prefix}; the file is corrupt or different: re-download it")
+    _pin(spec, registry, [found])
     state = _load_checkpoint(found, spec.sha256, spec)
     model = normalize_model(getattr(tvm, arch)(weights=None), mu, sigma)
     model.model.load_state_dict(state)
@@ -223,7 +269,8 @@ def _ensemble_targets(model: nn.Module, name: str, n: int) -> list:
     return [(model.models, i, None) for i in range(n)]
 
 
-def _load_ensemble(spec: ModelSpec, entry: dict, name: str, path: Path, dataset, rb_utils) -> nn.Module:
+def _load_ensemble(spec: ModelSpec, entry: dict, name: str, path: Path, dataset, rb_utils,
+                   registry: Registry | None = None) -> nn.Module:
     parts = [Path(f"{path}_m{i}.pt") for i in range(len(entry["gdrive_id"]))]
     absent = [p for p in parts if not p.is_file()]
     if absent:
@@ -234,6 +281,7 @@ def _load_ensemble(spec: ModelSpec, entry: dict, name: str, path: Path, dataset,
             f"model_dir='models') (it writes the {len(parts)} files {path.name}_m<i>.pt), then copy them to "
             f"{path.parent} (or point --model-dir / $SHIFTBENCH_MODELS at the folder holding "
             f"{spec.dataset}/{spec.threat_model}/). See docs/real-suites.md.")
+    _pin(spec, registry, parts)  # every part, not only the first the entry's sha256 covers
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # Bai* constructors print
             warnings.simplefilter("ignore")

@@ -33,3 +33,62 @@ def verified_state_dict(path: Path, sha256: str | None, entry_path: str = "") ->
             f"(torch.load(weights_only=True) refused it: {first}); a checkpoint that needs more than tensors "
             "can run code when unpickled: re-save it as a state_dict of tensors"
         ) from None
+
+
+# --------------------------------------------------------------------------- lock file (trust on first use)
+LOCK_NAME = "weights.lock"
+LOCK_ENV = "SHIFTBENCH_WEIGHTS_LOCK"  # another lock file (e.g. when the registry folder is read-only)
+
+
+def lock_path(registry_root: Path | str) -> Path:
+    """The registry's lock file: ``<registry>/weights.lock``, or ``$SHIFTBENCH_WEIGHTS_LOCK``."""
+    import os
+
+    return Path(os.environ.get(LOCK_ENV) or Path(registry_root) / LOCK_NAME)
+
+
+def read_lock(path: Path) -> dict[str, dict[str, str]]:
+    """``{model id: {file name: sha256}}`` (empty when there is no lock file yet)."""
+    from ..data.pins import PinError, read_pins
+
+    try:
+        return read_pins(path)
+    except PinError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def pinned(registry_root: Path | str, model_id: str, files: list[Path], entry_path: str = "") -> dict[str, str]:
+    """Verify ``files`` (one model's checkpoints, ensembles all parts) against the lock, or
+    record them there on first use; returns ``{file name: sha256}``.
+
+    A model whose registry entry has no sha256 (the RobustBench zoo) is pinned the first time its
+    checkpoints are read: their sha256 go into the registry's lock file, with a message saying
+    so, and every later load is checked against them, so a replaced checkpoint is an error rather
+    than a stale result.  The pinned checksums are part of the cell key (run/plan.py)."""
+    import sys
+
+    from ..data.pins import PinError, pin
+
+    path = lock_path(registry_root)
+    got = {p.name: sha256_file(p) for p in files}
+    try:
+        known, recorded = pin(path, model_id, got)
+    except PinError as exc:
+        raise WeightsError(str(exc)) from None
+    if recorded:
+        print(f"{entry_path or model_id}: its entry has no sha256; recorded the sha256 of "
+              f"{', '.join(sorted(got))} in {path} (trust on first use). Later loads are verified "
+              f"against it and it is part of every cell key; commit the lock file to pin it for "
+              f"everyone.", file=sys.stderr)
+        return known
+    for name, sha in got.items():
+        want = known.get(name)
+        if want is None:
+            raise WeightsError(f"{entry_path or model_id}: {name} is not in the lock file {path} (which pins "
+                               f"{', '.join(sorted(known))}); delete the model's entry there to record it again")
+        if want != sha:
+            raise WeightsError(f"{entry_path or model_id}: {name} has sha256 {sha}, but {path} pinned {want} "
+                               "when it was first loaded: the checkpoint was replaced. Restore the original "
+                               f"file, or delete '{model_id}' from the lock file to trust the new one (its "
+                               "results are then recomputed: the checksum is part of the cell key)")
+    return got

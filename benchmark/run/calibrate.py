@@ -122,25 +122,29 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
 
 def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | None, seed: int,
                    fast_args: dict[str, Any] | None, threads: int, threats: str | None = None,
-                   fast: tuple[str, ...] = (FAST,)) -> list[Row]:
+                   fast: tuple[str, ...] = (FAST,), device: str = "auto") -> list[Row]:
     """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
-    to back in the same process, so their times are comparable whatever else runs."""
+    to back in the same process, so their times are comparable whatever else runs.  Model and
+    images go to ``device`` (auto: CUDA when available) once."""
     from ..data import datasets
     from ..models.load import allowed_code, load_model
+    from .evaluate import resolve_device
 
     torch.set_num_threads(threads)
     reg = Registry(registry_root)
     suite = reg.suite(suite_id)
     x_all, y_all = datasets.load_id(suite.dataset, "test")
     idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
-    model = load_model(reg.model(model_id), reg, allow_code=allowed_code(suite.allow_code))
-    return calibrate_model(model, model_id, x_all[idx], y_all[idx], calibration_threats(reg, suite, threats), seed=seed,
-                           fast_args=fast_args, fast=fast)
+    dev = resolve_device(device)
+    model = load_model(reg.model(model_id), reg, allow_code=allowed_code(suite.allow_code)).to(dev)
+    return calibrate_model(model, model_id, x_all[idx].to(dev), y_all[idx].to(dev),
+                           calibration_threats(reg, suite, threats), seed=seed, fast_args=fast_args, fast=fast)
 
 
 def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
         fast_args: dict[str, Any] | None = None, progress: bool = True, workers: int = 1,
-        threads: int = 1, threats: str | None = None, fast: tuple[str, ...] = (FAST,)) -> list[Row]:
+        threads: int = 1, threats: str | None = None, fast: tuple[str, ...] = (FAST,),
+        device: str = "auto") -> list[Row]:
     """Calibration rows for every zoo model of ``suite_id`` matching ``models`` (in model order),
     ``workers`` models at a time in separate processes."""
     from tqdm.auto import tqdm
@@ -152,7 +156,8 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
                          f"see `shiftbench ls models --suite {suite_id}`")
     seed = suite.seed if seed is None else seed
     calibration_threats(reg, suite, threats)  # a bad pattern fails here, not in a worker
-    jobs = [(reg.location, spec.id, suite_id, n, seed, fast_args, threads, threats, tuple(fast)) for spec in specs]
+    jobs = [(reg.location, spec.id, suite_id, n, seed, fast_args, threads, threats, tuple(fast), device)
+            for spec in specs]
     by_model: dict[str, list[Row]] = {}
     bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
     try:
@@ -243,7 +248,7 @@ def main(args) -> int:
             raise SystemExit(f"calibrate: --fast: {e.args[0]}")
     rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None),
                workers=getattr(args, "workers", 1), threads=threads, threats=getattr(args, "threats", None),
-               fast=fast)
+               fast=fast, device=getattr(args, "device", "auto"))
     cmd = "shiftbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "shiftbench calibrate"
     text = render(rows, getattr(args, "command_line", None) or cmd)
     print(text)

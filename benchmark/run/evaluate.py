@@ -5,6 +5,7 @@ a present file means the cell is done, so an interrupted run resumes where it st
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import time
@@ -26,12 +27,19 @@ from ..registry import ModelSpec, Registry, ThreatSpec, canonical
 DEFAULT_BATCH = 1000
 
 
+# every package that can change a number (stored in each result under "versions")
+VERSIONED = ("shiftbench", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "pillow", "matplotlib",
+             "pyautoattack", "robustbench")
+# attacks that run pyautoattack over whole batches: their outcomes can depend on the batch size
+BATCH_DEPENDENT = ("autoattack", "square")
+
+
 @functools.lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("shiftbench", "torch", "numpy", "pyautoattack", "robustbench"):
+    for name in VERSIONED:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -89,6 +97,21 @@ def model_device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The evaluator's one device decision: ``auto`` is CUDA when available, else the CPU."""
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device here; use --device cpu or auto")
+    return torch.device(name)
+
+
 @functools.lru_cache(maxsize=4)
 def _id_data(dataset: str, data_dir: str | None, preprocessing: str | None = None):
     return datasets.load_id(dataset, "test", data_dir, preprocessing)
@@ -106,72 +129,111 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) 
 @dataclass
 class Outcome:
     clean_correct: np.ndarray
-    robust_correct: np.ndarray
+    robust_correct: np.ndarray  # the best of all attacks run (the cell's attack, the checks', the escalation)
     clean_s: float
     attack_s: float
     checks: dict[str, Any]
-    x_adv: torch.Tensor | None = None  # the attacked images (clean ones where not attacked)
+    x_adv: torch.Tensor | None = None  # the cell's attack's images (clean ones where not attacked)
+    broken_by: dict[str, list[int]] | None = None  # attack -> examples it broke first
+    escalation: dict[str, Any] | None = None  # the Square escalation, when one ran
+    checks_s: float = 0.0
 
 
 def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, *, seed: int,
                    attack: str | None = None, attack_args: dict[str, Any] | None = None,
-                   batch_size: int = DEFAULT_BATCH, checks: bool = True, deep_checks: bool = False) -> Outcome:
+                   batch_size: int = DEFAULT_BATCH, checks: bool = True, deep_checks: bool | None = None) -> Outcome:
     """Clean and robust correctness per example.  Only clean-correct examples are attacked.
 
-    ``deep_checks`` adds the trust checks that re-attack a sample (budget monotonicity, a
-    black-box attack); the evaluator asks for them on each model's ID cell."""
+    The images go to the model's device once; every call of the model gets tensors there.
+    Example ``i`` is attacked with the random draws of ``(seed, i)`` whatever the batch it falls
+    in, so the outcomes do not depend on ``batch_size`` (pyautoattack's attacks excepted).
+    With ``checks``, the trust checks run and act (:func:`checked`); ``deep_checks`` (default:
+    every Lp threat) adds the checks that re-attack a sample."""
+    dev = model_device(model)
+    x, y = x.to(dev), y.to(dev)
     t0 = time.perf_counter()
     clean_pred = predict(model, x, batch_size)
-    clean_correct = (clean_pred == y).numpy()
+    clean_correct = (clean_pred == y.cpu()).numpy()
     t1 = time.perf_counter()
     robust_correct = clean_correct.copy()
     todo = np.flatnonzero(clean_correct)
     x_adv_all = x.clone()
     torch.manual_seed(seed)
     for start in range(0, len(todo), batch_size):
-        idx = torch.from_numpy(todo[start:start + batch_size])
-        dev = model_device(model)
-        xb, yb = x[idx].to(dev), y[idx].to(dev)
-        x_adv = run_attack(model, xb, yb, threat, seed=seed + start, attack=attack, **(attack_args or {}))
-        x_adv_all[idx] = x_adv.detach().cpu()
-        robust_correct[todo[start:start + batch_size]] = (predict(model, x_adv, batch_size) == yb.cpu()).numpy()
+        part = todo[start:start + batch_size]
+        idx = torch.from_numpy(part).to(dev)
+        xb, yb = x[idx], y[idx]
+        x_adv = run_attack(model, xb, yb, threat, seed=seed, index=part, attack=attack, **(attack_args or {}))
+        x_adv_all[idx] = x_adv.detach()
+        robust_correct[part] = (predict(model, x_adv, batch_size) == yb.cpu()).numpy()
     t2 = time.perf_counter()
-    found = trust.cell_checks(model, x, y, x_adv_all, threat, clean_correct, robust_correct, deep=deep_checks,
-                              seed=seed, attack=attack, attack_args=attack_args) if checks else {}
-    return Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, found, x_adv_all)
+    out = Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, {}, x_adv_all)
+    if checks:
+        deep = threat.kind == "lp" if deep_checks is None else deep_checks
+        out = checked(model, x, y, threat, out, deep=deep, seed=seed, attack=attack, attack_args=attack_args)
+    return out
+
+
+def checked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSpec, out: Outcome, *, deep: bool,
+            seed: int, attack: str | None = None, attack_args: dict[str, Any] | None = None,
+            deep_found: dict[str, Any] | None = None) -> Outcome:
+    """Run the trust checks of one cell and act on them (:func:`trust.settle`): the returned
+    outcome's ``robust_correct`` is the best of all attacks run, with ``broken_by`` and the
+    escalation recorded.  ``deep_found``: deep checks already run (on the cell's batch).
+    ``x``, ``y`` and ``out.x_adv`` must be on the model's device."""
+    t0 = time.perf_counter()
+    found = trust.cell_checks(model, x, y, out.x_adv, threat, out.clean_correct, out.robust_correct, deep=deep,
+                              seed=seed, attack=attack, attack_args=attack_args)
+    found.update(deep_found or {})
+    robust, broken_by, escalation = trust.settle(model, x, y, threat, out.clean_correct, out.robust_correct, found,
+                                                 attack=attack or threat.attack, seed=seed)
+    return dataclasses.replace(out, robust_correct=robust, checks=found, broken_by=broken_by, escalation=escalation,
+                               checks_s=time.perf_counter() - t0)
 
 
 def batch_outcomes(batch: Sequence[Cell], model: nn.Module, *, data_dir=None, attack: str | None = None,
                    attack_args: dict[str, Any] | None = None,
                    batch_size: int = DEFAULT_BATCH) -> list[tuple[Cell, Outcome]]:
     """Attack the cells of one :attr:`Cell.batch` (all severities of a dataset shift) in a single
-    pass over their concatenated images, then split the outcomes and run each cell's trust
-    checks on its own images (the deep ones on ID cells).  A cell's attack time is its share of
-    the batch's, by number of clean-correct examples."""
+    pass over their concatenated images (moved to the model's device once), then split the
+    outcomes and run each cell's trust checks on its own images (the deep ones on every Lp
+    cell) and act on them.  A cell's attack time is its share of the batch's, by number of
+    clean-correct examples."""
     prepared = [prepare(c, model, data_dir) for c in batch]
     threat, seed = batch[0].threat, batch[0].seed
     if any((c.threat, c.seed) != (threat, seed) for c in batch):
         raise ValueError(f"cells of one batch must share threat and seed: {[c.describe() for c in batch]}")
-    x = torch.cat([p[1] for p in prepared]) if len(batch) > 1 else prepared[0][1]
-    y = torch.cat([p[2] for p in prepared]) if len(batch) > 1 else prepared[0][2]
+    dev = model_device(model)
+    x = (torch.cat([p[1] for p in prepared]) if len(batch) > 1 else prepared[0][1]).to(dev)
+    y = (torch.cat([p[2] for p in prepared]) if len(batch) > 1 else prepared[0][2]).to(dev)
     out = attack_outcome(prepared[0][0], x, y, threat, seed=seed, attack=attack, attack_args=attack_args,
                          batch_size=batch_size, checks=False)
+    t0 = time.perf_counter()  # the deep checks: one sample for the whole batch, its time shared like the attack's
+    deep = trust.deep_checks(prepared[0][0], x, y, threat, out.clean_correct, out.robust_correct, seed=seed,
+                             attack=attack, attack_args=attack_args)
+    deep_s = time.perf_counter() - t0
     results, start = [], 0
     n_attacked = max(1, int(out.clean_correct.sum()))
-    for cell, (cell_model, xc, yc) in zip(batch, prepared):
+    for cell, (cell_model, _, yc) in zip(batch, prepared):
         sl = slice(start, start + len(yc))
-        start += len(yc)
-        cc, rc, xa = out.clean_correct[sl], out.robust_correct[sl], out.x_adv[sl]
+        cc = out.clean_correct[sl]
         share = float(cc.sum()) / n_attacked
-        checks = trust.cell_checks(cell_model, xc, yc, xa, threat, cc, rc, deep=cell.role == "id", seed=seed,
-                                   attack=attack, attack_args=attack_args)
-        results.append((cell, Outcome(cc, rc, out.clean_s * len(yc) / len(y), out.attack_s * share, checks, xa)))
+        part = Outcome(cc, out.robust_correct[sl], out.clean_s * len(yc) / len(y), out.attack_s * share, {},
+                       out.x_adv[sl])
+        cell_deep = trust.part_of(deep, start, start + len(yc)) if len(batch) > 1 else deep
+        start += len(yc)
+        done = checked(cell_model, x[sl], y[sl], threat, part, deep=False, seed=seed, attack=attack,
+                       attack_args=attack_args, deep_found=cell_deep)
+        results.append((cell, dataclasses.replace(done, checks_s=done.checks_s + deep_s * share)))
     return results
 
 
-def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]:
+def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = "cpu",
+                   batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
+    """The result JSON of one cell.  ``batch_size`` is stored only where it can change the
+    number: attacks that run pyautoattack on whole batches (ours draw per example)."""
     n = len(out.clean_correct)
-    return {
+    payload = {
         "schema": store.RESULT_SCHEMA,
         "key": cell.key,
         "suite": cell.suite,
@@ -193,17 +255,25 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str) -> dict[str, Any]
         "clean_correct": store.bits(out.clean_correct),
         "robust_correct": store.bits(out.robust_correct),
         "checks": out.checks,
-        "timing": {"clean_s": round(out.clean_s, 4), "attack_s": round(out.attack_s, 4)},
+        "broken_by": out.broken_by or {},
+        "escalation": out.escalation,
+        "timing": {"clean_s": round(out.clean_s, 4), "attack_s": round(out.attack_s, 4),
+                   "checks_s": round(out.checks_s, 4)},
         "harness": HARNESS_VERSION,
         "versions": package_versions(),
+        "device": torch.device(device).type,
         "spec": {
             "model": canonical(cell.model),
             "shift": canonical(cell.shift) if cell.shift is not None else None,
             "threat": canonical(cell.threat),
         },
+        "weights_pinned": dict(cell.weights) if cell.weights is not None else None,
         "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
         "preprocessing": cell_preprocessing(cell),
     }
+    if attack_name in BATCH_DEPENDENT:
+        payload["batch_size"] = int(batch_size)
+    return payload
 
 
 def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, data_dir=None,
@@ -219,7 +289,8 @@ def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, dat
         for cell, out in batch_outcomes(batch, model, data_dir=data_dir, batch_size=batch_size):
             path = results_dir / cell.filename
             if not store.is_done(path, cell.key):
-                store.write_result(path, result_payload(cell, out, cell.threat.attack))
+                store.write_result(path, result_payload(cell, out, cell.threat.attack,
+                                                        device=model_device(model).type, batch_size=batch_size))
                 written.append(cell.key)
     return written
 
@@ -245,26 +316,27 @@ def _registry(root: str) -> Registry:
 
 @functools.lru_cache(maxsize=2)
 def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | None,
-           suite_id: str | None = None) -> nn.Module:
+           suite_id: str | None = None, device: str = "auto") -> nn.Module:
     from ..models.load import allowed_code, load_model
 
     reg = _registry(registry_root)
     suite = reg.entries["suites"].get(suite_id)  # its allow_code lets its python: entries load
     allow = allowed_code(suite.allow_code if suite is not None else ())
     model = load_model(reg.model(model_id), reg, model_dir=model_dir, allow_code=allow)
-    return model.to("cuda") if torch.cuda.is_available() else model
+    return model.to(resolve_device(device))
 
 
 def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: str, data_dir: str | None,
                model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH,
-               raise_errors: bool = False) -> list[str]:
+               device: str = "auto", raise_errors: bool = False) -> list[str]:
     """``raise_errors``: a failing batch raises (the executors retry and report it) instead of
     being reported here."""
     torch.set_num_threads(threads)
     done = []
     for batch in chunk:
         try:
-            model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir, batch[0].suite)
+            model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir, batch[0].suite,
+                           device)
             done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
         except (store.StoreError, KeyboardInterrupt):
             raise  # nothing more can be written: stop the sweep
@@ -288,12 +360,15 @@ def _report_failure(batch: Sequence[Cell], exc: BaseException) -> None:
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
              workers: int | None = 1, progress: bool = True, chunk: int = 6,
-             batch_size: int = DEFAULT_BATCH, executor=None, retries: int | None = None,
+             batch_size: int = DEFAULT_BATCH, device: str = "auto", executor=None, retries: int | None = None,
              min_batch_size: int | None = None) -> dict[str, int]:
     """Run every pending cell; return counts.  Cells already on disk (and verified) are skipped
     (resume).  A batch of cells that raises is retried ``retries`` times, then reported on stderr
     and counted in ``failed``; cells another live run holds are counted in ``busy``; a write that
     fails raises :class:`store.StoreError`; Ctrl-C raises :class:`.executors.GridInterrupted`.
+
+    ``device`` (``auto``/``cpu``/``cuda``) is where models run; the data of each batch of cells
+    moves there once.
 
     Work goes by :attr:`Cell.batch`: a pending cell brings the other severities of its shift
     along (they are written too and counted in ``ran``).  ``chunk`` batches of one model make
@@ -305,6 +380,7 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     from .plan import batches
 
     results_dir = Path(results_dir)
+    device = str(resolve_device(device))  # fails early on a bad or unavailable device
     _registry.cache_clear()  # entries may have changed since the last run in this process (e.g. a submission)
     _model.cache_clear()
     todo = pending(cells, results_dir)
@@ -318,8 +394,10 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     # registry.location: every layer, so workers see the same entries
     runner = functools.partial(_run_chunk, registry_root=registry.location,
                                data_dir=str(data_dir) if data_dir else None,
-                               model_dir=str(model_dir) if model_dir else None, raise_errors=True)
-    ex = executor if executor is not None else executors.LocalExecutor(workers=workers)
+                               model_dir=str(model_dir) if model_dir else None, device=device,
+                               raise_errors=True)
+    ex = executor if executor is not None else executors.LocalExecutor(workers=workers,
+                                                                       gpus=[] if device == "cpu" else None)
     work = pending_with_batches(todo, results_dir)
 
     def report(f: executors.Failure) -> None:

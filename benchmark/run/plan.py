@@ -29,6 +29,9 @@ class Cell:
     role: str  # "id" | "dataset" | "threat"
     n: int
     seed: int
+    # checksums of the model's checkpoints from the registry's lock file, for entries that do not
+    # pin them with their own sha256 (the RobustBench zoo): ((file name, sha256), ...)
+    weights: tuple[tuple[str, str], ...] | None = None
 
     @property
     def shift_id(self) -> str:
@@ -43,18 +46,19 @@ class Cell:
 
     @functools.cached_property
     def key(self) -> str:
-        return reg.content_hash(
-            {
-                "suite": self.suite,
-                "model": self.model,
-                "shift": self.shift,
-                "severity": self.severity,
-                "threat": self.threat,
-                "n": self.n,
-                "seed": self.seed,
-                "harness": HARNESS_VERSION,
-            }
-        )
+        what = {
+            "suite": self.suite,
+            "model": self.model,
+            "shift": self.shift,
+            "severity": self.severity,
+            "threat": self.threat,
+            "n": self.n,
+            "seed": self.seed,
+            "harness": HARNESS_VERSION,
+        }
+        if self.weights is not None:
+            what["weights"] = [list(w) for w in self.weights]
+        return reg.content_hash(what)
 
     @property
     def filename(self) -> str:
@@ -93,12 +97,15 @@ def plan_suite(
     threats: str | None = None,
     n_examples: int | None = None,
     seed: int | None = None,
+    model_dir: str | None = None,
 ) -> list[Cell]:
     """All cells of a suite, filtered by comma-separated glob patterns.
 
     ``shifts`` filters the data by shift id or by ``<shift>-<severity>`` (``id`` names the ID
     data); ``threats`` filters the threats
-    (the ID threat's id included).
+    (the ID threat's id included).  A RobustBench model whose entry has no sha256 gets its
+    checkpoints' checksums from the registry's lock file in its cells' keys (recorded on first
+    use from the files under ``model_dir``), so a replaced checkpoint never serves stale results.
     """
     suite = registry.suite(suite_id)
     n = n_examples or suite.n_examples
@@ -114,20 +121,29 @@ def plan_suite(
 
     cells: list[Cell] = []
     for m in model_specs:
+        w = _pinned_weights(registry, m, model_dir)
         if keep(ID_SHIFT, shifts) and keep(id_threat.id, threats):
-            cells.append(Cell(suite.id, m, None, None, id_threat, "id", n, sd))
+            cells.append(Cell(suite.id, m, None, None, id_threat, "id", n, sd, w))
         if keep(id_threat.id, threats):
             for sid in suite.dataset_shifts:
                 s = registry.shift(sid)
                 for sev in s.severities or (None,):
                     if keep(s.id, shifts) or (sev is not None and keep(f"{s.id}-{sev}", shifts)):
-                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n_shift, sd))
+                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n_shift, sd, w))
         if keep(ID_SHIFT, shifts):
             for tid in suite.threat_shifts:
                 t = registry.threat(tid)
                 if keep(t.id, threats):
-                    cells.append(Cell(suite.id, m, None, None, t, "threat", n, sd))
+                    cells.append(Cell(suite.id, m, None, None, t, "threat", n, sd, w))
     return cells
+
+
+def _pinned_weights(registry: reg.Registry, model: reg.ModelSpec, model_dir: str | None):
+    if model.source_kind != "robustbench":
+        return None
+    from ..models.robustbench import cell_weights
+
+    return cell_weights(model, registry, model_dir)
 
 
 def shard(cells: list[Cell], spec: str | None) -> list[Cell]:

@@ -11,14 +11,15 @@ from tqdm.auto import tqdm
 from ..analysis.stats import wilson
 from ..data.loaders import model_preprocessing as check_preprocessing
 from ..registry import ModelSpec, Registry, default_registry_root
-from ..run.evaluate import DEFAULT_BATCH, batch_outcomes
+from ..run.evaluate import DEFAULT_BATCH, batch_outcomes, resolve_device
 from ..run.plan import ID_SHIFT, Cell, batches
 
 
 def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None = None,
              threats: list[str] | None = None, attack: str | None = None, n_examples: int | None = None,
              seed: int = 0, *, registry: Registry | str | None = None, data_dir: str | Path | None = None,
-             batch_size: int = DEFAULT_BATCH, progress: bool = False, preprocessing: str | None = None):
+             batch_size: int = DEFAULT_BATCH, progress: bool = False, preprocessing: str | None = None,
+             device: str = "auto"):
     """Evaluate an in-memory model (inputs in [0, 1], returns logits) on a suite.
 
     ``shifts``/``threats``: ids of dataset / threat shifts; ``None`` means the suite's full set,
@@ -26,7 +27,8 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
     DataFrame with one row per cell: model, role, shift, severity, threat, attack, n, clean_acc,
     robust_acc and Wilson 95% intervals.  Nothing is written to ``results/``.  ``preprocessing``:
     how ImageNet images become the model's inputs (``registry.IMAGENET_PREPROCESSINGS``, default
-    ``Res256Crop224``).
+    ``Res256Crop224``).  ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; the model
+    is moved there (``nn.Module.to``, in place) and each batch of images once.
     """
     reg = registry if isinstance(registry, Registry) else Registry(registry or default_registry_root())
     s = reg.suite(suite)
@@ -44,7 +46,7 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
         sh = reg.shift(sid)
         cells += [Cell(s.id, spec, sh, sev, id_threat, "dataset", n_shift, seed) for sev in (sh.severities or (None,))]
     cells += [Cell(s.id, spec, None, None, reg.threat(t), "threat", n, seed) for t in threat_ids]
-    model = model.eval()
+    model = model.eval().to(resolve_device(device))
     rows = []
     outcomes = []
     bar = tqdm(total=len(cells), disable=not progress, desc="cells")

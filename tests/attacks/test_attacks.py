@@ -115,7 +115,7 @@ def test_polish_only_adds_successes(trained):
     for eps in (0.04, 0.06):
         kw = dict(eps=eps, norm="Linf", seed=0, steps=2, targets=1, target_steps=1)  # weak stages before
         a, s_off = minimum_margin(m, x, y, polish_steps=0, **kw)
-        b, s_on = minimum_margin(m, x, y, polish_frac=1.0, polish_steps=20, **kw)
+        b, s_on = minimum_margin(m, x, y, polish_margin=float("inf"), polish_steps=20, **kw)
         with torch.no_grad():
             rob_off, rob_on = m(a).argmax(1) == y, m(b).argmax(1) == y
         assert not (rob_on & ~rob_off).any()

@@ -198,4 +198,4 @@ def test_evaluator_runs_a_non_lp_threat(setup):
     out = attack_outcome(model, x[:60], y[:60], reg.threat("digits-pixel-flow"), seed=0)
     assert (out.robust_correct <= out.clean_correct).all()
     assert out.robust_correct.sum() < out.clean_correct.sum()
-    assert out.checks["in_range"]["ok"] and out.checks["robust_le_clean"]["ok"]
+    assert out.checks["in_range"]["ok"]

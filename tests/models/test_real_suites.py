@@ -180,8 +180,8 @@ def test_robustbench_checkpoint_key_fixes_and_sha(tmp_path):
 
 # Small settings for the suite's own attacks, so that the real path runs in seconds on a CPU.
 FAST_ARGS = {
-    "cifar10-linf-8": {"steps": 5, "targets": 1, "target_steps": 3, "square_queries": 20},
-    "cifar10-linf-12": {"steps": 5, "targets": 1, "target_steps": 3, "square_queries": 20},
+    "cifar10-linf-8": {"steps": 5, "targets": 1, "target_steps": 3},
+    "cifar10-linf-12": {"steps": 5, "targets": 1, "target_steps": 3},
     "cifar10-jpeg": {"steps": 3},
 }
 
@@ -259,7 +259,7 @@ def test_cifar10_linf_end_to_end_on_fake_data(tmp_path, fake_cifar10):
         clean = np.array(list(r["clean_correct"])) == "1"
         robust = np.array(list(r["robust_correct"])) == "1"
         assert not (robust & ~clean).any() and r["robust_acc"] <= r["clean_acc"]
-        assert r["checks"]["robust_le_clean"]["ok"] and r["checks"]["in_range"]["ok"]
+        assert r["checks"]["in_range"]["ok"]
         if threat.kind == "lp":
             assert r["checks"]["in_budget"]["ok"] and r["checks"]["in_budget"]["max_norm"] <= threat.eps + 1e-6
     assert results[("id", "cifar10-linf-8")]["clean_acc"] == pytest.approx(0.5)  # labels made half right
