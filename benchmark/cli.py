@@ -148,9 +148,9 @@ def cmd_run(args) -> int:
     from .models.load import code_opt_in
 
     with code_opt_in(args.allow_code):  # worker processes inherit the opt-in
-        counts = run_grid(todo, r, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
-                          workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
-                          device=device)
+        counts = _run_on_executor(args, run_grid, todo, r, results_dir, device)
+    if counts is None:  # Ctrl-C
+        return 130
     print(f"ran {counts['ran']} cells in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if counts.get("busy"):
         print(f"{counts['busy']} cell(s) are being computed by another `shiftbench run` over {results_dir}; "
@@ -163,6 +163,75 @@ def cmd_run(args) -> int:
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
     return 1 if counts.get("failed") or refused else 0
+
+
+# --------------------------------------------------------------------------- run: executors
+def _add_executor_args(q: argparse.ArgumentParser) -> None:
+    from .run.executors import DEFAULT_MIN_BATCH, DEFAULT_RETRIES, NAMES
+
+    g = q.add_argument_group("executors (where the cells run)")
+    g.add_argument("--executor", choices=NAMES, default="local",
+                   help="local: worker processes here (default); ray: a Ray cluster (pip install "
+                        "'shiftbench[ray]'); submitit: Slurm job arrays (pip install 'shiftbench[slurm]')")
+    g.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help=f"times a failing batch of cells is retried before it is reported as failed "
+                        f"(default {DEFAULT_RETRIES})")
+    g.add_argument("--min-batch-size", type=int, default=DEFAULT_MIN_BATCH,
+                   help="out of GPU memory: retry with half the batch size down to this floor "
+                        f"(default {DEFAULT_MIN_BATCH})")
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. 10.0.0.1:6379 or 'auto'); default: start a local Ray")
+    g.add_argument("--ray-return-results", action="store_true",
+                   help="Ray workers return results to this process, which writes them (no shared filesystem "
+                        "needed); default: workers write into --results, which must be shared")
+    g.add_argument("--slurm-partition", default=None)
+    g.add_argument("--slurm-time", default=None, help="time limit per array task (Slurm format, e.g. 4:00:00)")
+    g.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per array task (1 for a GPU suite)")
+    g.add_argument("--slurm-array-parallelism", type=int, default=None,
+                   help="array tasks running at once (with --local: local jobs at once, default 2)")
+    g.add_argument("--slurm-folder", default=None,
+                   help="submitit's job folder (logs, pickles; on a shared filesystem); default .submitit/")
+    g.add_argument("--local", action="store_true", help="with --executor submitit: submitit's local executor")
+
+
+def _executor_from_args(args, device: str = "auto"):
+    """The executor ``shiftbench run`` asked for (None: run_grid's local default)."""
+    from .run.executors import make_executor
+
+    if args.local and args.executor != "submitit":
+        raise ValueError("--local goes with --executor submitit (it selects submitit's local executor)")
+    if args.retries < 0 or args.min_batch_size < 1:
+        raise ValueError("--retries must be >= 0 and --min-batch-size >= 1")
+    if args.executor == "local":
+        return make_executor("local", workers=args.workers, gpus=[] if device == "cpu" else None)
+    if args.executor == "ray":
+        return make_executor("ray", address=args.ray_address, return_results=args.ray_return_results,
+                             gpus_per_task=0 if device == "cpu" else None)
+    from .run.executors.submitit import parse_slurm_time
+
+    return make_executor("submitit", folder=args.slurm_folder or ".submitit", local=args.local,
+                         partition=args.slurm_partition, time_min=parse_slurm_time(args.slurm_time),
+                         gpus=args.slurm_gpus, array_parallelism=args.slurm_array_parallelism)
+
+
+def _run_on_executor(args, run_grid, todo, registry, results_dir, device: str = "auto") -> dict[str, int] | None:
+    """run_grid on the chosen executor; None after Ctrl-C.  A missing extra is a usage error."""
+    from .run.executors import GridInterrupted, MissingExtra
+
+    try:
+        executor = _executor_from_args(args, device)
+        return run_grid(todo, registry, results_dir, data_dir=args.data_dir, model_dir=args.model_dir,
+                        workers=args.workers, progress=not args.no_progress, batch_size=args.batch_size,
+                        device=device, executor=executor, retries=args.retries,
+                        min_batch_size=args.min_batch_size)
+    except MissingExtra as exc:
+        raise ValueError(str(exc)) from None  # main(): "error: ...", exit 2
+    except GridInterrupted as exc:
+        print(f"\ninterrupted: {exc.counts['ran']} cells written (every written result is complete); "
+              "rerun the same command to resume", file=sys.stderr)
+        return None
+
+
 
 
 def _device_or_exit(device: str) -> str | None:
@@ -685,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's)")
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--shard", default=None, help="run slice i/N of the grid (for any scheduler)")
-    q.add_argument("--workers", type=int, default=1, help="worker processes")
+    q.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per visible GPU, else 1)")
     q.add_argument("--batch-size", type=int, default=1000, help="examples per forward/attack batch")
     q.add_argument("--dry-run", action="store_true", help="list the cells that would run")
     q.add_argument("--no-progress", action="store_true")
@@ -697,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(q)
     _add_common(q)
     _add_data(q)
+    _add_executor_args(q)
     q.set_defaults(fn=cmd_run)
 
     q = sub.add_parser("leaderboard", help="regenerate leaderboard.md from results/")

@@ -39,3 +39,25 @@ def frozen_mlp_and_correct_test_images(n: int) -> tuple[torch.nn.Module, torch.T
         ok = model(x).argmax(1) == y
     assert ok.float().mean() > 0.85, "the test model should learn the digits"
     return model, x[ok], y[ok]
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """An MLP that runs out of GPU memory above ``limit`` images per forward pass, the way CUDA
+    does (``torch.cuda.OutOfMemoryError``), on any device: what the executors' batch-size backoff
+    meets on a real GPU, reproducible on a CPU."""
+
+    def __init__(self, limit: int = 100, hidden: int = 32, depth: int = 1):
+        super().__init__()
+        self.limit = limit
+        self.net = architectures.build("mlp", hidden=hidden, depth=depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {len(x)} images in one pass (this model's "
+                                              f"limit is {self.limit})")
+        return self.net(x)
+
+
+def oom_mlp(limit: int = 100, hidden: int = 32, depth: int = 1) -> torch.nn.Module:
+    """Factory for registry entries ``source: python:helpers:oom_mlp``."""
+    return OutOfMemoryAbove(limit, hidden, depth)

@@ -10,7 +10,6 @@ import functools
 import platform
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -329,7 +328,9 @@ def _model(registry_root: str, model_id: str, sha: str | None, model_dir: str | 
 
 def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: str, data_dir: str | None,
                model_dir: str | None, threads: int, batch_size: int = DEFAULT_BATCH,
-               device: str = "auto") -> list[str]:
+               device: str = "auto", raise_errors: bool = False) -> list[str]:
+    """``raise_errors``: a failing batch raises (the executors retry and report it) instead of
+    being reported here."""
     torch.set_num_threads(threads)
     done = []
     for batch in chunk:
@@ -340,6 +341,8 @@ def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: s
         except (store.StoreError, KeyboardInterrupt):
             raise  # nothing more can be written: stop the sweep
         except Exception as exc:  # a broken entry or model fails its cells, the sweep goes on
+            if raise_errors:
+                raise
             _report_failure(batch, exc)
     return done
 
@@ -356,20 +359,24 @@ def _report_failure(batch: Sequence[Cell], exc: BaseException) -> None:
 
 
 def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_dir=None, model_dir=None,
-             workers: int = 1, progress: bool = True, chunk: int = 6,
-             batch_size: int = DEFAULT_BATCH, device: str = "auto") -> dict[str, int]:
+             workers: int | None = 1, progress: bool = True, chunk: int = 6,
+             batch_size: int = DEFAULT_BATCH, device: str = "auto", executor=None, retries: int | None = None,
+             min_batch_size: int | None = None) -> dict[str, int]:
     """Run every pending cell; return counts.  Cells already on disk (and verified) are skipped
-    (resume).  A cell that raises is reported on stderr and counted in ``failed``; cells another
-    live run holds are counted in ``busy``; a write that fails raises :class:`store.StoreError`.
+    (resume).  A batch of cells that raises is retried ``retries`` times, then reported on stderr
+    and counted in ``failed``; cells another live run holds are counted in ``busy``; a write that
+    fails raises :class:`store.StoreError`; Ctrl-C raises :class:`.executors.GridInterrupted`.
 
     ``device`` (``auto``/``cpu``/``cuda``) is where models run; the data of each batch of cells
     moves there once.
 
     Work goes by :attr:`Cell.batch`: a pending cell brings the other severities of its shift
     along (they are written too and counted in ``ran``).  ``chunk`` batches of one model make
-    one task for a worker process."""
-    from tqdm.auto import tqdm
+    one task.  ``executor`` (:mod:`.executors`) says where tasks run; by default ``workers`` local
+    processes (None: one per visible GPU)."""
+    import sys
 
+    from . import executors
     from .plan import batches
 
     results_dir = Path(results_dir)
@@ -384,35 +391,28 @@ def run_grid(cells: list[Cell], registry: Registry, results_dir: Path, *, data_d
     for b in batches(todo):
         by_model[b[0].model.id].append(b)
     chunks = [bs[i:i + chunk] for bs in by_model.values() for i in range(0, len(bs), chunk)]
-    total = len(pending_with_batches(todo, results_dir))
-    root = registry.location  # every layer, so workers see the same entries
-    dd = str(data_dir) if data_dir else None
-    md = str(model_dir) if model_dir else None
-    bar = tqdm(total=total, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
-    try:
-        if workers <= 1:
-            for ch in chunks:
-                bar.set_postfix_str(ch[0][0].describe(), refresh=False)
-                n = len(_run_chunk(ch, root, str(results_dir), dd, md, torch.get_num_threads(), batch_size, device))
-                counts["ran"] += n
-                bar.update(n)
-        else:
-            import multiprocessing as mp
+    # registry.location: every layer, so workers see the same entries
+    runner = functools.partial(_run_chunk, registry_root=registry.location,
+                               data_dir=str(data_dir) if data_dir else None,
+                               model_dir=str(model_dir) if model_dir else None, device=device,
+                               raise_errors=True)
+    ex = executor if executor is not None else executors.LocalExecutor(workers=workers,
+                                                                       gpus=[] if device == "cpu" else None)
+    work = pending_with_batches(todo, results_dir)
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_run_chunk, ch, root, str(results_dir), dd, md, 1, batch_size, device)
-                           for ch in chunks]
-                try:
-                    for fut in as_completed(futures):
-                        n = len(fut.result())
-                        counts["ran"] += n
-                        bar.update(n)
-                except BaseException:
-                    for fut in futures:  # a failed write stops the sweep: do not start more chunks
-                        fut.cancel()
-                    raise
-    finally:
-        bar.close()
+    def report(f: executors.Failure) -> None:
+        print(f"error: cell(s) failed, the sweep goes on: {', '.join(f.cells)}: {f.error}"
+              + (f" (tried {f.attempts} times)" if f.attempts > 1 else ""), file=sys.stderr, flush=True)
+
+    try:
+        done = executors.drive(ex, chunks, runner, results_dir, total=len(work),
+                               retries=executors.DEFAULT_RETRIES if retries is None else retries,
+                               batch_size=batch_size, progress=progress, report=report,
+                               min_batch_size=min_batch_size or executors.DEFAULT_MIN_BATCH)
+    except executors.GridInterrupted as exc:
+        exc.counts = {**counts, "ran": len(work) - len(pending(work, results_dir))}  # what is on disk
+        raise
+    counts["ran"] = done["ran"]
     left = pending(todo, results_dir)
     # cells still missing: claimed by another live run ("busy"), else "failed" (reported above);
     # the keys are present only when non-zero
