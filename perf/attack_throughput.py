@@ -65,14 +65,15 @@ def main(argv=None) -> int:
 
     import benchmark  # noqa: F401  (aliases pyautoattack as autoattack)
     from benchmark.data import datasets
-    from benchmark.models.load import load_model
+    from benchmark.models.load import allowed_code, load_model
     from benchmark.registry import DEFAULT_REGISTRY, Registry
 
     device = torch.device(a.device)
     reg = Registry(DEFAULT_REGISTRY)
     suite = reg.suite(a.suite)
     threat = reg.threat(suite.id_threat)
-    model = load_model(reg.model(a.model), reg).to(device).eval()
+    # the suite's allow_code opt-in (cifar10-linf allows the ResNet-18 inside pyautoattack's wheel)
+    model = load_model(reg.model(a.model), reg, allow_code=allowed_code(suite.allow_code)).to(device).eval()
     if a.synthetic:
         g = torch.Generator().manual_seed(0)
         x = torch.rand(a.n, 3, 32, 32, generator=g)
