@@ -44,6 +44,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "ones with the same id; default: $SHIFTBENCH_REGISTRY, else the built-in registry alone)")
 
 
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    """The cell filters of ``run`` and ``reproduce``."""
+    p.add_argument("--models", default=None, help="comma-separated glob patterns over model ids")
+    p.add_argument("--shifts", default=None, help="patterns over data names ('id' is the ID data)")
+    p.add_argument("--threats", default=None, help="patterns over threat ids")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="root of real datasets (default: $SHIFTBENCH_DATA or ./data)")
     p.add_argument("--model-dir", default=None, help="robustbench weights cache (default: $SHIFTBENCH_MODELS or ./models)")
@@ -424,9 +431,7 @@ def _add_workflow_parsers(sub) -> None:
                            "otherwise. Stale results (their key is no longer planned) are reported, not compared.\n\n"
                            "Tolerance: " + TOLERANCE_RULE))
     q.add_argument("--suite", default="digits")
-    q.add_argument("--models", default=None, help="comma-separated glob patterns over model ids")
-    q.add_argument("--shifts", default=None, help="patterns over data names ('id' is the ID data)")
-    q.add_argument("--threats", default=None, help="patterns over threat ids")
+    _add_filters(q)
     q.add_argument("--sample", type=int, default=None, help="compare a random sample of K stored cells")
     q.add_argument("--seed", type=int, default=0, help="seed of --sample")
     q.add_argument("--json", action="store_true", help="print JSON instead of the Markdown table")
@@ -747,9 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("run", help="evaluate a suite's grid (resumable)")
     q.add_argument("--suite", default="digits")
-    q.add_argument("--models", default=None, help="comma-separated glob patterns over model ids")
-    q.add_argument("--shifts", default=None, help="patterns over data names ('id' is the ID data)")
-    q.add_argument("--threats", default=None, help="patterns over threat ids")
+    _add_filters(q)
     q.add_argument("--limit", type=int, default=None, help="run at most N pending cells")
     q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's)")
     q.add_argument("--seed", type=int, default=None)
