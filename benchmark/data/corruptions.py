@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-
 if TYPE_CHECKING:
     from PIL import Image, ImageFont
 
@@ -33,24 +32,22 @@ CORRUPTIONS: dict[str, Callable[..., np.ndarray]] = {}
 GENERATED: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {}
 
 
-def corruption(name: str):
-    def deco(fn):
-        if name in CORRUPTIONS:
-            raise ValueError(f"corruption '{name}' registered twice")
-        CORRUPTIONS[name] = fn
-        return fn
+def _registrar(table: dict, what: str):
+    """A decorator factory that files a generator under its name in ``table``, once."""
+    def register(name: str):
+        def deco(fn):
+            if name in table:
+                raise ValueError(f"{what} '{name}' registered twice")
+            table[name] = fn
+            return fn
 
-    return deco
+        return deco
+
+    return register
 
 
-def generated(name: str):
-    def deco(fn):
-        if name in GENERATED:
-            raise ValueError(f"generated shift '{name}' registered twice")
-        GENERATED[name] = fn
-        return fn
-
-    return deco
+corruption = _registrar(CORRUPTIONS, "corruption")
+generated = _registrar(GENERATED, "generated shift")
 
 
 # --------------------------------------------------------------------------- helpers
