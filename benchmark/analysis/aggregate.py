@@ -15,6 +15,9 @@ Summary per model (accuracies are fractions; each has ``_lo``/``_hi`` 95% bounds
 * per dataset shift: mean over its severities (clean and robust);
   ``ood_d_clean``/``ood_d_robust``: mean over dataset shifts;
 * per threat shift: robust accuracy; ``ood_t_robust``: mean over threat shifts;
+* ``ood_t_ref_robust`` (:data:`REFERENCE_METRIC`), only when the suite has threat shifts marked
+  ``reference_set: true``: mean over those alone, OODRobustBench's OOD-T; a model missing any of
+  them gets NaN (a mean over part of the six is not the reference's number) and a flag naming them;
 * ``ood_robust``: mean of OOD-D robust and OOD-T robust (the one present when the suite has
   only one kind of shift).
 Means over cells get the paired normal-approximation interval of
@@ -35,6 +38,7 @@ from ..registry import Registry, SuiteSpec
 from .stats import bootstrap_weighted_means, weighted_mean_interval, wilson
 
 METRICS = ("id_clean", "id_robust", "ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust")
+REFERENCE_METRIC = "ood_t_ref_robust"  # OOD-T over the reference set; a column only where the suite has one
 CELL_COLUMNS = ("key", "model", "role", "data", "shift", "severity", "threat", "attack", "n", "clean_acc",
                 "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path", "versions", "checks")
 
@@ -170,7 +174,8 @@ def _id_metric(row: dict[str, Any] | None, col: str) -> tuple[float, float, floa
     return (float(bits.mean()) if bits.size else float("nan"), lo, hi)
 
 
-def _flags(rows: list[dict[str, Any]], n_missing: int, n_planned: int) -> tuple[str, ...]:
+def _flags(rows: list[dict[str, Any]], n_missing: int, n_planned: int,
+           reference_missing: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Human-readable reasons to distrust a model's numbers."""
     by_check: dict[str, list[str]] = {}
     for r in rows:
@@ -179,18 +184,34 @@ def _flags(rows: list[dict[str, Any]], n_missing: int, n_planned: int) -> tuple[
     out = [f"trust check '{name}' failed in {len(w)} cell(s), e.g. {w[0]}" for name, w in sorted(by_check.items())]
     if n_missing:
         out.append(f"incomplete: {n_missing} of {n_planned} cells missing; not ranked, its means use the cells present")
+    if reference_missing:
+        out.append(f"no OOD-T (reference set): missing {', '.join(reference_missing)}")
     return tuple(out)
 
 
 _COLUMN = {"id_clean": "clean_correct", "id_robust": "robust_correct", "ood_d_clean": "clean_correct",
-           "ood_d_robust": "robust_correct", "ood_t_robust": "robust_correct", "ood_robust": "robust_correct"}
+           "ood_d_robust": "robust_correct", "ood_t_robust": "robust_correct", "ood_robust": "robust_correct",
+           REFERENCE_METRIC: "robust_correct"}
 
 
-def metric_parts(rows: list[dict[str, Any]], suite: SuiteSpec) -> dict[str, tuple[list[dict[str, Any]], list[float]]]:
+def reference_threats(registry: Registry, suite: SuiteSpec) -> tuple[str, ...]:
+    """The suite's threat shifts marked ``reference_set: true`` (OODRobustBench's six), in suite order."""
+    return tuple(t for t in suite.threat_shifts if registry.threat(t).reference_set)
+
+
+def _equal(rows: list[dict[str, Any]]) -> list[float]:
+    """Equal weights summing to 1 (none for no rows)."""
+    return [1.0 / len(rows)] * len(rows) if rows else []
+
+
+def metric_parts(rows: list[dict[str, Any]], suite: SuiteSpec, reference: tuple[str, ...] = (),
+                 ) -> dict[str, tuple[list[dict[str, Any]], list[float]]]:
     """metric -> (cells, weights summing to 1) whose weighted mean of outcomes is that metric.
 
     The aggregation order: severities averaged within a dataset shift, then dataset shifts
     averaged (OOD-D); threat shifts averaged (OOD-T); OOD the mean of the two (or the one present).
+    With ``reference`` (:func:`reference_threats`) also :data:`REFERENCE_METRIC`: the threat
+    shifts in it averaged, nothing (NaN) unless every one of them has a cell.
     """
     id_rows = [r for r in rows if r["role"] == "id"][:1]
     groups = [[r for r in rows if r["role"] == "dataset" and r["shift"] == s] for s in suite.dataset_shifts]
@@ -198,13 +219,19 @@ def metric_parts(rows: list[dict[str, Any]], suite: SuiteSpec) -> dict[str, tupl
     d_rows = [r for g in groups for r in g]
     d_w = [1.0 / len(g) / len(groups) for g in groups for _ in g]
     t_rows = [r for t in suite.threat_shifts for r in rows if r["role"] == "threat" and r["threat"] == t]
-    t_w = [1.0 / len(t_rows)] * len(t_rows) if t_rows else []
+    t_w = _equal(t_rows)
     both = [p for p in ((d_rows, d_w), (t_rows, t_w)) if p[0]]
     o_rows = [r for p in both for r in p[0]]
     o_w = [w / len(both) for p in both for w in p[1]]
-    return {"id_clean": (id_rows, [1.0] * len(id_rows)), "id_robust": (id_rows, [1.0] * len(id_rows)),
-            "ood_d_clean": (d_rows, d_w), "ood_d_robust": (d_rows, d_w), "ood_t_robust": (t_rows, t_w),
-            "ood_robust": (o_rows, o_w)}
+    parts = {"id_clean": (id_rows, [1.0] * len(id_rows)), "id_robust": (id_rows, [1.0] * len(id_rows)),
+             "ood_d_clean": (d_rows, d_w), "ood_d_robust": (d_rows, d_w), "ood_t_robust": (t_rows, t_w),
+             "ood_robust": (o_rows, o_w)}
+    if reference:
+        ref_rows = [r for r in t_rows if r["threat"] in reference]
+        if {r["threat"] for r in ref_rows} != set(reference):
+            ref_rows = []
+        parts[REFERENCE_METRIC] = (ref_rows, _equal(ref_rows))
+    return parts
 
 
 @dataclass
@@ -225,6 +252,7 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
     planned_by_model = results.planned.groupby("model")["present"].agg(["size", "sum"]) \
         if len(results.planned) else pd.DataFrame(columns=["size", "sum"])
     model_rows, shift_rows = [], []
+    reference = reference_threats(registry, suite)
     for model_id in sorted(by_model):
         rows = by_model[model_id]
         spec = registry.entries["models"].get(model_id)
@@ -232,7 +260,7 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
         out: dict[str, Any] = {"model": model_id}
         for name, col in (("id_clean", "clean_correct"), ("id_robust", "robust_correct")):
             out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _id_metric(id_row, col)
-        parts = metric_parts(rows, suite)
+        parts = metric_parts(rows, suite, reference)
         for s in suite.dataset_shifts:
             g = [r for r in rows if r["role"] == "dataset" and r["shift"] == s]
             if not g:
@@ -248,14 +276,16 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
             shift_rows.append({"model": model_id, "kind": "threat", "shift": r["threat"], "clean": c,
                                "clean_lo": clo, "clean_hi": chi, "robust": rb, "robust_lo": rlo,
                                "robust_hi": rhi, "cells": 1})
-        for name in ("ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust"):
-            g, w = parts[name]
+        for name, (g, w) in parts.items():
+            if name in ("id_clean", "id_robust"):  # one cell: its Wilson interval above
+                continue
             out[name], out[f"{name}_lo"], out[f"{name}_hi"] = _mean(g, w, _COLUMN[name])
         out["attacks"] = tuple(sorted({str(r["attack"]) for r in rows}))
         size = int(planned_by_model.loc[model_id, "size"]) if model_id in planned_by_model.index else len(rows)
         out["cells"] = len(rows)
         out["planned"] = size
-        out["flags"] = _flags(rows, size - len(rows), size)
+        have = {r["threat"] for r in parts["ood_t_robust"][0]}
+        out["flags"] = _flags(rows, size - len(rows), size, tuple(t for t in reference if t not in have))
         out["architecture"] = spec.architecture if spec else "?"
         out["training"] = spec.training if spec else "?"
         model_rows.append(out)
