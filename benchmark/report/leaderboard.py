@@ -21,6 +21,7 @@ DPI = 100
 MISSING_SHOWN = 10  # missing cells named on the page; the rest are counted
 LABEL_MAX = 30  # label the points of the OOD panel (by rank) up to this many models
 DEFAULT_SUITE = "digits"
+REFERENCE_LABEL = "OOD-T (reference set)"  # the column of aggregate.REFERENCE_METRIC
 
 
 def default_out(suite_id: str) -> Path:
@@ -136,6 +137,7 @@ class Board:
     missing: dict[str, list[str]]  # model -> "data x threat" of its missing cells
     families: dict[str, str]  # dataset shift -> family
     mixed: dict[str, dict[str, int]]  # versions key -> value -> cells, only keys with > 1 value
+    reference: tuple[str, ...] = ()  # threat shifts marked reference_set (the OOD-T (reference set) column)
 
     @property
     def ceiling(self) -> trends.Ceiling | None:
@@ -160,7 +162,25 @@ def analyse(registry: Registry, res: aggregate.SuiteResults, summ: aggregate.Sum
     fits = {sc: trends.fit_summary(comp, suite, n_boot=n_boot, seed=seed, scale=sc, noise=noise, families=families)
             for sc in ("raw", "probit")}
     return Board(registry, suite, res, summ, fits["raw"], fits["probit"], ranked,
-                 incomplete(summ.models), aggregate.missing_by_model(res), families, aggregate.mixed_versions(res))
+                 incomplete(summ.models), aggregate.missing_by_model(res), families, aggregate.mixed_versions(res),
+                 aggregate.reference_threats(registry, suite))
+
+
+def ranking_metrics(board: Board) -> list[tuple[str, str]]:
+    """(label, summary column) of the ranking's OOD-T columns: ours, and the reference set's when
+    the suite marks threat shifts ``reference_set: true`` (no empty column otherwise)."""
+    return [("OOD-T robust", "ood_t_robust")] + ([(REFERENCE_LABEL, aggregate.REFERENCE_METRIC)]
+                                                 if board.reference else [])
+
+
+def reference_sentence(board: Board) -> str | None:
+    """One line naming the threat shifts the reference-set column averages (None without one)."""
+    if not board.reference:
+        return None
+    return (f"{REFERENCE_LABEL}: mean robust accuracy over the {len(board.reference)} threat shift(s) that stand for "
+            f"OODRobustBench's six ({', '.join(board.reference)}), comparable with its OOD-T; OOD-T robust averages "
+            f"all {len(board.suite.threat_shifts)} of the suite's threat shifts. Same interval as OOD-T; no value "
+            f"for a model missing any of these cells (its flag names them).")
 
 
 def target_label(name: str, suite: SuiteSpec) -> str:
@@ -291,15 +311,16 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         return f"[{len(flag_notes)}]"
 
     rows = []
+    ood_t = ranking_metrics(board)
     for rank, m in enumerate(order, 1):
         r = models.loc[m]
         rows.append([str(rank), m] + [pct(r[c], r[f"{c}_lo"], r[f"{c}_hi"]) for c in
                                       ("id_clean", "id_robust", "ood_robust", "ood_d_clean", "ood_d_robust",
-                                       "ood_t_robust")]
+                                       *(c for _, c in ood_t))]
                     + [aer_text(ood, m), aer_text(ood_p, m), r["architecture"], r["training"], mark_of(m)])
     lines += _table(["Rank", "Model", "ID clean", "ID robust", "OOD robust", "OOD-D clean", "OOD-D robust",
-                     "OOD-T robust", "AER", "AER (probit)", "Architecture", "Training", "Flags"], rows,
-                    ["r", "l", "r", "r", "r", "r", "r", "r", "r", "r", "l", "l", "l"])
+                     *(label for label, _ in ood_t), "AER", "AER (probit)", "Architecture", "Training", "Flags"],
+                    rows, ["r", "l", "r", "r", "r", "r", "r"] + ["r"] * len(ood_t) + ["r", "r", "l", "l", "l"])
     lines += [
         "",
         "Accuracies in %, `±` the half-width of a 95% interval. ID: Wilson score interval from the "
@@ -313,6 +334,9 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         f"otherwise the model is not distinguishable from the trend. Only models with every planned cell "
         f"are ranked and fitted.",
     ]
+    ref = reference_sentence(board)
+    if ref:
+        lines += ["", ref]
     if board.incomplete:
         lines += ["", "### Not ranked: incomplete models", ""]
         irows = []

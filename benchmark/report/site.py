@@ -252,8 +252,9 @@ def suite_page(board: Board, command: str) -> str:
     body.append('<p><label for="filter">Filter by model, architecture or training: </label>'
                 '<input id="filter" type="search" data-table="ranking" placeholder="e.g. trades, CNN, noise" '
                 'autocomplete="off"> <span id="shown" class="muted"></span></p>')
+    ood_t = lb.ranking_metrics(board)
     header = [("Rank", "num"), ("Model", "text"), ("ID clean", "num"), ("ID robust", "num"), ("OOD robust", "num"),
-              ("OOD-D robust", "num"), ("OOD-T robust", "num"), ("AER", "num"), ("AER (probit)", "num"),
+              ("OOD-D robust", "num"), *((label, "num") for label, _ in ood_t), ("AER", "num"), ("AER (probit)", "num"),
               ("Architecture", "text"), ("Training", "text"), ("Flags", "text")]
     rows, attrs = [], []
     for m in board.ranked:
@@ -262,7 +263,7 @@ def suite_page(board: Board, command: str) -> str:
         rows.append([(str(ranks[m]), str(ranks[m]), "num"),
                      (f'<a href="models/{e(slug(m))}.html">{e(m)}</a>', m, ""),
                      _metric(r, "id_clean"), _metric(r, "id_robust"), _metric(r, "ood_robust"),
-                     _metric(r, "ood_d_robust"), _metric(r, "ood_t_robust"),
+                     _metric(r, "ood_d_robust"), *(_metric(r, c) for _, c in ood_t),
                      _aer_html(board.fits["OOD"], m), _aer_html(board.probit["OOD"], m),
                      (e(r["architecture"]), str(r["architecture"]), ""), (e(r["training"]), str(r["training"]), ""),
                      (f'<span class="flag">{e(flags)}</span>' if flags else "", flags, "")])
@@ -274,6 +275,9 @@ def suite_page(board: Board, command: str) -> str:
                 f"{ood.n_boot} bootstrap replicates (seed {ood.seed}) resampling test examples within cells and "
                 f"models; <span class=\"sig\">bold</span> when the interval excludes 0. Click a header to sort; "
                 f"only models with every planned cell are ranked.</p>")
+    ref = lb.reference_sentence(board)
+    if ref:
+        body.append(f'<p class="note">{e(ref)}</p>')
     if board.incomplete:
         body.append("<h3>Not ranked: incomplete models</h3>")
         irows = []
@@ -342,7 +346,7 @@ def model_page(board: Board, m: str, command: str) -> str:
                     f"({e(', '.join(miss))}); its numbers use the cells present.</p>")
     rows = [[(e(label), None, ""), (e(pct(r[c], r[f'{c}_lo'], r[f'{c}_hi'])), None, "num")] for label, c in (
         ("ID clean", "id_clean"), ("ID robust", "id_robust"), ("OOD-D clean", "ood_d_clean"),
-        ("OOD-D robust", "ood_d_robust"), ("OOD-T robust", "ood_t_robust"), ("OOD robust", "ood_robust"))]
+        ("OOD-D robust", "ood_d_robust"), *lb.ranking_metrics(board), ("OOD robust", "ood_robust"))]
     rows += [[("AER (raw)", None, ""), _aer_html(board.fits["OOD"], m)],
              [("AER (probit)", None, ""), _aer_html(board.probit["OOD"], m)]]
     body += ["<h2>Summary</h2>"] + _table([("Metric", "text"), ("Value (%)", "num")], rows, id_="summary")

@@ -64,6 +64,14 @@ def make_registry(root: Path) -> Registry:
     return Registry(root)
 
 
+def mark_reference(root: Path, *threats: str) -> Registry:
+    """Mark threat entries ``reference_set: true`` (no number changes, so no result goes stale)."""
+    for tid in threats:
+        path = root / "threats" / "digits" / f"{tid}.yaml"
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "reference_set": True}, sort_keys=False))
+    return Registry(root)
+
+
 def _difficulty(cell) -> float:
     """How much harder than ID a cell is (a fraction of accuracy kept)."""
     if cell.role == "dataset":
@@ -376,3 +384,32 @@ def test_no_complete_model_renders_and_fits_nothing(toy, tmp_path):
     assert fits["OOD"].line.n == 0
     assert "Ceiling: no OOD trend" in text and "| toy-cnn-at | 5 of 6 | blur x toy-linf |" in text
     assert all(f"| {m} | " in text for m in MODELS)
+
+
+def test_reference_set_column_beside_ood_t(toy):
+    """A suite with threat shifts marked ``reference_set`` gets an OOD-T (reference set) column right
+    after OOD-T, its numbers from the summary, and one line naming the threats it averages; the
+    unmarked toy suite (the golden page) has none."""
+    reg, results, _ = toy
+    res, summ, _ = leaderboard.build(reg, SUITE, results)
+    plain = leaderboard.render(reg, res.suite, res, summ, leaderboard.analyse(reg, res, summ).fits, command="x",
+                               png_ref=None)
+    assert "reference set" not in plain and aggregate.REFERENCE_METRIC not in summ.models.columns
+    reg2 = mark_reference(reg.root, "toy-l2")
+    board = leaderboard.build_board(reg2, SUITE, results)
+    assert board.reference == ("toy-l2",) and board.res.n_missing == 1 and board.res.n_stale == 1
+    text = leaderboard.render(reg2, board.suite, board.res, board.summ, board.fits, command="x", png_ref=None,
+                              board=board)
+    header = next(line for line in text.splitlines() if line.startswith("| Rank |")).split(" | ")
+    assert header[header.index("OOD-T robust") + 1] == "OOD-T (reference set)"
+    m = board.summ.models
+    c = board.res.cells.set_index(["model", "data", "threat"])
+    for rank, mid in enumerate(board.ranked, 1):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {rank} | {mid} |")).split(" | ")
+        col = header.index("OOD-T (reference set)")
+        assert m.loc[mid, aggregate.REFERENCE_METRIC] == pytest.approx(c.loc[(mid, "id", "toy-l2"), "robust_acc"])
+        assert row[col] == leaderboard.pct(*(m.loc[mid, aggregate.REFERENCE_METRIC + s] for s in ("", "_lo", "_hi")))
+        assert row[col] != row[header.index("OOD-T robust")]  # toy-linf-big, not in the set, differs
+    assert ("\nOOD-T (reference set): mean robust accuracy over the 1 threat shift(s) that stand for "
+            "OODRobustBench's six (toy-l2), comparable with its OOD-T; OOD-T robust averages all 2 of the suite's "
+            "threat shifts.") in text

@@ -15,7 +15,8 @@ import pytest
 
 from benchmark import cli
 from benchmark.report import leaderboard, site
-from test_leaderboard import MISSING, MODELS, SUITE, make_registry, write_results
+from benchmark.analysis import aggregate
+from test_leaderboard import MISSING, MODELS, SUITE, make_registry, mark_reference, write_results
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -23,11 +24,13 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 @pytest.fixture(scope="module")
 def toy_site(tmp_path_factory):
-    """Made once per module (the plots take seconds); tests only read it or write elsewhere."""
+    """Made once per module (the plots take seconds); tests only read it or write elsewhere.
+    ``toy-l2`` is marked as a reference-set threat, so the ranking has OOD-T (reference set)."""
     tmp_path = tmp_path_factory.mktemp("toy-site")
     reg = make_registry(tmp_path / "registry")
     results = tmp_path / "results"
     write_results(reg, results)
+    reg = mark_reference(reg.root, "toy-l2")
     out = tmp_path / "site"
     site.write(reg, [SUITE], results, out, command="shiftbench site --suite toy --out DIR")
     return reg, results, out
@@ -55,6 +58,11 @@ def test_site_is_complete_self_contained_and_byte_identical(toy_site, tmp_path):
     assert f'<a href="models/{MISSING[0]}.html">{MISSING[0]}</a></td><td class="num">5 of 6</td>' in page  # ... but listed
     assert "noise-3 x toy-linf" in page and "Ceiling: the OOD trend predicts" in page
     assert page.count('<circle class="pt"') == 3 * (len(MODELS) - 1)
+    # OOD-T (reference set): a sortable number column right after OOD-T, and the line naming its threats
+    assert ('<th data-type="num" class="num">OOD-T robust</th><th data-type="num" class="num">OOD-T (reference set)'
+            '</th>') in page
+    assert "OOD-T (reference set): mean robust accuracy over the 1 threat shift(s) that stand for " \
+           "OODRobustBench&#x27;s six (toy-l2)" in page
     # regenerating into another folder gives identical bytes, and an unchanged file is not rewritten
     other = tmp_path / "again"
     rc = cli.main(["site", "--suite", SUITE, "--registry", str(reg.root), "--results", str(results), "--out", str(other)])
@@ -69,6 +77,7 @@ def test_model_page_shows_shifts_severities_and_checks(toy_site):
     _, _, out = toy_site
     page = (out / SUITE / "models" / "toy-cnn-trades.html").read_text()
     assert "<strong>Rank " in page
+    assert "<td>OOD-T robust</td><td class=\"num\">" in page and "<td>OOD-T (reference set)</td><td class=\"num\">" in page
     assert "in_budget (max_norm=1.5)" in page and "1 failed check(s)" in page
     assert re.search(r"<td>noise</td><td class=\"num\">[\d.]+ / [\d.]+</td><td class=\"num\">[\d.]+ / [\d.]+</td>",
                      page)
@@ -163,6 +172,10 @@ def test_site_in_headless_chromium(browser, toy_site, tmp_path):
     assert _visible_models(d) == by_id[::-1]
     headers["Model"].click()
     assert _visible_models(d) == sorted(ranked)
+    by_ref = sorted(ranked, key=lambda m: -summ.models.loc[m, aggregate.REFERENCE_METRIC])
+    assert by_ref != sorted(ranked), "the reference-set order must differ from the order shown before the click"
+    headers["OOD-T (reference set)"].click()
+    assert _visible_models(d) == by_ref
 
     # filter by training and by architecture: the visible row count and the counter follow
     box = d.find_element(By.ID, "filter")
