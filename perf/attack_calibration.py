@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if a.out:
         Path(a.out).write_text(text)
-    return 0 if calibrate.targets_met(calibrate.summary(rows)) else 1
+    return 0 if calibrate.targets_met(calibrate.summary(rows), calibrate.time_target(rows)) else 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ from ..registry import Registry, SuiteSpec, ThreatSpec
 FAST = "apgd-mm"
 DEFAULT_N = 200
 TARGET_MEAN_GAP, TARGET_MAX_GAP, TARGET_TIME_RATIO = 0.3, 1.0, 1 / 20
+TARGET_TIME_RATIO_L1 = 1 / 10  # AutoAttack's L1 is cheaper relative to a strong L1 attack (docs/attacks.md)
+
+
+def time_target(rows: list["Row"]) -> float:
+    """The time-ratio target: 1/20 of AutoAttack's time, 1/10 for a calibration of L1 threats only."""
+    return TARGET_TIME_RATIO_L1 if rows and all(r.norm == "L1" for r in rows) else TARGET_TIME_RATIO
 
 
 @dataclass
@@ -192,10 +198,10 @@ def summary(rows: list[Row], attack: str | None = None) -> dict[str, float]:
             "time_ratio": fast_s / aa_s if aa_s else float("nan"), "fast_s": fast_s, "aa_s": aa_s}
 
 
-def targets_met(s: dict[str, float]) -> bool:
+def targets_met(s: dict[str, float], time_ratio: float = TARGET_TIME_RATIO) -> bool:
     """Gaps are multiples of 100/n points: compare after rounding away float noise (1.0000000002)."""
     return (round(s["mean_gap"], 6) <= TARGET_MEAN_GAP and round(s["max_gap"], 6) <= TARGET_MAX_GAP
-            and round(s["time_ratio"], 6) <= TARGET_TIME_RATIO)
+            and round(s["time_ratio"], 6) <= time_ratio)
 
 
 def render(rows: list[Row], command: str) -> str:
@@ -215,11 +221,12 @@ def render(rows: list[Row], command: str) -> str:
         for _, rob, sec in r.extra:
             line += f" {100 * rob:.1f} | {100 * (rob - r.aa):+.2f} | {sec:.1f} |"
         lines.append(line)
-    ok = targets_met(s)
+    target_t = time_target(rows)
+    ok = targets_met(s, target_t)
     lines += ["", f"**Summary**: mean gap {s['mean_gap']:+.2f} pp (target <= {TARGET_MEAN_GAP}), "
                   f"max gap {s['max_gap']:+.2f} pp (target <= {TARGET_MAX_GAP}), "
                   f"time ratio {s['time_ratio']:.3f} = 1/{1 / s['time_ratio']:.0f} "
-                  f"(target <= 1/{round(1 / TARGET_TIME_RATIO)}; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). "
+                  f"(target <= 1/{round(1 / target_t)}; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). "
                   f"Targets {'met' if ok else 'NOT met'}."]
     for name in extras:
         e = summary(rows, name)
@@ -255,4 +262,4 @@ def main(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-    return 0 if targets_met(summary(rows)) else 1
+    return 0 if targets_met(summary(rows), time_target(rows)) else 1
