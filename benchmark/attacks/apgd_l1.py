@@ -21,7 +21,7 @@ copied.  What makes an L1 attack strong, and what our earlier fixed-sparsity ste
 ``apgd-l1`` runs this APGD on cross-entropy (``restarts`` runs on the still-robust examples),
 then targeted on the DLR loss against each of the ``targets`` likeliest other classes, as
 AutoAttack's APGD-CE and APGD-T do for L1 (5 restarts and 5 targets of 100 iterations there; 60
-per restart and 60, 60, 40, 30, 30 per target here), after a 10-step run at the budget itself that removes the easy examples before the
+here), after a 10-step run at the budget itself that removes the easy examples before the
 expensive restarts (most examples fall there, and the larger-budget phases cannot let anyone
 leave).  On the whole digits zoo this matches AutoAttack's L1 robust accuracy within the
 calibration targets at about 1/20 of its time (docs/attacks.md).  Every random draw comes from
@@ -44,7 +44,7 @@ SPARSITY_DIV = 1.5  # k = ||best - x||_0 / SPARSITY_DIV after a checkpoint
 STEP_DIV, MIN_STEP = 1.5, 0.1  # eta /= STEP_DIV at a checkpoint without progress, eta >= MIN_STEP * eps
 # apgd-l1's defaults, chosen by the whole-zoo calibration against AutoAttack (docs/attacks.md)
 PRE_STEPS, STEPS, RESTARTS, TARGETS = 10, 60, 5, 5
-TARGET_STEPS = (60, 60, 40, 30, 30)  # by rank of the target class: the likeliest ones get longer runs
+TARGET_STEPS = 60  # per target class (a list gives steps by rank)
 
 
 def _l0(d: torch.Tensor) -> torch.Tensor:
