@@ -10,8 +10,9 @@ escalation included):
   read from git history: 64 clean-correct examples per batch, each re-attacked at eps/2 and by
   Square (500 queries) whether or not the attack had broken it;
 - ``new``: this checkout's (:data:`trust.DEEP_SAMPLE` still-robust examples per one-cell batch,
-  :data:`trust.SHIFT_SAMPLE` per dataset-shift batch, Square at :data:`trust.SQUARE_QUERIES` /
-  :data:`trust.SHIFT_SQUARE_QUERIES`); ``--variant`` adds others.
+  :data:`trust.SHIFT_SAMPLE` per dataset-shift batch; Square at :data:`trust.SQUARE_QUERIES`
+  queries on the ID cell, :data:`trust.SHIFT_SQUARE_QUERIES` on the others); ``--variant`` adds
+  others.
 
 It prints, per model and kind of batch and in all, the CPU seconds (``time.process_time`` on one
 thread: on a busy machine wall time is noise; every setting runs on the same batches, one after
@@ -25,7 +26,7 @@ binomial test at each sample size, and (when the suite's results are stored) the
 full run: the stored checks time of each kind of batch times its measured new/old ratio.
 
     PYTHONPATH=. .venv/bin/python perf/check_cost.py
-    PYTHONPATH=. .venv/bin/python perf/check_cost.py --variant 32/16/500/500 --variant 32/8/500/500
+    PYTHONPATH=. .venv/bin/python perf/check_cost.py --variant 32/16/500/500 --variant 32/16/250/250
     PYTHONPATH=. .venv/bin/python perf/check_cost.py --models '' --masked --shifts 'id,gaussian_noise,fonts' \
         --threats digits-linf
 """
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="threat patterns (default: the ID threat and the suite's Lp threat shifts)")
     p.add_argument("--masked", action="store_true",
                    help="add cnn-standard behind round(8x)/8 + 0.02 sin(500x) (its checks must flag and escalate)")
-    p.add_argument("--variant", action="append", default=[], metavar="ONE/SHIFT/ONE_QUERIES/SHIFT_QUERIES",
-                   help="another setting to measure beside the default, e.g. 32/8/500/500: still-robust examples "
-                        "re-attacked per one-cell batch / per dataset-shift batch, Square queries on each (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="ONE/SHIFT/ID_QUERIES/OTHER_QUERIES",
+                   help="another setting to measure beside the default, e.g. 32/16/500/500: still-robust examples "
+                        "re-attacked per one-cell batch / per dataset-shift batch, Square queries on the ID cell / "
+                        "on the other cells (repeatable)")
     p.add_argument("--old-ref", default=OLD_REF, help="git commit whose deep checks are the old setting")
     p.add_argument("--results", default=None,
                    help="stored results to estimate a full run from (default: results/<suite> when present)")
@@ -129,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {"old": (old_deep, {}), "new": (trust.deep_checks, {})}
     for v in a.variant:
-        one, shift, one_q, shift_q = (int(t) for t in v.split("/"))
-        settings[v] = (trust.deep_checks, {"one": {"sample": one, "square_queries": one_q},
-                                           "shift": {"sample": shift, "square_queries": shift_q}})
+        one, shift, id_q, other_q = (int(t) for t in v.split("/"))
+        settings[v] = (trust.deep_checks, {"id": {"sample": one, "square_queries": id_q},
+                                           "threat": {"sample": one, "square_queries": other_q},
+                                           "dataset": {"sample": shift, "square_queries": other_q}})
     reg = Registry(a.registry)
     suite = reg.suite(a.suite)
     threats = a.threats or ",".join([suite.id_threat] + [t for t in suite.threat_shifts if reg.threat(t).kind == "lp"])
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             found = {}
             for name, (deep, args) in settings.items():
                 c0 = time.process_time()
-                res = check_batch(batch, prepared, x, y, out, deep=deep, **args.get(kind, {}))
+                res = check_batch(batch, prepared, x, y, out, deep=deep, **args.get(batch[0].role, {}))
                 dt[name] = time.process_time() - c0
                 found[name] = findings(res)
             if wrap is not None:  # what Square breaks in the new sample at other budgets
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                 queries=queries, seed=batch[0].seed)
                     with torch.no_grad():
                         got.append(int((prepared[0][0](xs).argmax(1) != y[t]).sum()))
-                curve.append((f"{label} {batch[0].data_name.rsplit('-', 1)[0]}", len(idx), got))
+                curve.append((f"{batch[0].data_name.rsplit('-', 1)[0]} x {batch[0].threat.id}", len(idx), got))
             for r in targets:
                 r["cells"] += len(batch)
                 for k, v in dt.items():
@@ -204,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"CPU seconds (one thread) and findings, suite {suite.id}: old = {a.old_ref[:10]} (64 clean-correct "
           f"examples per batch, Square {old.SQUARE_QUERIES} queries), new = {trust.DEEP_SAMPLE} still-robust "
-          f"examples per one-cell batch (Square {trust.SQUARE_QUERIES} queries), {trust.SHIFT_SAMPLE} per "
-          f"dataset-shift batch (Square {trust.SHIFT_SQUARE_QUERIES})"
-          + "".join(f"; {v} = {v.replace('/', ' / ')} (one-cell / shift examples, one-cell / shift queries)"
+          f"examples per one-cell batch, {trust.SHIFT_SAMPLE} per dataset-shift batch, Square "
+          f"{trust.SQUARE_QUERIES} queries on the ID cell, {trust.SHIFT_SQUARE_QUERIES} on the others"
+          + "".join(f"; {v} = {v.replace('/', ' / ')} (one-cell / shift examples, ID / other queries)"
                     for v in a.variant) + "\n")
     print("| model | batches of | cells | attack s | setting | checks s | old/this | checks/attack | "
           + " | ".join(KEYS) + " |")
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {m} | " + " | ".join(map(str, got)) + " |")
 
     stored = Path(a.results) if a.results else ROOT / "results" / suite.id
-    if stored.is_dir() and all(("all", k) in rows for k in KINDS):
+    if stored.is_dir() and not a.masked and all(("all", k) in rows for k in KINDS):
         t = committed_timings(stored)
         ratio = {k: rows[("all", k)]["cpu"]["new"] / max(rows[("all", k)]["cpu"]["old"], 1e-9) for k in KINDS}
         old_checks = sum(t[k]["checks_s"] for k in KINDS)

@@ -217,20 +217,19 @@ def check_batch(batch: Sequence[Cell], prepared: Sequence[tuple[nn.Module, torch
                 square_queries: int | None = None) -> list[tuple[Cell, Outcome]]:
     """The trust checks of one batch of cells attacked together (``out``, on the batch's ``x``,
     ``y``; ``prepared``: each cell's model and data): the deep checks once on a sample of the
-    whole batch (a dataset shift's: :data:`trust.SHIFT_SAMPLE` examples spread over its severities,
-    Square at :data:`trust.SHIFT_SQUARE_QUERIES`; else :data:`trust.DEEP_SAMPLE` at
-    :data:`trust.SQUARE_QUERIES`; their time shared like the attack's), then each cell's own
-    checks, acted on.  ``deep`` (default :func:`trust.deep_checks`), ``sample`` and
+    whole batch (:data:`trust.SHIFT_SAMPLE` examples spread over a dataset shift's severities, else
+    :data:`trust.DEEP_SAMPLE`; Square at :data:`trust.SQUARE_QUERIES` on the ID cell, else at
+    :data:`trust.SHIFT_SQUARE_QUERIES`; their time shared like the attack's), then each cell's
+    own checks, acted on.  ``deep`` (default :func:`trust.deep_checks`), ``sample`` and
     ``square_queries`` (defaults by role) let a benchmark compare settings on the same attack
     outcomes (perf/check_cost.py)."""
     threat, seed = batch[0].threat, batch[0].seed
     ends = np.cumsum([0] + [len(p[2]) for p in prepared]).tolist()
     bounds = list(zip(ends[:-1], ends[1:]))  # each cell's examples in the batch: the sample is spread over them
-    shift = batch[0].role == "dataset"
     if sample is None:
-        sample = trust.SHIFT_SAMPLE if shift else trust.DEEP_SAMPLE
+        sample = trust.SHIFT_SAMPLE if batch[0].role == "dataset" else trust.DEEP_SAMPLE
     if square_queries is None:
-        square_queries = trust.SHIFT_SQUARE_QUERIES if shift else trust.SQUARE_QUERIES
+        square_queries = trust.SQUARE_QUERIES if batch[0].role == "id" else trust.SHIFT_SQUARE_QUERIES
     t0 = time.perf_counter()
     found = (deep or trust.deep_checks)(prepared[0][0], x, y, threat, out.clean_correct, out.robust_correct,
                                         seed=seed, attack=attack, attack_args=attack_args, sample=sample,

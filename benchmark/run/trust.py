@@ -27,8 +27,8 @@ from ..attacks._lp import lp_norm
 TOL = 1e-5
 DEEP_SAMPLE = 32  # still-robust examples re-attacked by the deep checks of a one-cell batch (ID, threat shifts)
 SHIFT_SAMPLE = 16  # ... of a dataset shift's batch (its severities together), spread evenly over its cells
-SQUARE_QUERIES = 500  # black-box check budget (queries per example) of a one-cell batch
-SHIFT_SQUARE_QUERIES = 250  # ... of a dataset shift's batch (a masked model is caught at 50: docs/attacks.md)
+SQUARE_QUERIES = 500  # black-box check budget (queries per example) on the ID cell
+SHIFT_SQUARE_QUERIES = 250  # ... on dataset- and threat-shift cells (docs/attacks.md: what it trades)
 ESCALATION_QUERIES = 5000  # Square's budget in AutoAttack-standard: the escalation's
 ESCALATION_CHUNK = 500  # examples per Square call in the escalation (fixed: outcomes never depend on --batch-size)
 CHECK_RATE = 0.01  # share of the re-attacked examples a check's attack may break before the cell is flagged

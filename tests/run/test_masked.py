@@ -86,8 +86,8 @@ def test_masked_model_is_caught_and_escalated_on_dataset_shift_cells():
     assert len(batch) == 5 and all(c.role == "dataset" for c in batch)
     plain = dict(batch_outcomes(batch, base))
     caught = dict(batch_outcomes(batch, masked))
-    grad_only = sum(int(o.robust_correct.sum()) + len(o.broken_by.get("square-check", []))
-                    + len(o.broken_by.get("square-escalation", [])) for o in caught.values())
+    # robust against the gradient attack alone: clean-correct minus what it broke
+    grad_only = sum(int(o.clean_correct.sum()) - len(o.broken_by.get("apgd-mm", [])) for o in caught.values())
     assert grad_only - sum(int(o.robust_correct.sum()) for o in plain.values()) > 0.3 * 80  # the masking is real
     sample = []
     for cell in batch:
@@ -99,3 +99,7 @@ def test_masked_model_is_caught_and_escalated_on_dataset_shift_cells():
         assert out.robust_correct.mean() <= plain[cell].robust_correct.mean() + 0.15, cell.describe()
     assert len(sample) == trust.SHIFT_SAMPLE and len(set(len(caught[c].checks["black_box"]["sample"])
                                                          for c in batch)) <= 2  # spread over the severities
+    n = sum(len(o.robust_correct) for o in caught.values())
+    print(f"gaussian_noise, 5 x 16 images: plain net {sum(o.robust_correct.sum() for o in plain.values()) / n:.3f}, "
+          f"masked gradient attack {grad_only / n:.3f}, masked stored "
+          f"{sum(o.robust_correct.sum() for o in caught.values()) / n:.3f}")
