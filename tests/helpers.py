@@ -61,3 +61,16 @@ class OutOfMemoryAbove(torch.nn.Module):
 def oom_mlp(limit: int = 100, hidden: int = 32, depth: int = 1) -> torch.nn.Module:
     """Factory for registry entries ``source: python:helpers:oom_mlp``."""
     return OutOfMemoryAbove(limit, hidden, depth)
+
+
+class QuantisedSine(torch.nn.Module):
+    """``base(round(x * levels) / levels + amp * sin(freq * x))``: the rounding has zero gradient,
+    the sine term a non-zero one that points nowhere useful at the scale of the budget."""
+
+    def __init__(self, base: torch.nn.Module, levels: int = 8, amp: float = 0.02, freq: float = 500.0):
+        super().__init__()
+        self.base, self.levels, self.amp, self.freq = base, levels, amp, freq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.round(x * self.levels) / self.levels
+        return self.base(q + self.amp * torch.sin(self.freq * x))

@@ -197,8 +197,8 @@ def batch_outcomes(batch: Sequence[Cell], model: nn.Module, *, data_dir=None, at
     """Attack the cells of one :attr:`Cell.batch` (all severities of a dataset shift) in a single
     pass over their concatenated images (moved to the model's device once), then split the
     outcomes and run each cell's trust checks on its own images (the deep ones on every Lp
-    cell) and act on them.  A cell's attack time is its share of the batch's, by number of
-    clean-correct examples."""
+    cell) and act on them (:func:`check_batch`).  A cell's attack time is its share of the
+    batch's, by number of clean-correct examples."""
     prepared = [prepare(c, model, data_dir) for c in batch]
     threat, seed = batch[0].threat, batch[0].seed
     if any((c.threat, c.seed) != (threat, seed) for c in batch):
@@ -208,20 +208,42 @@ def batch_outcomes(batch: Sequence[Cell], model: nn.Module, *, data_dir=None, at
     y = (torch.cat([p[2] for p in prepared]) if len(batch) > 1 else prepared[0][2]).to(dev)
     out = attack_outcome(prepared[0][0], x, y, threat, seed=seed, attack=attack, attack_args=attack_args,
                          batch_size=batch_size, checks=False)
-    t0 = time.perf_counter()  # the deep checks: one sample for the whole batch, its time shared like the attack's
-    deep = trust.deep_checks(prepared[0][0], x, y, threat, out.clean_correct, out.robust_correct, seed=seed,
-                             attack=attack, attack_args=attack_args)
+    return check_batch(batch, prepared, x, y, out, attack=attack, attack_args=attack_args)
+
+
+def check_batch(batch: Sequence[Cell], prepared: Sequence[tuple[nn.Module, torch.Tensor, torch.Tensor]],
+                x: torch.Tensor, y: torch.Tensor, out: Outcome, *, attack: str | None = None,
+                attack_args: dict[str, Any] | None = None, deep=None, sample: int | None = None,
+                square_queries: int | None = None) -> list[tuple[Cell, Outcome]]:
+    """The trust checks of one batch of cells attacked together (``out``, on the batch's ``x``,
+    ``y``; ``prepared``: each cell's model and data): the deep checks once on a sample of the
+    whole batch (:data:`trust.SHIFT_SAMPLE` examples spread over a dataset shift's severities, else
+    :data:`trust.DEEP_SAMPLE`; Square at :data:`trust.SQUARE_QUERIES` on the ID cell, else at
+    :data:`trust.SHIFT_SQUARE_QUERIES`; their time shared like the attack's), then each cell's
+    own checks, acted on.  ``deep`` (default :func:`trust.deep_checks`), ``sample`` and
+    ``square_queries`` (defaults by role) let a benchmark compare settings on the same attack
+    outcomes (perf/check_cost.py)."""
+    threat, seed = batch[0].threat, batch[0].seed
+    ends = np.cumsum([0] + [len(p[2]) for p in prepared]).tolist()
+    bounds = list(zip(ends[:-1], ends[1:]))  # each cell's examples in the batch: the sample is spread over them
+    if sample is None:
+        sample = trust.SHIFT_SAMPLE if batch[0].role == "dataset" else trust.DEEP_SAMPLE
+    if square_queries is None:
+        square_queries = trust.SQUARE_QUERIES if batch[0].role == "id" else trust.SHIFT_SQUARE_QUERIES
+    t0 = time.perf_counter()
+    found = (deep or trust.deep_checks)(prepared[0][0], x, y, threat, out.clean_correct, out.robust_correct,
+                                        seed=seed, attack=attack, attack_args=attack_args, sample=sample,
+                                        square_queries=square_queries, bounds=bounds)
     deep_s = time.perf_counter() - t0
-    results, start = [], 0
+    results = []
     n_attacked = max(1, int(out.clean_correct.sum()))
-    for cell, (cell_model, _, yc) in zip(batch, prepared):
-        sl = slice(start, start + len(yc))
+    for cell, (cell_model, _, _), (start, stop) in zip(batch, prepared, bounds):
+        sl = slice(start, stop)
         cc = out.clean_correct[sl]
         share = float(cc.sum()) / n_attacked
-        part = Outcome(cc, out.robust_correct[sl], out.clean_s * len(yc) / len(y), out.attack_s * share, {},
+        part = Outcome(cc, out.robust_correct[sl], out.clean_s * (stop - start) / len(y), out.attack_s * share, {},
                        out.x_adv[sl])
-        cell_deep = trust.part_of(deep, start, start + len(yc)) if len(batch) > 1 else deep
-        start += len(yc)
+        cell_deep = trust.part_of(found, start, stop) if len(batch) > 1 else found
         done = checked(cell_model, x[sl], y[sl], threat, part, deep=False, seed=seed, attack=attack,
                        attack_args=attack_args, deep_found=cell_deep)
         results.append((cell, dataclasses.replace(done, checks_s=done.checks_s + deep_s * share)))

@@ -3,7 +3,9 @@ the evaluator does about what they find.
 
 Each check is ``{"ok": bool, ...details}``.  A failed check flags the model on the leaderboard.
 Cheap checks run on every cell; the ``deep`` ones (budget monotonicity, black-box Square
-comparison) re-attack a sample and run on every Lp cell (ID, dataset shifts, threat shifts).
+comparison) re-attack a sample of the examples the cell's attack left robust (the only ones that
+can tell anything) and run on every Lp cell (ID, dataset shifts, threat shifts); each flags when
+its attack breaks significantly more than :data:`CHECK_RATE` of its sample.
 Checks act on what they find (:func:`settle`): an example a check's attack breaks is counted as
 broken (the stored robust accuracy is the best of all attacks run, and ``broken_by`` says which
 attack broke each example); a cell whose black-box check fails, and every still-robust example
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,22 +25,14 @@ import torch
 from ..attacks._lp import lp_norm
 
 TOL = 1e-5
-DEEP_SAMPLE = 64  # clean-correct examples re-attacked by the deep checks
-SQUARE_QUERIES = 500  # black-box check budget (queries per example)
+DEEP_SAMPLE = 32  # still-robust examples re-attacked by the deep checks of a one-cell batch (ID, threat shifts)
+SHIFT_SAMPLE = 16  # ... of a dataset shift's batch (its severities together), spread evenly over its cells
+SQUARE_QUERIES = 500  # black-box check budget (queries per example) on the ID cell
+SHIFT_SQUARE_QUERIES = 250  # ... on dataset- and threat-shift cells (docs/attacks.md: what it trades)
 ESCALATION_QUERIES = 5000  # Square's budget in AutoAttack-standard: the escalation's
 ESCALATION_CHUNK = 500  # examples per Square call in the escalation (fixed: outcomes never depend on --batch-size)
-SQUARE_ONLY_RATE = 0.01  # examples only Square may break (of the sample) before the cell is flagged
-ALPHA = 0.05  # level of the one-sided binomial test on the examples only Square broke
-SLACK = 0.02  # allowed disagreement between two attacks beyond sampling noise (2 points)
-Z = 1.645  # one-sided 95% normal quantile for the binomial margin
-
-
-def tolerance(m: int, slack: float = SLACK) -> float:
-    """Allowed accuracy gap on a sample of ``m`` paired examples: ``slack`` + a one-sided 95%
-    binomial margin for a ``slack`` disagreement rate.  64 examples -> 0.049 (3 examples)."""
-    if m <= 0:
-        return 1.0
-    return slack + Z * math.sqrt(slack * (1 - slack) / m)
+CHECK_RATE = 0.01  # share of the re-attacked examples a check's attack may break before the cell is flagged
+ALPHA = 0.05  # level of the one-sided binomial test on the examples a check's attack broke
 
 
 def cell_checks(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, threat,
@@ -72,19 +66,22 @@ def cell_checks(model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, th
 def deep_checks(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.ndarray,
                 robust_correct: np.ndarray, *, seed: int = 0, attack: str | None = None,
                 attack_args: dict[str, Any] | None = None, sample: int = DEEP_SAMPLE,
-                square_queries: int = SQUARE_QUERIES) -> dict[str, Any]:
-    """The checks that re-attack a seeded sample of the clean-correct examples (Lp threats only):
-    ``budget_monotone`` and ``black_box``.  The evaluator runs them once per batch of cells (the
-    severities of a dataset shift share one sample) and gives each cell its part (:func:`part_of`)."""
+                square_queries: int = SQUARE_QUERIES,
+                bounds: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """The checks that re-attack a seeded sample of the examples the cell's attack left robust
+    (Lp threats only): ``budget_monotone`` and ``black_box``.  Only those examples can tell
+    anything: an example the attack broke cannot be broken again.  The evaluator runs them once
+    per batch of cells (the severities of a dataset shift share one sample, drawn evenly over
+    the cells: ``bounds``, each cell's ``(start, stop)`` in the batch) and gives each cell its
+    part (:func:`part_of`)."""
     if threat.kind != "lp" or threat.eps <= 0:
         return {}
-    idx = deep_sample(clean_correct, sample, seed)
-    if not len(idx):
-        return {}
-    return {"budget_monotone": budget_monotone_check(model, x, y, threat, robust_correct, idx, seed=seed,
-                                                     attack=attack, attack_args=attack_args),
-            "black_box": black_box_check(model, x, y, threat, clean_correct, robust_correct, idx,
-                                         seed=seed, queries=square_queries)}
+    robust = clean_correct.astype(bool) & robust_correct.astype(bool)
+    idx = deep_sample(robust, sample, seed, bounds)
+    return {"budget_monotone": budget_monotone_check(model, x, y, threat, robust, idx, seed=seed, attack=attack,
+                                                     attack_args=attack_args),
+            "black_box": black_box_check(model, x, y, threat, clean_correct, robust, idx, seed=seed,
+                                         queries=square_queries)}
 
 
 def part_of(deep: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -101,13 +98,24 @@ def part_of(deep: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     return out
 
 
-def deep_sample(clean_correct: np.ndarray, sample: int, seed: int) -> np.ndarray:
-    """A seeded random subset of the clean-correct examples (sorted indices)."""
-    cc = np.flatnonzero(clean_correct)
-    if len(cc) <= sample:
-        return cc
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(cc, size=sample, replace=False))
+def deep_sample(candidates: np.ndarray, sample: int, seed: int,
+                bounds: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """A seeded random subset of the ``candidates`` (sorted indices), at most ``sample`` of them,
+    spread evenly over the cells ``bounds`` (round robin: a cell with fewer candidates than its
+    share leaves the rest to the others).  Cell ``i`` draws with ``(seed, i)``, so the sample
+    depends only on the batch's outcomes, never on how they were computed."""
+    bounds = list(bounds) if bounds else [(0, len(candidates))]
+    pools = [start + np.flatnonzero(candidates[start:stop]) for start, stop in bounds]
+    quota = [0] * len(pools)
+    left = sample
+    while left > 0 and any(q < len(p) for q, p in zip(quota, pools)):
+        for i, p in enumerate(pools):
+            if left > 0 and quota[i] < len(p):
+                quota[i] += 1
+                left -= 1
+    picks = [p if q == len(p) else np.random.default_rng([seed, i]).choice(p, size=q, replace=False)
+             for i, (p, q) in enumerate(zip(pools, quota))]
+    return np.sort(np.concatenate(picks)).astype(np.int64) if picks else np.zeros(0, np.int64)
 
 
 def gradient_check(model, x: torch.Tensor, y: torch.Tensor, clean_correct: np.ndarray,
@@ -148,23 +156,6 @@ def _attack_sample(model, x: torch.Tensor, y: torch.Tensor, threat, *, seed: int
         return (model(x_adv).argmax(1) == y).cpu().numpy()
 
 
-def budget_monotone_check(model, x, y, threat, robust_correct: np.ndarray, idx: np.ndarray, *, seed: int,
-                          attack: str | None = None, attack_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The same attack at eps/2 must not find *fewer* robust examples than at eps (beyond the
-    tolerance): a weaker threat that looks harder means the attack is not converging.  ``broken``
-    lists the examples (cell indices) broken at eps/2 but not at eps: the eps/2 point lies in the
-    eps ball too, so the evaluator counts them as broken."""
-    half = dataclasses.replace(threat, eps=threat.eps / 2)
-    t = torch.from_numpy(idx).to(x.device)
-    rob_half = _attack_sample(model, x[t], y[t], half, seed=seed, attack=attack, attack_args=attack_args, index=idx)
-    acc_half, acc_full = float(rob_half.mean()), float(robust_correct[idx].mean())
-    tol = tolerance(len(idx))
-    broken = idx[robust_correct[idx].astype(bool) & ~rob_half.astype(bool)]
-    return {"ok": acc_half >= acc_full - tol, "n": len(idx), "robust_acc_half_eps": round(acc_half, 4),
-            "robust_acc_eps": round(acc_full, 4), "tolerance": round(tol, 4), "broken": [int(i) for i in broken],
-            "sample": [int(i) for i in idx]}
-
-
 def binomial_sf(k: int, m: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(m, p)."""
     if k <= 0:
@@ -172,35 +163,75 @@ def binomial_sf(k: int, m: int, p: float) -> float:
     return float(sum(math.comb(m, j) * p ** j * (1 - p) ** (m - j) for j in range(max(0, k), m + 1)))
 
 
+def flags_at(m: int, rate: float = CHECK_RATE, alpha: float = ALPHA) -> int:
+    """The fewest examples (of ``m`` re-attacked) a check's attack must break for the one-sided
+    binomial test to reject "at most ``rate``" at level ``alpha`` (``m + 1``: it never can)."""
+    return next((k for k in range(1, m + 1) if binomial_sf(k, m, rate) < alpha), m + 1)
+
+
+def power(m: int, p: float, rate: float = CHECK_RATE, alpha: float = ALPHA) -> float:
+    """The chance that a check on ``m`` re-attacked examples flags when its attack breaks each of
+    them with probability ``p``."""
+    return binomial_sf(flags_at(m, rate, alpha), m, p)
+
+
+def _verdict(robust: np.ndarray, idx: np.ndarray, broken_mask: np.ndarray, rate: float, alpha: float) -> dict[str, Any]:
+    m, k = len(idx), int(broken_mask.sum())
+    p_value = binomial_sf(k, m, rate)
+    return {"ok": p_value >= alpha, "n": m, "of_robust": int(robust.sum()), "p_value": round(p_value, 6),
+            "flags_at": flags_at(m, rate, alpha), "rate": rate, "alpha": alpha,
+            "broken": [int(i) for i in idx[broken_mask]], "sample": [int(i) for i in idx]}
+
+
+NOTHING_ROBUST = "the attack left no example robust: nothing to re-attack"
+
+
+def budget_monotone_check(model, x, y, threat, robust_correct: np.ndarray, idx: np.ndarray, *, seed: int,
+                          attack: str | None = None, attack_args: dict[str, Any] | None = None,
+                          rate: float = CHECK_RATE, alpha: float = ALPHA) -> dict[str, Any]:
+    """The same attack at eps/2 on the sample ``idx`` of examples it left robust at eps (others
+    are dropped): a weaker threat that breaks what the full one could not means the attack does
+    not converge.  Fails when those examples (``broken_at_half_eps``) are significantly more than
+    ``rate`` of the sample (one-sided binomial test at ``alpha``).  ``broken`` lists them (cell
+    indices): the eps/2 point lies in the eps ball too, so the evaluator counts them as broken."""
+    idx = idx[robust_correct[idx].astype(bool)]
+    if not len(idx):
+        return {"ok": True, "n": 0, "of_robust": int(robust_correct.sum()), "broken_at_half_eps": 0,
+                "broken": [], "sample": [], "note": NOTHING_ROBUST}
+    half = dataclasses.replace(threat, eps=threat.eps / 2)
+    t = torch.from_numpy(idx).to(x.device)
+    rob_half = _attack_sample(model, x[t], y[t], half, seed=seed, attack=attack, attack_args=attack_args, index=idx)
+    broken = ~rob_half.astype(bool)
+    return {**_verdict(robust_correct.astype(bool), idx, broken, rate, alpha),
+            "broken_at_half_eps": int(broken.sum())}
+
+
 def black_box_check(model, x, y, threat, clean_correct: np.ndarray, robust_correct: np.ndarray,
                     idx: np.ndarray, *, seed: int, queries: int = SQUARE_QUERIES,
-                    rate: float = SQUARE_ONLY_RATE, alpha: float = ALPHA) -> dict[str, Any]:
-    """Square (gradient-free) on the sample.  The examples that only Square broke (robust against
-    the gradient attack, broken by Square) are the evidence of masked gradients: the check fails
-    when their count is significantly above ``rate`` of the sample (one-sided binomial test at
-    ``alpha``), so masking of a few points is caught even when marginal accuracies look alike.
-    ``broken`` lists the examples (cell indices) Square broke; the evaluator counts them as broken.
-    A failed check carries ``robust_acc_estimate``: the cell's robust accuracy lowered by the
-    fraction of the sample that only Square broke (the escalation then attacks the whole cell)."""
+                    rate: float = CHECK_RATE, alpha: float = ALPHA) -> dict[str, Any]:
+    """Square (gradient-free) on the sample ``idx`` of examples the gradient attack left robust
+    (others are dropped).  The examples Square breaks there (``broken_only_by_square``) are the
+    evidence of masked gradients: the check fails when they are significantly more than ``rate``
+    of the sample (one-sided binomial test at ``alpha``), so masking of a few points is caught.
+    ``broken`` lists them (cell indices); the evaluator counts them as broken.  A failed check
+    carries ``robust_acc_estimate``: the robust accuracy with the share of the robust examples
+    that Square broke in the sample removed (the escalation then attacks the whole cell)."""
     from ..attacks.autoattack import square
 
+    robust = robust_correct.astype(bool)
+    idx = idx[robust[idx]]
+    if not len(idx):
+        return {"ok": True, "n": 0, "of_robust": int(robust.sum()), "queries": queries, "broken_only_by_square": 0,
+                "broken": [], "sample": [], "note": NOTHING_ROBUST}
     t = torch.from_numpy(idx).to(x.device)
     xs, ys = x[t], y[t]
     x_sq = square(model, xs, ys, eps=threat.eps, norm=threat.norm, queries=queries, seed=seed)
     with torch.no_grad():
-        rob_sq = (model(x_sq).argmax(1) == ys).cpu().numpy()
-    rob_grad = robust_correct[idx].astype(bool)
-    only = rob_grad & ~rob_sq
-    only_square = int(only.sum())
-    m = len(idx)
-    p_value = binomial_sf(only_square, m, rate)
-    ok = p_value >= alpha
-    out: dict[str, Any] = {"ok": ok, "n": m, "queries": queries, "robust_acc_square": round(float(rob_sq.mean()), 4),
-                           "robust_acc_attack": round(float(rob_grad.mean()), 4), "broken_only_by_square": only_square,
-                           "p_value": round(p_value, 6), "rate": rate, "alpha": alpha,
-                           "broken": [int(i) for i in idx[only]], "sample": [int(i) for i in idx]}
-    if not ok:
-        est = float(robust_correct.mean()) - float(clean_correct.mean()) * only_square / m
+        only = (model(x_sq).argmax(1) != ys).cpu().numpy()
+    out: dict[str, Any] = {**_verdict(robust, idx, only, rate, alpha), "queries": queries,
+                           "broken_only_by_square": int(only.sum())}
+    if not out["ok"]:
+        est = float(robust.mean()) * (1 - float(only.mean()))
         out["robust_acc_estimate"] = round(max(0.0, est), 4)
         out["note"] = ("Square broke examples the gradient attack could not: gradients look masked; the cell "
                        "is escalated to Square on every still-robust example")

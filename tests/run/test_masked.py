@@ -14,21 +14,9 @@ from benchmark.models.load import load_model
 from benchmark.registry import DEFAULT_REGISTRY, Registry
 from benchmark.run import trust
 from benchmark.run.evaluate import attack_outcome
+from helpers import QuantisedSine
 
 torch.set_num_threads(1)
-
-
-class QuantisedSine(torch.nn.Module):
-    """``base(round(x * levels) / levels + amp * sin(freq * x))``: the rounding has zero gradient,
-    the sine term a non-zero one that points nowhere useful at the scale of the budget."""
-
-    def __init__(self, base: torch.nn.Module, levels: int = 8, amp: float = 0.02, freq: float = 500.0):
-        super().__init__()
-        self.base, self.levels, self.amp, self.freq = base, levels, amp, freq
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.round(x * self.levels) / self.levels
-        return self.base(q + self.amp * torch.sin(self.freq * x))
 
 
 def test_masked_model_is_escalated_and_stored_at_best_of_attacks():
@@ -77,6 +65,41 @@ def test_examples_a_check_breaks_are_counted_as_broken():
 def test_black_box_flags_on_examples_only_square_broke():
     """The one-sided test counts the examples only Square broke, whatever the marginal accuracies:
     4 of 64 is significant at 1%, 1 of 64 is not."""
-    assert trust.binomial_sf(4, 64, trust.SQUARE_ONLY_RATE) < trust.ALPHA
-    assert trust.binomial_sf(1, 64, trust.SQUARE_ONLY_RATE) > trust.ALPHA
+    assert trust.binomial_sf(4, 64, trust.CHECK_RATE) < trust.ALPHA
+    assert trust.binomial_sf(1, 64, trust.CHECK_RATE) > trust.ALPHA
     assert trust.binomial_sf(0, 64, 0.01) == 1.0
+
+
+def test_masked_model_is_caught_and_escalated_on_dataset_shift_cells():
+    """The severities of a dataset shift share one deep-check sample (of still-robust examples,
+    spread over the severities): the masked net is flagged there too, every severity's cell is
+    escalated and stored at the best of all attacks, close to the honest net's number."""
+    from benchmark.run import plan
+    from benchmark.run.evaluate import batch_outcomes
+
+    reg = Registry(DEFAULT_REGISTRY)
+    base = load_model(reg.model("cnn-standard"), reg)
+    masked = QuantisedSine(base).eval()
+    cells = plan.plan_suite(reg, "digits", models="cnn-standard", shifts="gaussian_noise", threats="digits-linf",
+                            n_examples=16)
+    (batch,) = plan.batches(cells)
+    assert len(batch) == 5 and all(c.role == "dataset" for c in batch)
+    plain = dict(batch_outcomes(batch, base))
+    caught = dict(batch_outcomes(batch, masked))
+    # robust against the gradient attack alone: clean-correct minus what it broke
+    grad_only = sum(int(o.clean_correct.sum()) - len(o.broken_by.get("apgd-mm", [])) for o in caught.values())
+    assert grad_only - sum(int(o.robust_correct.sum()) for o in plain.values()) > 0.3 * 80  # the masking is real
+    sample = []
+    for cell in batch:
+        out = caught[cell]
+        bb = out.checks["black_box"]
+        assert bb["ok"] is False and bb["scope"] == "batch" and bb["n"] == trust.SHIFT_SAMPLE
+        sample += bb["sample"]
+        assert out.escalation is not None and "black_box" in out.escalation["reasons"], cell.describe()
+        assert out.robust_correct.mean() <= plain[cell].robust_correct.mean() + 0.15, cell.describe()
+    assert len(sample) == trust.SHIFT_SAMPLE and len(set(len(caught[c].checks["black_box"]["sample"])
+                                                         for c in batch)) <= 2  # spread over the severities
+    n = sum(len(o.robust_correct) for o in caught.values())
+    print(f"gaussian_noise, 5 x 16 images: plain net {sum(o.robust_correct.sum() for o in plain.values()) / n:.3f}, "
+          f"masked gradient attack {grad_only / n:.3f}, masked stored "
+          f"{sum(o.robust_correct.sum() for o in caught.values()) / n:.3f}")

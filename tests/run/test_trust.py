@@ -40,9 +40,57 @@ def model_and_data():
     return m.eval(), x[:48], y[:48]
 
 
-def test_tolerance_formula():
-    assert trust.tolerance(64) == pytest.approx(0.02 + 1.645 * (0.02 * 0.98 / 64) ** 0.5)
-    assert trust.tolerance(10_000) < trust.tolerance(64) < trust.tolerance(16)
+def test_flag_threshold_and_power_of_the_paired_test():
+    """The deep checks flag when their attack breaks significantly more than 1% of the examples
+    they re-attack: 1 of up to 5, 2 of 6 to 35, 3 of 36 to 64; a larger sample has more power."""
+    assert [trust.flags_at(m) for m in (1, 5, 6, 8, 16, 32, 35, 36, 64)] == [1, 1, 2, 2, 2, 2, 2, 3, 3]
+    for m in (8, 16, 32, 64):
+        k = trust.flags_at(m)
+        assert trust.binomial_sf(k, m, trust.CHECK_RATE) < trust.ALPHA <= trust.binomial_sf(k - 1, m, trust.CHECK_RATE)
+    assert trust.power(16, 0.2) == pytest.approx(1 - 0.8 ** 16 - 16 * 0.2 * 0.8 ** 15)
+    assert trust.power(8, 0.2) < trust.power(16, 0.2) < trust.power(32, 0.2)
+    assert trust.power(16, 0.1) < trust.power(16, 0.3)
+
+
+def test_deep_sample_draws_still_robust_examples_spread_over_the_cells():
+    robust = np.zeros(60, bool)
+    robust[[1, 2, 3, 4, 5, 6, 7, 8, 21, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]] = True
+    bounds = [(0, 20), (20, 40), (40, 60)]
+    idx = trust.deep_sample(robust, 9, seed=3, bounds=bounds)
+    assert len(idx) == 9 and robust[idx].all() and list(idx) == sorted(set(idx))
+    per_cell = [int(((idx >= a) & (idx < b)).sum()) for a, b in bounds]
+    assert per_cell == [4, 1, 4]  # the middle cell has one candidate: its share goes to the others
+    assert np.array_equal(idx, trust.deep_sample(robust, 9, seed=3, bounds=bounds))  # seeded
+    assert not np.array_equal(idx, trust.deep_sample(robust, 9, seed=4, bounds=bounds))
+    assert len(trust.deep_sample(robust, 100, seed=3, bounds=bounds)) == robust.sum()  # all, when fewer
+    assert len(trust.deep_sample(np.zeros(10, bool), 5, seed=0)) == 0
+
+
+def test_deep_checks_re_attack_only_examples_the_attack_left_robust(model_and_data):
+    """An example the cell's attack broke cannot be broken again: neither the eps/2 re-attack nor
+    Square spends queries on it, and a batch with nothing robust re-attacks nothing."""
+    seen: list[list[int]] = []
+    name = "test-records-what-it-attacks"
+    if name not in ATTACKS:
+        @register(name)
+        def _recording(model, x, y, threat, *, seed=0, index=None):
+            seen.append([int(i) for i in index])
+            return run_attack(model, x, y, threat, seed=seed, attack="apgd-ce", index=index)
+
+    m, x, y = model_and_data
+    t = lp(0.08, name)
+    out = attack_outcome(m, x, y, t, seed=0, checks=False)
+    robust = out.clean_correct & out.robust_correct
+    assert 4 < robust.sum() < out.clean_correct.sum()
+    seen.clear()
+    deep = trust.deep_checks(m, x, y, t, out.clean_correct, out.robust_correct, seed=0, attack=name, sample=4)
+    assert len(seen) == 1 and len(seen[0]) == 4 and robust[seen[0]].all()  # the eps/2 re-attack
+    for check in ("budget_monotone", "black_box"):
+        assert deep[check]["sample"] == seen[0] and deep[check]["n"] == 4
+        assert deep[check]["of_robust"] == robust.sum()
+    seen.clear()
+    none = trust.deep_checks(m, x, y, t, out.clean_correct, np.zeros(len(x), bool), seed=0, attack=name)
+    assert seen == [] and all(c["ok"] and c["n"] == 0 and c["note"] for c in none.values())
 
 
 def test_honest_evaluation_passes_all_checks(model_and_data):
@@ -85,8 +133,10 @@ def test_non_monotone_attack_is_flagged(model_and_data):
     t = lp(0.2, name)
     out = attack_outcome(m, x, y, t, seed=0, checks=False)
     ch = trust.cell_checks(m, x, y, x, t, out.clean_correct, out.robust_correct, deep=True, attack=name)
-    assert not ch["budget_monotone"]["ok"], ch["budget_monotone"]
-    assert ch["budget_monotone"]["robust_acc_half_eps"] < ch["budget_monotone"]["robust_acc_eps"]
+    bm = ch["budget_monotone"]
+    assert not bm["ok"], bm
+    assert bm["broken_at_half_eps"] >= bm["flags_at"] and len(bm["broken"]) == bm["broken_at_half_eps"]
+    assert set(bm["broken"]) <= set(bm["sample"]) and out.robust_correct[bm["sample"]].all()
 
 
 def test_masked_gradients_are_flagged_and_default_evaluation_matches_autoattack(model_and_data):
