@@ -14,7 +14,6 @@ from benchmark.attacks.apgd_l1 import _gaussian_start, _sparse_step, apgd_l1
 from benchmark.data import datasets
 from benchmark.models.load import load_model
 from benchmark.registry import DEFAULT_REGISTRY, Registry, ThreatSpec
-from helpers import train_tiny_mlp
 
 torch.set_num_threads(1)
 FAST = {"pre_steps": 5, "steps": 20, "restarts": 1, "targets": 2, "target_steps": 10}  # short settings for invariants
@@ -27,16 +26,6 @@ def l1(eps: float, attack: str = "apgd-l1") -> ThreatSpec:
 def robust(model, x_adv, y) -> torch.Tensor:
     with torch.no_grad():
         return model(x_adv).argmax(1) == y
-
-
-@pytest.fixture(scope="module")
-def trained():
-    m = train_tiny_mlp(epochs=6, hidden=64, depth=2, lr=2e-3, batch=64)
-    m.eval()
-    x, y = datasets.load_id("digits", "test")
-    x, y = x[:64], y[:64]
-    ok = robust(m, x, y)
-    return m, x[ok][:40], y[ok][:40]
 
 
 def test_in_budget_in_box_and_deterministic(trained):

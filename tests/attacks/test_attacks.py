@@ -5,12 +5,10 @@ import pytest
 import torch
 
 import benchmark  # noqa: F401  (aliases pyautoattack as autoattack)
-from benchmark.data import datasets
 from benchmark.attacks import get_attack, run_attack
 from benchmark.attacks._lp import lp_norm, project, project_l1, project_l1_box
 from benchmark.attacks.apgd import _checkpoints, _schedule, apgd, minimum_margin, scaled_margin, targeted_dlr_loss
 from benchmark.registry import ThreatSpec
-from helpers import train_tiny_mlp
 
 torch.set_num_threads(1)
 BUDGETS = {"Linf": 0.1, "L2": 1.0, "L1": 4.0}
@@ -20,17 +18,6 @@ def lp(eps: float, norm: str = "Linf", attack: str = "apgd-mm", **args) -> Threa
     return ThreatSpec(id=f"test-{norm}-{eps}", kind="lp", attack=attack, eps=eps, norm=norm, attack_args=args)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A standard MLP trained for ~1 s on the digits train split, and 48 clean-correct test images."""
-    m = train_tiny_mlp(epochs=6, hidden=64, depth=2, lr=2e-3, batch=64)
-    m.eval()
-    x, y = datasets.load_id("digits", "test")
-    x, y = x[:64], y[:64]
-    with torch.no_grad():
-        ok = m(x).argmax(1) == y
-    assert ok.float().mean() > 0.8, "the test model did not train"
-    return m, x[ok][:48], y[ok][:48]
 
 
 def robust_acc(model, x_adv, y) -> float:
