@@ -305,12 +305,15 @@ def render_summary(r: SubmitResult) -> str:
     def acc(k: str) -> str:
         return leaderboard.pct(m.get(k, float("nan")), m.get(f"{k}_lo"), m.get(f"{k}_hi"))
 
+    ref = "ood_t_ref_robust" in m  # the suite marks the reference benchmark's threat shifts
     lines = [f"## shiftbench submission: `{r.model}` ({r.suite})", "",
              f"**Rank {r.rank} of {r.n_models}** on the `{r.suite}` leaderboard (by OOD robust accuracy).", "",
-             "| ID clean | ID robust | OOD-D clean | OOD-D robust | OOD-T robust | OOD robust | AER (pp) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+             "| ID clean | ID robust | OOD-D clean | OOD-D robust | OOD-T robust | "
+             + ("OOD-T (reference set) | " if ref else "") + "OOD robust | AER (pp) |",
+             "| ---: | ---: | ---: | ---: | ---: | " + ("---: | " if ref else "") + "---: | ---: |",
              f"| {acc('id_clean')} | {acc('id_robust')} | {acc('ood_d_clean')} | {acc('ood_d_robust')} | "
-             f"{acc('ood_t_robust')} | {acc('ood_robust')} | {leaderboard.signed_pp(*r.aer)} |", "",
+             f"{acc('ood_t_robust')} | " + (f"{acc('ood_t_ref_robust')} | " if ref else "")
+             + f"{acc('ood_robust')} | {leaderboard.signed_pp(*r.aer)} |", "",
              "Accuracies in %, `±` the half-width of a 95% interval; AER: OOD robust minus the suite's ID-vs-OOD "
              "trend, [95% bootstrap interval].", ""]
     if not math.isnan(r.clean_claimed):

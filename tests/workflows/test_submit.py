@@ -190,3 +190,24 @@ def test_registry_template_is_a_valid_entry_once_filled_in(tmp_path):
     spec = build_spec("models", data, tmp_path / f"{data['id']}.yaml")
     assert spec.claimed["clean_acc"] == 0.95 and spec.source == "builtin:cnn"
     assert data["id"] not in Registry(DEFAULT_REGISTRY, check_files=False).entries["models"]
+
+
+def test_summary_shows_the_reference_set_column_only_when_the_suite_has_one():
+    import pandas as pd
+
+    from benchmark.workflows.submit import SubmitResult, render_summary
+
+    metrics = {"id_clean": 0.9, "id_robust": 0.5, "ood_d_clean": 0.8, "ood_d_robust": 0.4, "ood_t_robust": 0.45,
+               "ood_robust": 0.42}
+    base = dict(model="m", suite="s", rank=1, n_models=2, aer=(0.01, -0.01, 0.03), flags=(), attacks=("apgd-mm",),
+                per_shift=pd.DataFrame(columns=["kind", "shift", "clean", "clean_lo", "clean_hi", "robust",
+                                                "robust_lo", "robust_hi"]),
+                clean_measured=0.9, clean_claimed=0.9, entry=Path(), weights=None, leaderboard=Path(), cells=3)
+    plain = render_summary(SubmitResult(metrics=metrics, **base))
+    assert "reference set" not in plain
+    with_ref = render_summary(SubmitResult(metrics={**metrics, "ood_t_ref_robust": 0.377}, **base))
+    head, rule, row = [ln for ln in with_ref.splitlines() if ln.startswith("|")][:3]
+    assert "| OOD-T robust | OOD-T (reference set) | OOD robust |" in head
+    assert head.count("|") == rule.count("|") == row.count("|")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5].startswith("37.7") and cells[4].startswith("45.0")
