@@ -226,11 +226,13 @@ def test_out_of_memory_below_the_floor_is_reported(tmp_path, tiny_model, capsys)
 def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(digits_slice, serial_results, tmp_path):
     out = tmp_path / "digits"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # small attack chunks stretch the run (outcomes do not depend on the batch size), so that the
+    # interrupt lands while batches are still running even on a fast or a loaded machine
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *CLI_SLICE, "--results", str(tmp_path),
-                             "--workers", "2"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--workers", "2", "--batch-size", "10"], stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not list(out.rglob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
