@@ -92,3 +92,19 @@ def digits_baseline(tmp_path_factory):
     assert cli.main(["export-baseline", "--suite", "digits", "--model", info["model"], "--n", info["n"],
                      "--results", str(results), "--out", str(out)]) == 0
     return {**info, "results": results, "baseline": out}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A standard MLP trained for ~1 s on the digits train split, and 48 clean-correct test images
+    (the attack tests' model)."""
+    from benchmark.data import datasets
+
+    m = train_tiny_mlp(epochs=6, hidden=64, depth=2, lr=2e-3, batch=64)
+    m.eval()
+    x, y = datasets.load_id("digits", "test")
+    x, y = x[:64], y[:64]
+    with torch.no_grad():
+        ok = m(x).argmax(1) == y
+    assert ok.float().mean() > 0.8, "the test model did not train"
+    return m, x[ok][:48], y[ok][:48]
