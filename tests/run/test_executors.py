@@ -229,7 +229,10 @@ def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(digits_slice, serial_r
     # small attack chunks stretch the run (outcomes do not depend on the batch size), so that the
     # interrupt lands while batches are still running even on a fast or a loaded machine
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *CLI_SLICE, "--results", str(tmp_path),
-                             "--workers", "2", "--batch-size", "10"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--workers", "2", "--batch-size", "10"], stderr=subprocess.PIPE, text=True, env=env,
+                            # a shell starts background jobs with SIGINT ignored and children inherit that:
+                            # give the run the default disposition, so Python installs its Ctrl-C handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.rglob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
