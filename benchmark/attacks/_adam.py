@@ -65,6 +65,16 @@ def adam_ascent(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ini
     return best, best_p
 
 
+def scaled_settings(bound: float, lr: float | None, smooth_weight: float | None, *, lr_per_bound: float,
+                    smooth_per_bound: float) -> tuple[float, float]:
+    """Adam's learning rate and the smoothness weight, defaulting to the reference's values scaled
+    with the budget: ``lr_per_bound * bound`` and ``smooth_per_bound / bound`` (no smoothness term
+    for a zero budget)."""
+    lr = lr_per_bound * bound if lr is None else lr
+    weight = smooth_per_bound / bound if smooth_weight is None and bound else (smooth_weight or 0.0)
+    return lr, weight
+
+
 def bounded_adam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, zero: torch.Tensor,
                  render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bound: float, steps: int,
                  lr: float, weight: float, smoothness: Callable[[torch.Tensor], torch.Tensor],

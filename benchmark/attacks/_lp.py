@@ -112,6 +112,19 @@ def ascent_step(grad: torch.Tensor, step: float, p: str) -> torch.Tensor:
     raise ValueError(f"unknown norm {p!r}")
 
 
+def sparse_sign_step(grad: torch.Tensor, x_cur: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Steepest L1 ascent inside the [0, 1] box: the sign of the gradient on each example's
+    ``k`` largest |gradient| coordinates among those that can still move (a pixel at 0 with a
+    negative gradient cannot), divided by how many there are, so the step has L1 norm 1."""
+    f, xf = grad.flatten(1), x_cur.flatten(1)
+    score = f.abs() * (((f > 0) & (xf < 1)) | ((f < 0) & (xf > 0)))
+    kk = k.round().long().clamp(1, f.shape[1])
+    top = score.topk(int(kk.max()), dim=1).values  # k is small: cheaper than a full sort
+    thr = top.gather(1, kk[:, None] - 1)
+    g = f.sign() * ((score >= thr) & (score > 0))
+    return (g / g.abs().sum(1, keepdim=True).clamp_min(1)).view_as(grad)
+
+
 def random_start(x: torch.Tensor, eps: float, p: str, gen, *purpose) -> torch.Tensor:
     """A random point inside the ball (used for random restarts).  ``gen`` is a
     :class:`~._draws.Draws` (per-example streams, ``purpose`` names the draw: evaluation) or a

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from . import register
 from ._draws import Draws
-from ._lp import lp_norm, project, random_start
+from ._lp import lp_norm, project, random_start, sparse_sign_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 MOMENTUM = 0.75  # alpha in the paper
@@ -96,15 +96,8 @@ def _step(grad: torch.Tensor, x_cur: torch.Tensor, eta: torch.Tensor, norm: str,
         g = grad / _bc(lp_norm(grad, "L2").clamp_min(1e-12), grad)
         return _bc(eta, grad) * g
     if norm == "L1":
-        f, xf = grad.flatten(1), x_cur.flatten(1)
-        movable = ((f > 0) & (xf < 1)) | ((f < 0) & (xf > 0))
-        score = f.abs() * movable
-        k = max(1, int(l1_frac * f.shape[1]))
-        thr = score.topk(k, dim=1).values[:, -1:]
-        mask = (score >= thr) & (score > 0)
-        g = f.sign() * mask
-        g = g / g.abs().sum(1, keepdim=True).clamp_min(1e-12)
-        return (eta[:, None] * g).view_as(grad)
+        k = torch.full((len(grad),), max(1, int(l1_frac * grad[0].numel())), device=grad.device)
+        return _bc(eta, grad) * sparse_sign_step(grad, x_cur, k)
     raise ValueError(f"unknown norm {norm!r}")
 
 
@@ -261,6 +254,13 @@ def scaled_margin(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return margin, t
 
 
+def likeliest_others(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Per example, the ``k`` classes other than its label that ``logits`` rank highest, shape (n, k)."""
+    others = logits.clone()
+    others[torch.arange(len(y), device=logits.device), y] = -float("inf")
+    return others.argsort(dim=1, descending=True)[:, :k]
+
+
 def _schedule(target_steps: int | Sequence[int], targets: int) -> list[int]:
     """Steps against each of the ``targets`` likeliest other classes: one number for all, or a
     list by rank whose last entry repeats."""
@@ -304,10 +304,8 @@ def minimum_margin(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         best_margin, best_class = scaled_margin(model(adv), y)
     best_x = adv.clone()  # per example, the point of its smallest margin so far
     n_cls = clean_logits.shape[1]
-    order = clean_logits.clone()
-    order[torch.arange(n, device=x.device), y] = -float("inf")
     schedule = _schedule(target_steps, max(0, min(targets, n_cls - 1)))
-    ranked = order.argsort(dim=1, descending=True)[:, : len(schedule)]
+    ranked = likeliest_others(clean_logits, y, len(schedule))
     for j, t_steps in enumerate(schedule):
         ii = robust.nonzero().squeeze(1)
         if len(ii) == 0:

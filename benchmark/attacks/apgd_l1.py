@@ -36,8 +36,8 @@ import torch
 
 from . import register
 from ._draws import Draws
-from ._lp import project
-from .apgd import LossFn, _loss_grad, _lp_threat, ce_loss, targeted_dlr_loss
+from ._lp import project, sparse_sign_step
+from .apgd import LossFn, _loss_grad, _lp_threat, ce_loss, likeliest_others, targeted_dlr_loss
 
 SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))  # (budget multiple, share of the iterations)
 SPARSITY_DIV = 1.5  # k = ||best - x||_0 / SPARSITY_DIV after a checkpoint
@@ -49,19 +49,6 @@ TARGET_STEPS = 60  # per target class (a list gives steps by rank)
 
 def _l0(d: torch.Tensor) -> torch.Tensor:
     return (d.flatten(1) != 0).sum(1).to(d.dtype)
-
-
-def _sparse_step(grad: torch.Tensor, cur: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Sign of the gradient on each example's ``k`` largest |gradient| coordinates among those
-    that can still move inside the box, divided by how many there are (L1 norm 1)."""
-    f, xf = grad.flatten(1), cur.flatten(1)
-    score = f.abs() * (((f > 0) & (xf < 1)) | ((f < 0) & (xf > 0)))
-    kk = k.round().long().clamp(1, f.shape[1])
-    top = score.topk(int(kk.max()), dim=1).values  # k is small: cheaper than a full sort
-    thr = top.gather(1, kk[:, None] - 1)
-    mask = (score >= thr) & (score > 0)
-    g = f.sign() * mask
-    return (g / g.abs().sum(1, keepdim=True).clamp_min(1)).view_as(grad)
 
 
 def _gaussian_start(x: torch.Tensor, eps: float, draws: Draws, purpose: tuple) -> torch.Tensor:
@@ -107,7 +94,7 @@ def _phase(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
     for it in range(steps):
         if len(st["i"]) == 0:
             break
-        step = _sparse_step(st["grad"], st["cur"], st["k"]) * st["eta"].view(-1, *[1] * (x.dim() - 1))
+        step = sparse_sign_step(st["grad"], st["cur"], st["k"]) * st["eta"].view(-1, *[1] * (x.dim() - 1))
         st["cur"] = project(st["cur"] + step, st["x"], eps, "L1")
         loss, st["grad"], logits = _loss_grad(model, st["cur"], st["y"], st.get("t"), loss_fn)
         better = loss > st["best_loss"]
@@ -189,10 +176,8 @@ def apgd_l1_attack_run(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, s
         x_adv[ii] = adv
         robust[ii[fooled]] = False
         stats["fooled_ce"] += int(fooled.sum())
-    others = logits.clone()
-    others[torch.arange(len(y), device=x.device), y] = -float("inf")
     plan = _schedule(target_steps, max(0, min(targets, logits.shape[1] - 1)))
-    ranked = others.argsort(dim=1, descending=True)[:, : len(plan)]
+    ranked = likeliest_others(logits, y, len(plan))
     for j, t_steps in enumerate(plan):
         ii = robust.nonzero().squeeze(1)
         if len(ii) == 0:

@@ -18,7 +18,7 @@ import torch
 
 from . import register
 from ._draws import Draws
-from .apgd import _lp_threat, apgd
+from .apgd import _lp_threat, apgd, likeliest_others
 
 
 def targeted_margin_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -39,9 +39,7 @@ def mm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
     with torch.no_grad():
         logits = model(x)
     robust = logits.argmax(1) == y
-    others = logits.clone()
-    others[torch.arange(len(y), device=x.device), y] = -float("inf")
-    ranked = others.argsort(dim=1, descending=True)[:, : max(0, min(targets, logits.shape[1] - 1))]
+    ranked = likeliest_others(logits, y, max(0, min(targets, logits.shape[1] - 1)))
     for j in range(ranked.shape[1]):
         for r in range(max(1, restarts)):
             ii = robust.nonzero().squeeze(1)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from ._adam import bounded_adam
+from ._adam import bounded_adam, scaled_settings
 from .transforms import nonneg, threat_params
 
 SMOOTH_PER_BOUND = 0.0036  # the reference's weight of the smoothness term is 0.0036 / bound
@@ -135,11 +135,11 @@ def recolor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: 
             lr: float | None = None, smooth_weight: float | None = None, return_params: bool = False):
     """The ReColorAdv attack; with ``return_params`` also returns the displacements, with
     ``recolor_apply(x, params)`` equal to the returned images."""
+    lr, weight = scaled_settings(bound, lr, smooth_weight, lr_per_bound=LR_PER_BOUND,
+                                 smooth_per_bound=SMOOTH_PER_BOUND)
     best, disp = bounded_adam(
         model, x, y, zero=zero_params(x), render=lambda active, d: recolor_apply(x[active], d), bound=bound,
-        steps=steps, lr=LR_PER_BOUND * bound if lr is None else lr,
-        weight=SMOOTH_PER_BOUND / bound if smooth_weight is None and bound else (smooth_weight or 0.0),
-        smoothness=smoothness, project=lambda d: project_params(d, bound))
+        steps=steps, lr=lr, weight=weight, smoothness=smoothness, project=lambda d: project_params(d, bound))
     return (best, disp) if return_params else best
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from ._adam import bounded_adam
+from ._adam import bounded_adam, scaled_settings
 from .transforms import nonneg, threat_params
 
 SMOOTH_PER_BOUND = 0.0025  # the reference's weight of the flow loss is 0.0025 / bound
@@ -67,11 +67,11 @@ def stadv(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: fl
     """The StAdv attack; with ``return_flow`` also returns the flow (N, H, W, 2) with
     ``flow_warp(x, flow)`` equal to the returned images."""
     n, _, h, w = x.shape
+    lr, weight = scaled_settings(bound, lr, smooth_weight, lr_per_bound=LR_PER_BOUND,
+                                 smooth_per_bound=SMOOTH_PER_BOUND)
     best, flow = bounded_adam(
         model, x, y, zero=torch.zeros(n, h, w, 2, device=x.device, dtype=x.dtype),
-        render=lambda active, f: flow_warp(x[active], f), bound=bound, steps=steps,
-        lr=LR_PER_BOUND * bound if lr is None else lr,
-        weight=SMOOTH_PER_BOUND / bound if smooth_weight is None and bound else (smooth_weight or 0.0),
+        render=lambda active, f: flow_warp(x[active], f), bound=bound, steps=steps, lr=lr, weight=weight,
         smoothness=flow_loss, project=lambda f: project_flow(f, bound))
     return (best, flow) if return_flow else best
 

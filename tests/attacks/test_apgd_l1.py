@@ -9,8 +9,8 @@ import torch
 import benchmark  # noqa: F401
 from benchmark.attacks import run_attack
 from benchmark.attacks._draws import Draws
-from benchmark.attacks._lp import lp_norm
-from benchmark.attacks.apgd_l1 import _gaussian_start, _sparse_step, apgd_l1
+from benchmark.attacks._lp import lp_norm, sparse_sign_step
+from benchmark.attacks.apgd_l1 import _gaussian_start, apgd_l1
 from benchmark.data import datasets
 from benchmark.models.load import load_model
 from benchmark.registry import DEFAULT_REGISTRY, Registry, ThreatSpec
@@ -66,7 +66,7 @@ def test_fooled_flags_match_the_points_and_phases_stay_in_their_balls(trained):
 def test_sparse_step_moves_k_coordinates_that_can_move():
     x = torch.tensor([[0.0, 1.0, 0.5, 0.5, 0.2]]).view(1, 1, 1, 5)
     g = torch.tensor([[-9.0, 8.0, 1.0, -3.0, 2.0]]).view(1, 1, 1, 5)  # the two largest point out of the box
-    s = _sparse_step(g, x, torch.tensor([2.0])).flatten()
+    s = sparse_sign_step(g, x, torch.tensor([2.0])).flatten()
     assert torch.equal(s, torch.tensor([0.0, 0.0, 0.0, -0.5, 0.5]))
     assert float(s.abs().sum()) == pytest.approx(1.0)
 
