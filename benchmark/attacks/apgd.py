@@ -161,12 +161,15 @@ def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
 
     def leave(mask: torch.Tensor, at: str, was_fooled: bool) -> None:
         """Examples in ``mask`` leave with their point ``st[at]``."""
-        gi = st["idx"][mask]
-        out[gi] = st[at][mask]
+        gone = mask.nonzero().squeeze(1)
+        if len(gone) == 0:  # most steps: nobody leaves, nothing to compress
+            return
+        gi = st["idx"][gone]
+        out[gi] = st[at][gone]
         fooled[gi] = was_fooled
-        keep = ~mask
+        keep = (~mask).nonzero().squeeze(1)
         for k in st:
-            st[k] = st[k][keep]
+            st[k] = st[k].index_select(0, keep)
 
     wrong = logits.argmax(1) != y
     # an example whose gradient is exactly zero has nothing to follow: it leaves now (at its random

@@ -82,12 +82,16 @@ def _phase(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
     result = best_x.clone()
 
     def leave(mask: torch.Tensor) -> None:
-        gi = st["i"][mask]
-        out[idx[gi]] = st["cur"][mask]
+        gone = mask.nonzero().squeeze(1)
+        if len(gone) == 0:  # most steps: nobody leaves, nothing to compress
+            return
+        gi = st["i"][gone]
+        out[idx[gi]] = st["cur"][gone]
         fooled[idx[gi]] = True
-        result[gi] = st["cur"][mask]
+        result[gi] = st["cur"][gone]
+        keep = (~mask).nonzero().squeeze(1)
         for key in st:
-            st[key] = st[key][~mask]
+            st[key] = st[key].index_select(0, keep)
 
     if last:
         leave(logits.argmax(1) != y)
