@@ -9,6 +9,7 @@ WORKERS ?= 2
 .PHONY: install run test leaderboard validate zoo shifts-picture calibrate clean-venv
 
 TEST_STAMP := $(VENV)/.installed-test-stamp
+TEST_EXTRAS := .[test,site-test]
 
 # The install goes through uv: the same pinned set (constraints.txt) as pip, in about half the time
 # (it unpacks the multi-GB torch wheels in parallel and compiles the bytecode on every core).  uv
@@ -33,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(call install_with_uv,-e '.[test,site-test]')
+	$(call install_with_uv,-e '$(TEST_EXTRAS)')
 	@touch $(TEST_STAMP)
 
 install: $(STAMP)
