@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import register
 from ._draws import Draws
+from ._lp import _bcast as _bc
 from ._lp import lp_norm, project, random_start, sparse_sign_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -80,8 +81,11 @@ def _l1_checkpoints(steps: int) -> list[int]:
     return sorted({int(math.ceil(q * steps - 1e-9)) for q in p[1:] if q < 1})
 
 
-def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
+def keep_rows(st: dict[str, torch.Tensor], keep: torch.Tensor) -> None:
+    """Compress every per-example tensor of the attack state ``st`` to the rows where ``keep``."""
+    rows = keep.nonzero().squeeze(1)
+    for k in st:
+        st[k] = st[k].index_select(0, rows)
 
 
 def _step(grad: torch.Tensor, x_cur: torch.Tensor, eta: torch.Tensor, norm: str, l1_frac: float) -> torch.Tensor:
@@ -167,9 +171,7 @@ def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         gi = st["idx"][gone]
         out[gi] = st[at][gone]
         fooled[gi] = was_fooled
-        keep = (~mask).nonzero().squeeze(1)
-        for k in st:
-            st[k] = st[k].index_select(0, keep)
+        keep_rows(st, ~mask)
 
     wrong = logits.argmax(1) != y
     # an example whose gradient is exactly zero has nothing to follow: it leaves now (at its random

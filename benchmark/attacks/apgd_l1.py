@@ -36,8 +36,8 @@ import torch
 
 from . import register
 from ._draws import Draws
-from ._lp import project, sparse_sign_step
-from .apgd import LossFn, _loss_grad, _lp_threat, ce_loss, likeliest_others, targeted_dlr_loss
+from ._lp import _bcast, project, sparse_sign_step
+from .apgd import LossFn, _loss_grad, _lp_threat, ce_loss, keep_rows, likeliest_others, targeted_dlr_loss
 
 SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))  # (budget multiple, share of the iterations)
 SPARSITY_DIV = 1.5  # k = ||best - x||_0 / SPARSITY_DIV after a checkpoint
@@ -89,16 +89,14 @@ def _phase(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
         out[idx[gi]] = st["cur"][gone]
         fooled[idx[gi]] = True
         result[gi] = st["cur"][gone]
-        keep = (~mask).nonzero().squeeze(1)
-        for key in st:
-            st[key] = st[key].index_select(0, keep)
+        keep_rows(st, ~mask)
 
     if last:
         leave(logits.argmax(1) != y)
     for it in range(steps):
         if len(st["i"]) == 0:
             break
-        step = sparse_sign_step(st["grad"], st["cur"], st["k"]) * st["eta"].view(-1, *[1] * (x.dim() - 1))
+        step = sparse_sign_step(st["grad"], st["cur"], st["k"]) * _bcast(st["eta"], x)
         st["cur"] = project(st["cur"] + step, st["x"], eps, "L1")
         loss, st["grad"], logits = _loss_grad(model, st["cur"], st["y"], st.get("t"), loss_fn)
         better = loss > st["best_loss"]
@@ -112,7 +110,7 @@ def _phase(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
             st["k"], st["sp_old"] = sp / SPARSITY_DIV, sp
             st["eta"] = torch.where(sparser, torch.full_like(st["eta"], eps), st["eta"] / STEP_DIV)
             st["eta"] = st["eta"].clamp(MIN_STEP * eps, eps)
-            m = sparser.view(-1, *[1] * (x.dim() - 1))
+            m = _bcast(sparser, x)
             st["cur"] = torch.where(m, st["best_x"], st["cur"])
             st["grad"] = torch.where(m, st["best_grad"], st["grad"])
     result[st["i"]] = st["best_x"]

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from . import register
+from ._lp import _bcast as _bc
 from .lpips import FeatureNet, load_network, normalized_features
 from .transforms import nonneg, threat_params
 
@@ -51,10 +52,6 @@ def capped_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = KAPPA) -
     other = logits.clone()
     other.scatter_(1, y[:, None], float("-inf"))
     return (other.amax(1) - true).clamp(max=kappa)
-
-
-def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _dist(net: FeatureNet, x_adv: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from . import register
 from ._draws import Draws
+from ._lp import _bcast
 
 LOSSES = ("ce", "margin")
 # Used only for keys a threat entry leaves out: Engstrom et al.'s CIFAR-10 budget (+-30 degrees,
@@ -113,7 +114,7 @@ def signed_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, para
                 done |= logits.argmax(1) != ya
                 if it == steps or bool(done.all()):
                     break
-                mask = done.view(-1, *([1] * (grad.dim() - 1)))
+                mask = _bcast(done, grad)
                 step = torch.where(mask, torch.zeros_like(grad), step_size * grad.sign())
                 param = project(param.detach() + step)
         fooled[active[done]] = True
