@@ -234,14 +234,16 @@ def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(digits_slice, serial_r
                             # give the run the default disposition, so Python installs its Ctrl-C handler
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
-    while not list(out.rglob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+    # wait for a finished result: a writer's temporary file (.tmp-<pid>-*.json) is not one, and the
+    # interrupt rightly removes it if it lands between the write and the rename
+    while not store.result_files(out) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    written = sorted(out.rglob("*.json"))
+    written = store.result_files(out)
     assert 0 < len(written) < 14
     time.sleep(2)
     assert sorted(out.rglob("*.json")) == written, "no worker goes on after the run stopped"
