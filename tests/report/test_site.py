@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -149,7 +148,6 @@ def test_site_in_headless_chromium(browser, toy_site, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    t0 = time.perf_counter()
     reg, results, out = toy_site
     _, summ, _ = leaderboard.build(reg, SUITE, results)
     ranked = leaderboard.ranking(summ.models)
@@ -211,4 +209,3 @@ def test_site_in_headless_chromium(browser, toy_site, tmp_path):
     assert not _errors(d)
     d.back()
     assert d.current_url.endswith(f"/{SUITE}/index.html")
-    assert time.perf_counter() - t0 < 120
