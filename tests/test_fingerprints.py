@@ -28,6 +28,7 @@ import torch
 
 import benchmark  # noqa: F401
 from benchmark.attacks import HARNESS_VERSION, run_attack
+from benchmark.attacks.batching import fixed_batch
 from benchmark.data import datasets
 from benchmark.data.shifts import load_shift
 from benchmark.models.load import load_model
@@ -46,7 +47,7 @@ def _registry() -> Registry:
 def attack_fingerprints() -> dict[str, dict]:
     torch.set_num_threads(1)
     reg = _registry()
-    model = load_model(reg.model(MODEL), reg)
+    model = fixed_batch(load_model(reg.model(MODEL), reg))  # as the evaluator calls it
     x, y = datasets.load_id("digits", "test")
     x, y = x[:N], y[:N]
     suite = reg.suite("digits")

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import sha256_file
+from .batching import MICRO_BATCH, in_micro_batches
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.4  # as the digits zoo normalises its inputs
@@ -113,6 +115,10 @@ ARCHS: dict[str, Callable[[], FeatureNet]] = {
 def normalized_features(net: FeatureNet, x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """(N, D): every layer's activations unit-normalised over channels at each position, scaled by
     1 / sqrt(H W), flattened and concatenated, so that LPIPS is a Euclidean distance here."""
+    return in_micro_batches(lambda part: _normalized_features(net, part, eps), x)
+
+
+def _normalized_features(net: FeatureNet, x: torch.Tensor, eps: float) -> torch.Tensor:
     parts = []
     for a in net.activations(x):
         # sqrt(|a|^2 + eps^2) rather than |a| + eps: the same value to 1e-10, and a finite
@@ -120,6 +126,80 @@ def normalized_features(net: FeatureNet, x: torch.Tensor, eps: float = 1e-10) ->
         norm = (a.pow(2).sum(1, keepdim=True) + eps * eps).sqrt()
         parts.append((a / (norm * (a.shape[2] * a.shape[3]) ** 0.5)).flatten(1))
     return torch.cat(parts, 1)
+
+
+class Linearization:
+    """The normalised features' derivative at fixed points ``x``: ``jvp(v)`` is J v, exact up to
+    rounding, at about the cost of one forward pass (what forward-mode autodiff computes, without
+    its dual-tensor overhead: 4-6 forward passes here).  The feature networks are convolutions,
+    ReLUs and max-pools, so J v is the convolutions applied to ``v`` with the ReLU masks and
+    pooling indices of ``x``, then the derivative of the per-position normalisation.  Runs on
+    the same fixed-size micro-batches as everything else (:mod:`.batching`).  Networks with other
+    layers fall back to ``torch.func.jvp``."""
+
+    SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d)
+
+    def __init__(self, net: FeatureNet, x: torch.Tensor, eps: float = 1e-10):
+        self.net, self.x, self.eps = net, x.detach(), eps
+        self.fast = all(isinstance(m, self.SUPPORTED) for m in net.features_seq)
+        self.chunks: list[tuple[list, list[torch.Tensor]]] = []
+        if self.fast:
+            with torch.no_grad():
+                for start in range(0, len(x), MICRO_BATCH):
+                    self.chunks.append(self._record(_pad(self.x[start:start + MICRO_BATCH])))
+
+    def _record(self, x: torch.Tensor) -> tuple[list, list[torch.Tensor]]:
+        """Per layer what its derivative needs (ReLU masks, pooling indices), and the taps."""
+        net, info, taps = self.net, [], []
+        h = (x - net.mean) / net.std
+        for i, layer in enumerate(net.features_seq):
+            if isinstance(layer, nn.MaxPool2d):
+                h, ind = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                      ceil_mode=layer.ceil_mode, return_indices=True)
+                info.append(ind)
+            else:
+                h = layer(h)
+                info.append(h > 0 if isinstance(layer, nn.ReLU) else None)
+            if i in TAPS:
+                taps.append(h)
+        return info, taps
+
+    def _tangent(self, info: list, taps: list[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+        net, parts, k = self.net, [], 0
+        t = v / net.std
+        for i, (layer, extra) in enumerate(zip(net.features_seq, info)):
+            if isinstance(layer, nn.Conv2d):
+                t = F.conv2d(t, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            elif isinstance(layer, nn.ReLU):
+                t = t * extra
+            else:  # max-pool: the tangent at the input's maxima
+                n, c = t.shape[:2]
+                t = t.flatten(2).gather(2, extra.flatten(2)).view(extra.shape)
+            if i in TAPS:
+                a = taps[k]
+                k += 1
+                norm = (a.pow(2).sum(1, keepdim=True) + self.eps * self.eps).sqrt()
+                scale = (a.shape[2] * a.shape[3]) ** 0.5
+                da = (t - a * (a * t).sum(1, keepdim=True) / norm.pow(2)) / (norm * scale)
+                parts.append(da.flatten(1))
+        return torch.cat(parts, 1)
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """J v for a batch of directions ``v`` (one per point)."""
+        v = v.detach()
+        if not self.fast:
+            _, jv = torch.func.jvp(lambda z: normalized_features(self.net, z), (self.x,), (v,))
+            return jv
+        with torch.no_grad():
+            outs = []
+            for (info, taps), start in zip(self.chunks, range(0, len(v), MICRO_BATCH)):
+                part = v[start:start + MICRO_BATCH]
+                outs.append(self._tangent(info, taps, _pad(part))[:len(part)])
+            return torch.cat(outs) if outs else v.new_zeros((0, 0))
+
+
+def _pad(x: torch.Tensor, size: int = MICRO_BATCH) -> torch.Tensor:
+    return x if len(x) == size else torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
 
 
 def lpips(net: FeatureNet, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

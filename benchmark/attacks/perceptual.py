@@ -8,9 +8,10 @@ Newton's projection, margin loss capped at kappa = 1).
 **PPGD** (perceptual projected gradient descent).  Each step linearises the feature map phi at
 the current point x_k: the steepest step of LPIPS length eta solves
 ``max_d grad L . d  s.t. ||J d|| = eta``, i.e. d proportional to (J^T J)^-1 grad L, found by
-conjugate gradient (5 iterations) where J^T J v is a finite difference of phi along v (h = 1e-3)
-pulled back through phi by autograd.  The step is scaled so its finite-difference LPIPS length
-is eta = 2 bound / steps, clipped to [0, 1], then projected onto the LPIPS ball.
+conjugate gradient (5 iterations, always all 5) where J v is a forward-mode derivative of phi
+along v and J^T a backward pass through phi (the reference takes J v by a finite difference,
+h = 1e-3; see "Same numbers on every CPU" below).  The step is scaled so its LPIPS length
+``||J d||`` is eta = 2 bound / steps, clipped to [0, 1], then projected onto the LPIPS ball.
 
 **LPA** (Lagrangian perceptual attack).  Minimises ``-L(x') + lambda max(0, LPIPS(x, x') - bound)``
 by normalised gradient steps whose LPIPS length is ``step`` (bound, decayed by 10x over the
@@ -26,8 +27,16 @@ every returned image is inside the ball.
 Deviations from the reference, both deliberate: the attacks start at x itself instead of x plus
 N(0, 0.01) noise (no random draw; the outcome cannot depend on the batch); and an example stops at
 the first point that is inside the ball and misclassified (the reference runs on and returns the
-last iterate, which can only lose successes).  Conjugate gradient stops per example (the
-reference stops the whole batch when every residual is small).
+last iterate, which can only lose successes).  Conjugate gradient runs its 5 iterations for
+every example (the reference stops the whole batch when every residual is small).
+
+**Same numbers on every CPU.**  Two CPUs (or two kernels of one CPU: AVX2, AVX-512, oneDNN's
+ISA) round the model's and the feature network's arithmetic differently in the last bits.  The
+reference's PPGD turns those bits into other outcomes: its finite-difference J v has a rounding
+error of ~1e-4 of its value that the ill-conditioned solve amplifies, and its residual threshold
+stops conjugate gradient at another iteration.  Here J v is exact up to rounding, conjugate
+gradient always runs its iterations, and its scalars are accumulated in float64; measured on the
+whole digits suite, the outcomes of PPGD under two CPU code paths now agree (docs/reproducibility.md).
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ import torch
 
 from . import register
 from ._lp import _bcast as _bc
-from .lpips import FeatureNet, load_network, normalized_features
+from .lpips import FeatureNet, Linearization, load_network, normalized_features
 from .transforms import nonneg, threat_params
 
 KAPPA = 1.0  # the margin loss is capped at kappa, as the reference's MarginLoss(kappa=1)
@@ -107,17 +116,22 @@ def newton_projection(net: FeatureNet, x: torch.Tensor, x_adv: torch.Tensor, f0:
 
 
 # --------------------------------------------------------------------------- PPGD
-def _jtj(net: FeatureNet, cur: torch.Tensor, f_cur: torch.Tensor, v: torch.Tensor, h: float) -> torch.Tensor:
-    """J^T J v at ``cur``: J v by a finite difference of the features, J^T by autograd through
-    ``f_cur`` (the features of ``cur``, computed with a graph)."""
-    with torch.no_grad():
-        jv = (normalized_features(net, cur.detach() + h * v) - f_cur.detach()) / h
-    (out,) = torch.autograd.grad(f_cur, cur, grad_outputs=jv, retain_graph=True)
+def _jtj(lin: Linearization, cur: torch.Tensor, f_cur: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """J^T J v at ``cur``: J v exact (:class:`.lpips.Linearization`; a finite difference's error,
+    ~1e-4 of the value at h = 1e-3 in float32, depends on the last bits of the features and made
+    PPGD chaotic across CPUs), J^T by autograd through ``f_cur`` (the features of ``cur``,
+    computed with a graph)."""
+    (out,) = torch.autograd.grad(f_cur, cur, grad_outputs=lin.jvp(v), retain_graph=True)
     return out
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-example dot product, accumulated in float64 (conjugate gradient's scalars)."""
+    return (a.double() * b.double()).flatten(1).sum(1)
+
+
 def ppgd(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.5,
-         steps: int = 40, step: float | None = None, cg_steps: int = 5, h: float = 1e-3) -> torch.Tensor:
+         steps: int = 40, step: float | None = None, cg_steps: int = 5) -> torch.Tensor:
     """Perceptual PGD; see the module docstring."""
     out = x.detach().clone()
     if bound == 0 or steps == 0 or len(x) == 0:
@@ -136,33 +150,30 @@ def ppgd(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tens
             loss = capped_margin(model(cur), y[active])
             (g,) = torch.autograd.grad(loss.sum(), cur)
             f_cur = normalized_features(net, cur)
-            # conjugate gradient on (J^T J) v = g, per example; stops where the residual is small
+            lin = Linearization(net, cur)
+            # conjugate gradient on (J^T J) v = g, per example, a fixed number of iterations: a
+            # stopping rule on the residual is a threshold that last-bit differences can cross
             v = torch.zeros_like(g)
             r = g.clone()
             p = r.clone()
-            rr = r.flatten(1).pow(2).sum(1)
-            live = torch.ones(len(g), dtype=torch.bool, device=g.device)
-            for it in range(cg_steps):
-                if it > 0:
-                    live &= rr >= 1e-1
-                if not live.any():
-                    break
-                ap = _jtj(net, cur, f_cur, p, h)
-                pap = (p * ap).flatten(1).sum(1)
-                alpha = torch.where(live & (pap != 0), rr / torch.where(pap == 0, torch.ones_like(pap), pap),
-                                    torch.zeros_like(rr))
-                v = v + _bc(alpha, v) * p
-                r = r - _bc(alpha, r) * ap
-                rr_new = r.flatten(1).pow(2).sum(1)
-                beta = torch.where(rr > 0, rr_new / rr.clamp_min(1e-30), torch.zeros_like(rr))
-                p = torch.where(_bc(live, p), r + _bc(beta, p) * p, p)
-                rr = torch.where(live, rr_new, rr)
+            rr = _dot(r, r)
+            for _it in range(cg_steps):
+                ap = _jtj(lin, cur, f_cur, p)
+                pap = _dot(p, ap)
+                ok = (pap > 0) & (rr > 0)
+                alpha = torch.where(ok, rr / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(rr))
+                v = v + _bc(alpha.to(v.dtype), v) * p
+                r = r - _bc(alpha.to(r.dtype), r) * ap
+                rr_new = _dot(r, r)
+                beta = torch.where(ok, rr_new / torch.where(ok, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+                p = torch.where(_bc(ok, p), r + _bc(beta.to(p.dtype), p) * p, p)
+                rr = torch.where(ok, rr_new, rr)
         with torch.no_grad():
-            jv_len = ((normalized_features(net, cur.detach() + h * v) - f_cur.detach()) / h).norm(dim=1)
+            jv_len = lin.jvp(v).double().norm(dim=1)
             lam = eta / jv_len.clamp_min(1e-12)
             flat = g.flatten(1).norm(dim=1) < 1e-4  # no gradient: do not move (as the reference)
             lam = torch.where(flat | ~torch.isfinite(lam), torch.zeros_like(lam), lam)
-            nxt = (cur.detach() + _bc(lam, v) * v).clamp(0.0, 1.0)
+            nxt = (cur.detach() + _bc(lam.to(v.dtype), v) * v).clamp(0.0, 1.0)
         nxt = newton_projection(net, x[active], nxt, f0_all[active], bound)
         with torch.no_grad():
             fooled = model(nxt).argmax(1) != y[active]
@@ -242,14 +253,14 @@ def _on(net: FeatureNet, x: torch.Tensor) -> FeatureNet:
 
 @register("ppgd")
 def ppgd_attack(model, x, y, threat, *, seed: int = 0, steps: int = 40, step: float | None = None,
-                cg_steps: int = 5, h: float = 1e-3) -> torch.Tensor:
+                cg_steps: int = 5) -> torch.Tensor:
     """Budget (``threat.params``): ``bound`` (LPIPS) and ``network`` (the feature network:
     ``arch``, ``weights``, ``sha256``, ``source``).  Settings: ``steps`` (40 as the reference),
-    ``step`` (default 2 bound / steps), ``cg_steps``, ``h``.  Deterministic: ``seed`` is unused."""
+    ``step`` (default 2 bound / steps), ``cg_steps`` (5).  Deterministic: ``seed`` is unused."""
     bound, net = _setup(threat)
     if bound == 0:
         return x.detach().clone()
-    return ppgd(model, _on(net, x), x, y, bound=bound, steps=steps, step=step, cg_steps=cg_steps, h=h)
+    return ppgd(model, _on(net, x), x, y, bound=bound, steps=steps, step=step, cg_steps=cg_steps)
 
 
 @register("lpa")

@@ -134,6 +134,7 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     images go to ``device`` (auto: CUDA when available) once."""
     from ..data import datasets
     from ..models.load import allowed_code, load_model
+    from ..attacks.batching import fixed_batch
     from .evaluate import resolve_device
 
     torch.set_num_threads(threads)
@@ -143,7 +144,7 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
     dev = resolve_device(device)
     model = load_model(reg.model(model_id), reg, allow_code=allowed_code(suite.allow_code)).to(dev)
-    return calibrate_model(model, model_id, x_all[idx].to(dev), y_all[idx].to(dev),
+    return calibrate_model(fixed_batch(model), model_id, x_all[idx].to(dev), y_all[idx].to(dev),
                            calibration_threats(reg, suite, threats), seed=seed, fast_args=fast_args, fast=fast)
 
 

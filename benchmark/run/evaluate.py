@@ -21,6 +21,7 @@ from torch import nn
 from ..data import datasets
 from . import store, trust
 from ..attacks import HARNESS_VERSION, run_attack
+from ..attacks.batching import MICRO_BATCH, fixed_batch
 from .plan import Cell
 from ..registry import ModelSpec, Registry, ThreatSpec, canonical
 
@@ -90,7 +91,7 @@ def prepare(cell: Cell, model: nn.Module, data_dir=None) -> tuple[nn.Module, tor
 
         groups = loaders.logit_subset(cell.shift, datasets.data_root(data_dir))
         model, y = loaders.masked_model(model, groups), loaders.subset_labels(y, groups)
-    return model, x, y
+    return fixed_batch(model), x, y
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -122,6 +123,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) 
     from ..models.load import check_logits  # NaN/inf or misshapen outputs fail the cell, not the sweep
 
     dev = model_device(model)
+    model = fixed_batch(model)
     return torch.cat([check_logits(model(x[i:i + batch_size].to(dev)), len(x[i:i + batch_size]), None,
                                    "the model").argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
@@ -148,7 +150,9 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     Example ``i`` is attacked with the random draws of ``(seed, i)`` whatever the batch it falls
     in, so the outcomes do not depend on ``batch_size`` (pyautoattack's attacks excepted).
     With ``checks``, the trust checks run and act (:func:`checked`); ``deep_checks`` (default:
-    every Lp threat) adds the checks that re-attack a sample."""
+    every Lp threat) adds the checks that re-attack a sample.  The model runs on fixed-size
+    micro-batches (:mod:`..attacks.batching`), so no number depends on the batch composition."""
+    model = fixed_batch(model)
     dev = model_device(model)
     x, y = x.to(dev), y.to(dev)
     t0 = time.perf_counter()
@@ -284,6 +288,8 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
         "harness": HARNESS_VERSION,
         "versions": package_versions(),
         "device": torch.device(device).type,
+        "micro_batch": MICRO_BATCH,  # every model call runs on micro-batches of this many rows
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the CPU code path torch took
         "spec": {
             "model": canonical(cell.model),
             "shift": canonical(cell.shift) if cell.shift is not None else None,

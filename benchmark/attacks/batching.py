@@ -1,0 +1,63 @@
+"""Fixed-size micro-batches: an example's logits (and gradients) never depend on how many other
+examples share its batch.
+
+CPU and GPU libraries pick their kernels by the shape of a call: on an AVX-512 CPU, MKL and oneDNN
+compute a batch of 1 and a batch of 1,000 with different kernels, which round differently, so the
+same image gets logits that differ in the last bits.  An attack's batch shrinks as examples are
+broken and differs with ``--batch-size``, shards and workers, so those last bits would depend on
+the company an example keeps, and a chaotic step can turn them into another outcome.
+
+Every call of a model or feature network the evaluator makes therefore runs on micro-batches of
+exactly :data:`MICRO_BATCH` rows: the input is split, the last part is padded with zeros, and
+the padding rows are dropped from the output (autograd flows through the split and the
+concatenation).  Within a call of fixed shape, a row's result does not depend on its position or
+on the other rows (checked for every CPU code path this machine has: tests/run/test_cross_cpu.py),
+so an example's numbers are a function of the example alone.  The price is the padding of the
+last micro-batch: ``perf/microbatch_cost.py`` measures it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+MICRO_BATCH = 32  # rows per call; a harness constant (part of HARNESS_VERSION): it changes last bits
+
+
+def in_micro_batches(fn: Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]], x: torch.Tensor,
+                     size: int = MICRO_BATCH):
+    """``fn(x)`` computed on zero-padded micro-batches of exactly ``size`` rows.  ``fn`` returns a
+    tensor or a list/tuple of tensors with one row per input row; the same structure comes back."""
+    n = len(x)
+    if n == 0:
+        return fn(x)
+    outs = []
+    for start in range(0, n, size):
+        part = x[start:start + size]
+        k = len(part)
+        if k < size:
+            part = torch.cat([part, part.new_zeros((size - k, *part.shape[1:]))])
+        out = fn(part)
+        outs.append(out[:k] if isinstance(out, torch.Tensor) else [o[:k] for o in out])
+    if isinstance(outs[0], torch.Tensor):
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+    return [o[0] if len(outs) == 1 else torch.cat(o) for o in zip(*outs)]
+
+
+class FixedBatch(nn.Module):
+    """``model`` whose every call runs on micro-batches of :data:`MICRO_BATCH` rows (see the module
+    docstring).  Parameters, buffers, device and mode are the wrapped model's."""
+
+    def __init__(self, model: nn.Module, size: int = MICRO_BATCH):
+        super().__init__()
+        self.inner = model
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_micro_batches(self.inner, x, self.size)
+
+
+def fixed_batch(model: nn.Module) -> nn.Module:
+    """``model`` wrapped in :class:`FixedBatch` (itself when it already is)."""
+    return model if isinstance(model, FixedBatch) else FixedBatch(model)
