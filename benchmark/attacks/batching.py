@@ -17,20 +17,42 @@ last micro-batch: ``perf/microbatch_cost.py`` measures it.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 MICRO_BATCH = 32  # rows per call; a harness constant (part of HARNESS_VERSION): it changes last bits
+_size = MICRO_BATCH  # what calls use now (only perf/microbatch_cost.py changes it, to compare)
+
+
+@contextlib.contextmanager
+def micro_batch_size(size: int | None) -> Iterator[None]:
+    """For benchmarks only: calls made inside use micro-batches of ``size`` rows (``None``: the
+    whole batch in one call, as before micro-batches existed).  Results computed inside are not
+    the harness's numbers."""
+    global _size
+    saved, _size = _size, size
+    try:
+        yield
+    finally:
+        _size = saved
+
+
+def current_size() -> int | None:
+    """The micro-batch size calls use now (:data:`MICRO_BATCH` but inside :func:`micro_batch_size`)."""
+    return _size
 
 
 def in_micro_batches(fn: Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]], x: torch.Tensor,
-                     size: int = MICRO_BATCH):
-    """``fn(x)`` computed on zero-padded micro-batches of exactly ``size`` rows.  ``fn`` returns a
-    tensor or a list/tuple of tensors with one row per input row; the same structure comes back."""
+                     size: int | None = None):
+    """``fn(x)`` computed on zero-padded micro-batches of exactly ``size`` rows (default
+    :data:`MICRO_BATCH`).  ``fn`` returns a tensor or a list/tuple of tensors with one row per
+    input row; the same structure comes back."""
+    size = size or _size
     n = len(x)
-    if n == 0:
+    if n == 0 or size is None:
         return fn(x)
     outs = []
     for start in range(0, n, size):
@@ -49,7 +71,7 @@ class FixedBatch(nn.Module):
     """``model`` whose every call runs on micro-batches of :data:`MICRO_BATCH` rows (see the module
     docstring).  Parameters, buffers, device and mode are the wrapped model's."""
 
-    def __init__(self, model: nn.Module, size: int = MICRO_BATCH):
+    def __init__(self, model: nn.Module, size: int | None = None):
         super().__init__()
         self.inner = model
         self.size = size

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import sha256_file
-from .batching import MICRO_BATCH, in_micro_batches
+from . import batching
+from .batching import in_micro_batches
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.4  # as the digits zoo normalises its inputs
@@ -143,10 +144,11 @@ class Linearization:
         self.net, self.x, self.eps = net, x.detach(), eps
         self.fast = all(isinstance(m, self.SUPPORTED) for m in net.features_seq)
         self.chunks: list[tuple[list, list[torch.Tensor]]] = []
+        self.size = batching.current_size() or max(1, len(x))
         if self.fast:
             with torch.no_grad():
-                for start in range(0, len(x), MICRO_BATCH):
-                    self.chunks.append(self._record(_pad(self.x[start:start + MICRO_BATCH])))
+                for start in range(0, len(x), self.size):
+                    self.chunks.append(self._record(_pad(self.x[start:start + self.size], self.size)))
 
     def _record(self, x: torch.Tensor) -> tuple[list, list[torch.Tensor]]:
         """Per layer what its derivative needs (ReLU masks, pooling indices), and the taps."""
@@ -192,13 +194,13 @@ class Linearization:
             return jv
         with torch.no_grad():
             outs = []
-            for (info, taps), start in zip(self.chunks, range(0, len(v), MICRO_BATCH)):
-                part = v[start:start + MICRO_BATCH]
-                outs.append(self._tangent(info, taps, _pad(part))[:len(part)])
+            for (info, taps), start in zip(self.chunks, range(0, len(v), self.size)):
+                part = v[start:start + self.size]
+                outs.append(self._tangent(info, taps, _pad(part, self.size))[:len(part)])
             return torch.cat(outs) if outs else v.new_zeros((0, 0))
 
 
-def _pad(x: torch.Tensor, size: int = MICRO_BATCH) -> torch.Tensor:
+def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     return x if len(x) == size else torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
 
 
