@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="mlp-pgd-0.10,cnn-pgd-0.10")
     ap.add_argument("--threats", default="digits-linf,digits-l1,digits-ppgd,digits-stadv")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--sizes", default=None, help="compare these micro-batch sizes too (comma-separated)")
     args = ap.parse_args(argv)
 
     import torch
@@ -38,20 +39,23 @@ def main(argv=None) -> int:
     reg = layered()
     x, y = datasets.load_id("digits", "test")
     x, y = x[:args.n], y[:args.n]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
+    modes = {"whole": None, "micro": MICRO_BATCH, **{str(s): s for s in sizes}}
     print(f"micro-batches of {MICRO_BATCH} rows vs whole batches; {args.n} ID images, no trust checks, 1 thread")
-    print("| model | threat | whole batch (s) | micro-batches (s) | ratio | robust whole / micro |")
-    print("| :--- | :--- | ---: | ---: | ---: | ---: |")
-    tot = {"whole": 0.0, "micro": 0.0}
+    extra = "".join(f" {s} rows (s) |" for s in sizes)
+    print(f"| model | threat | whole batch (s) | micro-batches (s) | ratio | robust whole / micro |{extra}")
+    print("| :--- | :--- | ---: | ---: | ---: | ---: |" + " ---: |" * len(sizes))
+    tot = {m: 0.0 for m in modes}
     for mid in args.models.split(","):
         model = load_model(reg.model(mid), reg)
         for tid in args.threats.split(","):
             threat = reg.threat(tid)
-            secs = {"whole": 0.0, "micro": 0.0}
+            secs = {m: 0.0 for m in modes}
             robust = {}
             for r in range(args.repeats):
-                order = ("whole", "micro") if r % 2 == 0 else ("micro", "whole")
+                order = list(modes) if r % 2 == 0 else list(modes)[::-1]
                 for mode in order:
-                    with micro_batch_size(None if mode == "whole" else MICRO_BATCH):
+                    with micro_batch_size(modes[mode]):
                         t0 = time.perf_counter()
                         out = attack_outcome(model, x, y, threat, seed=0, checks=False)
                         secs[mode] += time.perf_counter() - t0
@@ -59,8 +63,9 @@ def main(argv=None) -> int:
             for k in tot:
                 tot[k] += secs[k]
             print(f"| {mid} | {tid} | {secs['whole']:.1f} | {secs['micro']:.1f} | {secs['micro'] / secs['whole']:.2f} | "
-                  f"{robust['whole']} / {robust['micro']} |", flush=True)
-    print(f"| **all** | | {tot['whole']:.1f} | {tot['micro']:.1f} | {tot['micro'] / tot['whole']:.2f} | |")
+                  f"{robust['whole']} / {robust['micro']} |" + "".join(f" {secs[str(s)]:.1f} |" for s in sizes), flush=True)
+    print(f"| **all** | | {tot['whole']:.1f} | {tot['micro']:.1f} | {tot['micro'] / tot['whole']:.2f} | |"
+          + "".join(f" {tot[str(s)]:.1f} |" for s in sizes))
     return 0
 
 

@@ -8,7 +8,7 @@ broken and differs with ``--batch-size``, shards and workers, so those last bits
 the company an example keeps, and a chaotic step can turn them into another outcome.
 
 Every call of a model or feature network the evaluator makes therefore runs on micro-batches of
-exactly :data:`MICRO_BATCH` rows: the input is split, the last part is padded with zeros, and
+exactly :data:`MICRO_BATCH` rows on a CPU (256 on a GPU, where small calls waste the device): the input is split, the last part is padded with zeros, and
 the padding rows are dropped from the output (autograd flows through the split and the
 concatenation).  Within a call of fixed shape, a row's result does not depend on its position or
 on the other rows (checked for every CPU code path this machine has: tests/run/test_cross_cpu.py),
@@ -23,8 +23,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-MICRO_BATCH = 32  # rows per call; a harness constant (part of HARNESS_VERSION): it changes last bits
-_size = MICRO_BATCH  # what calls use now (only perf/microbatch_cost.py changes it, to compare)
+MICRO_BATCH = 32  # rows per call on a CPU; a harness constant (part of HARNESS_VERSION): it changes last bits
+DEVICE_MICRO_BATCH = {"cpu": MICRO_BATCH, "cuda": 256}  # a GPU is slow on small calls; its numbers differ anyway
+_UNSET = object()
+_size: object = _UNSET  # set only inside micro_batch_size() (perf/microbatch_cost.py, to compare)
 
 
 @contextlib.contextmanager
@@ -40,17 +42,20 @@ def micro_batch_size(size: int | None) -> Iterator[None]:
         _size = saved
 
 
-def current_size() -> int | None:
-    """The micro-batch size calls use now (:data:`MICRO_BATCH` but inside :func:`micro_batch_size`)."""
-    return _size
+def current_size(device: torch.device | str = "cpu") -> int | None:
+    """The micro-batch size calls on ``device`` use now: :data:`DEVICE_MICRO_BATCH` (32 rows on a
+    CPU) but inside :func:`micro_batch_size`."""
+    if _size is not _UNSET:
+        return _size  # type: ignore[return-value]
+    return DEVICE_MICRO_BATCH.get(torch.device(device).type, MICRO_BATCH)
 
 
 def in_micro_batches(fn: Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]], x: torch.Tensor,
                      size: int | None = None):
     """``fn(x)`` computed on zero-padded micro-batches of exactly ``size`` rows (default
-    :data:`MICRO_BATCH`).  ``fn`` returns a tensor or a list/tuple of tensors with one row per
-    input row; the same structure comes back."""
-    size = size or _size
+    :func:`current_size` for ``x``'s device).  ``fn`` returns a tensor or a list/tuple of tensors
+    with one row per input row; the same structure comes back."""
+    size = size or current_size(x.device)
     n = len(x)
     if n == 0 or size is None:
         return fn(x)

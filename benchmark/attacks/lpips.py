@@ -144,7 +144,7 @@ class Linearization:
         self.net, self.x, self.eps = net, x.detach(), eps
         self.fast = all(isinstance(m, self.SUPPORTED) for m in net.features_seq)
         self.chunks: list[tuple[list, list[torch.Tensor]]] = []
-        self.size = batching.current_size() or max(1, len(x))
+        self.size = batching.current_size(x.device) or max(1, len(x))
         if self.fast:
             with torch.no_grad():
                 for start in range(0, len(x), self.size):

@@ -21,7 +21,7 @@ from torch import nn
 from ..data import datasets
 from . import store, trust
 from ..attacks import HARNESS_VERSION, run_attack
-from ..attacks.batching import MICRO_BATCH, fixed_batch
+from ..attacks.batching import current_size, fixed_batch
 from .plan import Cell
 from ..registry import ModelSpec, Registry, ThreatSpec, canonical
 
@@ -288,7 +288,7 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
         "harness": HARNESS_VERSION,
         "versions": package_versions(),
         "device": torch.device(device).type,
-        "micro_batch": MICRO_BATCH,  # every model call runs on micro-batches of this many rows
+        "micro_batch": current_size(device),  # every model call runs on micro-batches of this many rows
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the CPU code path torch took
         "spec": {
             "model": canonical(cell.model),
