@@ -113,12 +113,14 @@ def _payload(clean: np.ndarray, robust: np.ndarray) -> dict:
 
 @pytest.mark.parametrize("n,lost,gained,status", [
     (120, 0, 0, "exact"),
-    (120, 1, 1, "within"),   # float noise: a few flips both ways
-    (120, 3, 0, "within"),   # at the cap (3), McNemar p = 0.25
-    (120, 2, 2, "differs"),  # 4 flips > cap 3
-    (600, 4, 2, "within"),   # cap 6, p = 0.69
-    (600, 6, 0, "differs"),  # at the cap but all one way: McNemar p = 0.031
-    (600, 5, 3, "differs"),  # 8 > cap 6
+    (120, 1, 1, "within"),   # float noise: a flip each way
+    (120, 2, 0, "within"),   # at the cap (2), McNemar p = 0.5
+    (120, 2, 1, "differs"),  # 3 flips > cap 2
+    (600, 2, 1, "within"),   # cap 3, p = 1
+    (600, 3, 1, "differs"),  # 4 > cap 3
+    (2000, 6, 0, "differs"),  # within the cap (10) but all one way: McNemar p = 0.031
+    (2000, 5, 4, "within"),  # cap 10, p = 1
+    (2000, 6, 5, "differs"),  # 11 > cap 10
 ])
 def test_tolerance_rule_edges(n, lost, gained, status):
     rng = np.random.default_rng(0)
