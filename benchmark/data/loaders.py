@@ -90,6 +90,11 @@ def _digest(path: Path, algo: str) -> str:
     return _HASHED[key]
 
 
+def file_digest(path: Path, algo: str = "sha256") -> str:
+    """A file's md5 or sha256, hashed once per process and file version."""
+    return _digest(Path(path), algo)
+
+
 def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, url: str | None,
                 layout: str | None = None, hint: str | None = None) -> list[str]:
     """Raise if any listed file is missing (all of them named at once) or has the wrong checksum.
