@@ -10,6 +10,7 @@ attacks all of its images and every attack stage runs, while the cross-entropy k
 """
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ class World:
     results: Path
     lock: Path  # the weights lock ($SHIFTBENCH_WEIGHTS_LOCK)
 
+    @functools.cached_property
     def registry_obj(self) -> Registry:
+        """The registry `shiftbench --registry <layer>` sees: the built-in one, the layer over it."""
         from benchmark.registry import layered_location
 
         return Registry(layered_location(str(self.registry)))

@@ -389,7 +389,8 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
     if attack == "rotation-translation":
         if a.get("search", "grid") == "random":
             return Cost(0, 1 + int(a.get("k", 100)))
-        return Cost(0, int(a.get("rotations", 5)) * int(a.get("translations", 3)) ** 2)
+        rot, tr = int(a.get("rotations", 5)), int(a.get("translations", 3))
+        return Cost(0, rot * tr * tr + (0 if rot % 2 and tr % 2 else 1))  # the identity, where the grid lacks it
     if attack == "ppgd":
         steps = int(a.get("steps", 40))
         return Cost(steps, 1 + steps)
@@ -398,6 +399,37 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
     if attack == "square":
         return Cost(0, int(a.get("queries", 5000)))
     return None
+
+
+class PassCounter:
+    """Wraps a model and counts the images that go through it forward, and back through it
+    (a hook on its output), so that an attack's real passes can be set beside :func:`attack_cost`
+    (tests/run/test_preflight.py, perf/real_suite_cost.py)."""
+
+    def __init__(self, model):
+        import torch
+
+        class _Counted(torch.nn.Module):
+            def __init__(inner, m):
+                super().__init__()
+                inner.model = m
+
+            def forward(inner, x):
+                out = inner.model(x)
+                self.forwards += len(x)
+                if out.requires_grad:
+                    out.register_hook(lambda g: setattr(self, "backwards", self.backwards + len(g)))
+                return out
+
+        self.forwards = self.backwards = 0
+        self.module = _Counted(model).eval()
+
+    def reset(self) -> None:
+        self.forwards = self.backwards = 0
+
+    def cost(self, images: int) -> Cost:
+        """Per image: forward+backward passes, and forward passes without a backward."""
+        return Cost(self.backwards / images, (self.forwards - self.backwards) / images)
 
 
 def _check_cost(threat: ThreatSpec, cost: Cost | None, role: str, batch_len: int) -> float:
@@ -533,5 +565,5 @@ def environment_model_dir(model_dir: str | None) -> None:
         os.environ["SHIFTBENCH_MODELS"] = str(Path(model_dir).expanduser())
 
 
-__all__ = ["Need", "Cost", "Report", "attack_cost", "data_needs", "weights_needs", "network_needs", "measure_rate",
+__all__ = ["Need", "Cost", "Report", "PassCounter", "attack_cost", "data_needs", "weights_needs", "network_needs", "measure_rate",
            "preflight", "environment_model_dir"]

@@ -23,26 +23,16 @@ from benchmark.run.plan import plan_suite
 REAL = Registry(check_files=False)
 
 
-class Counting(torch.nn.Module):
+def never_fooled(n_in: int, classes: int = 10) -> torch.nn.Module:
     """Class 0 by a margin no attack within these budgets can close (1, against at most 0.2 that
     any image can move a logit), close enough to class 1 that apgd-mm polishes it and soft enough
-    that cross-entropy has a gradient; counts, per image, the forward and the backward passes."""
-
-    def __init__(self, n_in: int, classes: int = 10):
-        super().__init__()
-        self.lin = torch.nn.Linear(n_in, classes)
-        torch.nn.init.normal_(self.lin.weight, std=1e-3)
-        with torch.no_grad():
-            self.lin.bias.zero_()
-            self.lin.bias[0], self.lin.bias[1] = 20.0, 19.0
-        self.forwards = self.backwards = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.lin(x.flatten(1))
-        self.forwards += len(x)
-        if out.requires_grad:
-            out.register_hook(lambda g: setattr(self, "backwards", self.backwards + len(g)))
-        return out
+    that cross-entropy has a gradient."""
+    lin = torch.nn.Linear(n_in, classes)
+    torch.nn.init.normal_(lin.weight, std=1e-3)
+    with torch.no_grad():
+        lin.bias.zero_()
+        lin.bias[0], lin.bias[1] = 20.0, 19.0
+    return torch.nn.Sequential(torch.nn.Flatten(), lin)
 
 
 DIGITS_THREATS = ["digits-linf", "digits-l1", "digits-ppgd", "digits-lpa", "digits-stadv", "digits-recolor",
@@ -54,19 +44,18 @@ def test_attack_cost_bounds_the_real_attacks(tid):
     """The per-image passes preflight plans with are an upper bound of what the attack runs, and
     close to it where nothing is fooled (every stage runs in full)."""
     threat = REAL.threat(tid)
-    model = Counting(256).eval()
+    counter = preflight.PassCounter(never_fooled(256))
     n = 3
     x = torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(n, dtype=torch.long)
     cost = preflight.attack_cost(threat.attack, threat.attack_args, 10)
     assert cost is not None, threat.attack
-    x_adv = run_attack(model, x, y, threat, seed=0, index=torch.arange(n))
-    assert (model(x_adv).argmax(1) == 0).all()  # nothing fooled: the bound is reached, not undercut
-    model.forwards -= n
-    passes, forwards = model.backwards / n, (model.forwards - model.backwards) / n
-    assert passes <= cost.passes + 1e-9 and passes + preflight.FORWARD_COST * forwards <= cost.total + 1e-9, \
-        (passes, forwards, cost)
-    assert passes + preflight.FORWARD_COST * forwards >= 0.8 * cost.total, (passes, forwards, cost)
+    x_adv = run_attack(counter.module, x, y, threat, seed=0, index=torch.arange(n))
+    got = counter.cost(n)
+    with torch.no_grad():
+        assert (counter.module(x_adv).argmax(1) == 0).all()  # nothing fooled: the bound is reached, not undercut
+    assert got.passes <= cost.passes + 1e-9 and got.total <= cost.total + 1e-9, (got, cost)
+    assert got.total >= 0.8 * cost.total, (got, cost)
 
 
 def test_attack_cost_follows_the_settings():
@@ -195,3 +184,14 @@ def test_run_stops_before_any_cell_when_a_file_is_missing(tmp_path, monkeypatch,
     assert not list(results.rglob("*.json"))
     assert cli.main(args[:6] + ["id"] + args[7:]) == 0  # the ID cell alone needs only the test batch
     assert len(list(results.rglob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("rotations,translations", [(5, 3), (2, 2), (3, 2)])
+def test_rotation_translation_cost_counts_the_identity(rotations, translations):
+    """The grid's candidates plus the identity where the grid lacks it (an even count of angles
+    or shifts): each a forward pass of every image."""
+    threat = REAL.threat("cifar10-rotation-translation")
+    args = {"rotations": rotations, "translations": translations}
+    counter = preflight.PassCounter(never_fooled(3 * 32 * 32))
+    run_attack(counter.module, torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), threat, **args)
+    assert counter.cost(2) == preflight.attack_cost("rotation-translation", args, 10)

@@ -36,7 +36,7 @@ def rehearse(world: rehearsal.World, capsys, *, shifts: str | None = None, threa
     rc = cli.main(["run", *common, "--no-progress"])
     run = capsys.readouterr()
     seconds = time.perf_counter() - t0
-    cells = plan_suite(world.registry_obj(), world.suite, models=world.model, shifts=shifts, threats=threats,
+    cells = plan_suite(world.registry_obj, world.suite, models=world.model, shifts=shifts, threats=threats,
                        n_examples=2)
     folder = world.results / world.suite
     bad = [c.describe() for c in cells if not store.is_done(folder / c.filename, c.key)]
@@ -79,7 +79,7 @@ def test_rehearsal_fast(suite, world_env, capsys, monkeypatch):
     shifts, threats = rehearsal.fast_cells(suite)
     out = rehearse(w, capsys, shifts=shifts, threats=threats)
     kinds = {r["threat_kind"] for r in out["results"]}
-    assert kinds == {w.registry_obj().threat(t).kind for t in threats.split(",")}
+    assert kinds == {w.registry_obj.threat(t).kind for t in threats.split(",")}
     roles = {r["role"] for r in out["results"]}
     assert roles == {"id", "dataset", "threat"}
 
@@ -90,6 +90,6 @@ def test_rehearsal_full(suite, world_env, capsys):
     """Every planned cell of the suite's real architecture at the suite's own attack settings."""
     w = world_env(suite, fast=False)
     out = rehearse(w, capsys)
-    plan = plan_suite(w.registry_obj(), suite, models=w.model)
+    plan = plan_suite(w.registry_obj, suite, models=w.model)
     assert out["cells"] == len(plan)
     print(f"{suite}: {out['cells']} cells of {w.model} in {out['seconds']:.0f} s")
