@@ -219,10 +219,11 @@ def write_networks(model_dir: Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------- registry layer
-def write_registry(suite: str, layer: Path, networks: dict[str, Path], fast: bool) -> None:
+def write_registry(suite: str, layer: Path, networks: dict[str, Path], fast: bool, data: Path) -> None:
     """The user's registry folder: the suite's perceptual threats with their networks' sha256
     written in (what docs/real-suites.md tells a user to do), shift entries whose published
-    checksums fake files cannot match with those dropped, and (fast form) fewer attack steps."""
+    checksums or image lists fake files cannot match with those dropped or replaced by a list of
+    the fake files, and (fast form) fewer attack steps."""
     s = REAL.suite(suite)
     for tid in (s.id_threat, *s.threat_shifts):
         t = REAL.threat(tid)
@@ -242,12 +243,20 @@ def write_registry(suite: str, layer: Path, networks: dict[str, Path], fast: boo
             out.write_text(yaml.safe_dump(entry, sort_keys=False))
     for sid in s.dataset_shifts:
         sh = REAL.shift(sid)
-        if any(f.get("sha256") or f.get("md5") for f in sh.files):
-            entry = yaml.safe_load(Path(sh.path).read_text())
-            entry["files"] = [{"path": f["path"]} for f in entry["files"]]
-            out = layer / "shifts" / s.dataset / f"{sid}.yaml"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(yaml.safe_dump(entry, sort_keys=False))
+        listed = sh.params.get("image_list")
+        if not listed and not any(f.get("sha256") or f.get("md5") for f in sh.files):
+            continue
+        entry = yaml.safe_load(Path(sh.path).read_text())
+        entry["files"] = [{"path": f["path"]} for f in entry["files"]]
+        out = layer / "shifts" / s.dataset / f"{sid}.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if listed:  # OODRobustBench's list names real files: a list of the fake ones, pinned the same way
+            folder = data / entry["params"]["root"]
+            names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            lst = out.parent / f"{sid}_image_ids.txt"
+            lst.write_text("\n".join(names) + "\n")
+            entry["params"].update(image_list=lst.name, image_list_sha256=sha256_file(lst), limit=len(names))
+        out.write_text(yaml.safe_dump(entry, sort_keys=False))
     layer.mkdir(parents=True, exist_ok=True)
 
 
@@ -258,7 +267,7 @@ def build(suite: str, root: Path, *, fast: bool) -> World:
               root / "weights.lock")
     write_data(suite, w.data)
     write_model(model, w.models)
-    write_registry(suite, w.registry, write_networks(w.models), fast)
+    write_registry(suite, w.registry, write_networks(w.models), fast, w.data)
     return w
 
 

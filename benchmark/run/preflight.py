@@ -236,7 +236,11 @@ def data_needs(cells: Sequence[Any], root: Path, *, checksums: bool = True) -> l
                 names = [ln.strip() for ln in lst.read_text(encoding="utf-8").splitlines() if ln.strip()]
             needs += _listed(f"{spec.id}-{c.severity}", folder, names)
             continue
-        needs += [_file_need(spec.id, root, f, lock, checksums) for f in spec.files]
+        files = [_file_need(spec.id, root, f, lock, checksums) for f in spec.files]
+        needs += files
+        names = loaders.fixed_image_list(spec) if spec.source == "loader:image-folder" else None
+        if names is not None and not any(n.problem for n in files):  # a reference's images: each must be there
+            needs += _listed(spec.id, root / dict(spec.params)["root"], names)
     return needs
 
 
@@ -260,7 +264,7 @@ def _images(c: Any, root: Path) -> int:
             return min(n, len(np.load(labels, mmap_mode="r")) // 5) if labels.is_file() else min(n, 10_000)
         if spec.source == "loader:imagenet-c":
             return min(n, 5000)
-        if params.get("limit"):
+        if params.get("limit"):  # a seeded subset or the first `limit` of a fixed list
             return min(n, int(params["limit"]))
     except (OSError, ValueError):
         pass
@@ -390,7 +394,8 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
         if a.get("search", "grid") == "random":
             return Cost(0, 1 + int(a.get("k", 100)))
         rot, tr = int(a.get("rotations", 5)), int(a.get("translations", 3))
-        return Cost(0, rot * tr * tr + (0 if rot % 2 and tr % 2 else 1))  # the identity, where the grid lacks it
+        has_zero = rot % 2 == 1 and rot > 1 and tr % 2 == 1 and tr > 1  # an evenly spaced odd grid holds 0
+        return Cost(0, rot * tr * tr + (0 if has_zero else 1))  # the identity, where the grid lacks it
     if attack == "ppgd":
         steps = int(a.get("steps", 40))
         return Cost(steps, 1 + steps)

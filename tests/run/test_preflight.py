@@ -186,10 +186,10 @@ def test_run_stops_before_any_cell_when_a_file_is_missing(tmp_path, monkeypatch,
     assert len(list(results.rglob("*.json"))) == 1
 
 
-@pytest.mark.parametrize("rotations,translations", [(5, 3), (2, 2), (3, 2)])
+@pytest.mark.parametrize("rotations,translations", [(5, 3), (2, 2), (3, 2), (1, 1), (3, 1)])
 def test_rotation_translation_cost_counts_the_identity(rotations, translations):
     """The grid's candidates plus the identity where the grid lacks it (an even count of angles
-    or shifts): each a forward pass of every image."""
+    or shifts, or one: linspace's single point is the low end): each a forward pass of every image."""
     threat = REAL.threat("cifar10-rotation-translation")
     args = {"rotations": rotations, "translations": translations}
     counter = preflight.PassCounter(never_fooled(3 * 32 * 32))
