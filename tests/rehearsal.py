@@ -252,7 +252,9 @@ def write_registry(suite: str, layer: Path, networks: dict[str, Path], fast: boo
         out.parent.mkdir(parents=True, exist_ok=True)
         if listed:  # OODRobustBench's list names real files: a list of the fake ones, pinned the same way
             folder = data / entry["params"]["root"]
-            names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            skip = entry["params"].get("exclude_prefix") or "\0"
+            names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                           if p.is_file() and not p.name.startswith(skip))
             lst = out.parent / f"{sid}_image_ids.txt"
             lst.write_text("\n".join(names) + "\n")
             entry["params"].update(image_list=lst.name, image_list_sha256=sha256_file(lst), limit=len(names))

@@ -239,7 +239,7 @@ def test_cifar10_natural_shifts(root):
     with np.load(root / "CIFAR-10.2" / "cifar102_test.npz") as d:
         assert "keywords" in d.files
         np.testing.assert_allclose(x.numpy(), d["images"].transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
-    x, y = load_shift(REAL.shift("cinic10"), None, data_dir=root)
+    x, y = load_shift(without_list(REAL.shift("cinic10")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [0, 0, 9, 9]  # the cifar10-* files are left out
     x, y = load_shift(REAL.shift("cifar10-r"), None, data_dir=root)
@@ -408,29 +408,31 @@ def test_checksum_mismatch_names_file(root, tmp_path):
         loaders.load_shift(spec, None, root)
 
 
-@pytest.mark.parametrize("sid", ["imagenet-v2", "imagenet-a", "imagenet-r", "imagenet-sketch"])
-def test_imagenet_sets_use_the_reference_image_lists(tmp_path, sid):
-    """ImageNet-V2/-A/-R/-Sketch are OODRobustBench's first 5,000 listed images, in its order, with
-    labels from their folders; the shipped list is checked against its sha256, every listed file
-    must be there."""
+@pytest.mark.parametrize("sid", ["imagenet-v2", "imagenet-a", "imagenet-r", "imagenet-sketch", "cinic10"])
+def test_natural_sets_use_the_reference_image_lists(tmp_path, sid):
+    """ImageNet-V2/-A/-R/-Sketch and CINIC-10 are OODRobustBench's first 5,000 (10,000) listed
+    images, in its order, with labels from their folders; the shipped list is checked against its
+    sha256, every listed file must be there."""
     spec = REAL.shift(sid)
     names = loaders.fixed_image_list(spec)
-    assert len(names) == 5000 == len(set(names)) and spec.params["limit"] == 5000
+    size = 10_000 if sid == "cinic10" else 5000
+    assert len(names) == size == len(set(names)) and spec.params["limit"] == size
     assert spec.version == 2 and "1be449c3904b6c48653dd6b98380c514ca984ecd" in spec.params["image_list_source"]
     base = tmp_path / spec.params["root"]
     for n in names[:3] + names[-1:] + names[100:102]:  # a few of the listed files, and one that is not listed
         _png(base / n, (300, 260), fmt="JPEG")
     _png(base / names[0].split("/")[0] / "not-listed.jpg", (300, 260), fmt="JPEG")
-    with pytest.raises(loaders.DataMissingError, match="and 4984 more"):
+    with pytest.raises(loaders.DataMissingError, match=f"and {size - 16} more"):
         load_shift(spec, None, data_dir=tmp_path)
     three = dataclasses.replace(spec, params=FrozenMap({**spec.params, "limit": 3}))
     x, y = load_shift(three, None, data_dir=tmp_path)
-    _ok(x, y, (3, 224, 224))
+    _ok(x, y, (3, 32, 32) if sid == "cinic10" else (3, 224, 224))
     folder = [n.split("/")[0] for n in names[:3]]
-    want = [int(f) if sid == "imagenet-v2" else WNIDS[f] for f in folder]
+    want = [int(f) if sid == "imagenet-v2" else CIFAR10_NAMES.index(f) if sid == "cinic10" else WNIDS[f] for f in folder]
     assert y.tolist() == want  # the list's order, its folders' labels
-    with Image.open(base / names[1]) as im:  # the model's preprocessing (default Res256Crop224)
-        torch.testing.assert_close(x[1], loaders.image_transform("Res256Crop224")(im.convert("RGB")), rtol=0, atol=0)
+    transform = "res32" if sid == "cinic10" else "Res256Crop224"  # CINIC's own; else the model's (default)
+    with Image.open(base / names[1]) as im:
+        torch.testing.assert_close(x[1], loaders.image_transform(transform)(im.convert("RGB")), rtol=0, atol=0)
     bad = dataclasses.replace(three, params=FrozenMap({**three.params, "image_list_sha256": "0" * 64}))
     with pytest.raises(loaders.DataChecksumError, match="image_list_sha256"):
         load_shift(bad, None, data_dir=tmp_path)
