@@ -149,7 +149,7 @@ def cmd_run(args) -> int:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
         return 1 if refused else 0
-    if suite.dataset != "digits" and todo:  # a real suite: every file the cells need, before the first cell
+    if suite.dataset != "digits" and todo and not args.no_preflight:  # every file the cells need, before the first
         from .run import preflight
 
         rep = preflight.preflight(r, args.suite, todo, data_dir=args.data_dir, model_dir=args.model_dir,
@@ -810,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local worker processes (default: one per visible GPU, else 1)")
     q.add_argument("--batch-size", type=int, default=1000, help="examples per forward/attack batch")
     q.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    q.add_argument("--no-preflight", action="store_true",
+                   help="real suites: skip the check that every file the cells need is here and matches its checksum "
+                        "(e.g. when the data is only on a cluster's nodes)")
     q.add_argument("--no-progress", action="store_true")
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
     q.add_argument("--results", default=str(RESULTS_ROOT))

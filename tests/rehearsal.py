@@ -4,7 +4,7 @@ feature networks in their publishers' layouts, and a user registry folder that p
 pins (the networks' sha256 in the threat entries; the checkpoints go into the weights lock on
 first use, as a user's do).  Used by ``tests/run/test_rehearsal.py`` and ``perf/gpu_check.sh``.
 
-Every image is labelled with one class ``LABEL`` and the model's final bias is set so that it
+Every image is labelled with one class ``LABEL`` and the model's last layer is set so that it
 predicts that class by a margin of a few logits: every image is clean-correct, so every cell
 attacks all of its images and every attack stage runs, while the cross-entropy keeps a gradient.
 """
@@ -170,16 +170,23 @@ def write_data(suite: str, root: Path) -> None:
 
 # --------------------------------------------------------------------------- weights
 def _bias_towards(state: dict, n_classes: int, model: torch.nn.Module) -> dict:
-    """The checkpoint with its last class bias set so the model predicts LABEL by MARGIN logits."""
-    key = [k for k, v in state.items() if k.endswith("bias") and tuple(v.shape) == (n_classes,)][-1]
-    state[key] = torch.zeros(n_classes)
-    model.load_state_dict(state)
+    """The checkpoint with its last layer rescaled so that random logits spread by about 1 (a
+    random ResNet-50's spread by 240, which would leave cross-entropy without a gradient), and its
+    class bias set so that the model predicts LABEL by MARGIN logits more than that spread."""
+    bias = [k for k, v in state.items() if k.endswith("bias") and tuple(v.shape) == (n_classes,)][-1]
+    weight = bias[: -len("bias")] + "weight"
     side = 224 if n_classes == 1000 else 32
-    with torch.no_grad():
-        z = model.eval()(torch.rand(4, 3, side, side, generator=torch.Generator().manual_seed(0)))
-    spread = float((z.amax(1) - z.amin(1)).max())
-    state[key] = torch.zeros(n_classes)
-    state[key][LABEL] = spread + MARGIN
+    x = torch.rand(4, 3, side, side, generator=torch.Generator().manual_seed(0))
+
+    def spread() -> float:
+        model.load_state_dict(state)
+        with torch.no_grad():
+            z = model.eval()(x)
+        return float((z.amax(1) - z.amin(1)).max())
+
+    state[bias] = torch.zeros(n_classes)
+    state[weight] = state[weight] / max(spread(), 1e-6)
+    state[bias][LABEL] = spread() + MARGIN
     return state
 
 

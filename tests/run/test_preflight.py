@@ -182,6 +182,10 @@ def test_run_stops_before_any_cell_when_a_file_is_missing(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "MISMATCH" not in err and "1 problem" not in err and "cifar10.1_v6_data.npy" in err
     assert not list(results.rglob("*.json"))
+    assert cli.main(args + ["--no-preflight"]) == 1  # unchecked, the cells start and the CIFAR-10.1 ones fail
+    err = capsys.readouterr().err
+    assert "nothing was run" not in err and "cell(s) failed" in err and "cifar10.1_v6_data.npy" in err
+    assert len(list(results.rglob("*.json"))) == 1  # the ID cell ran
     assert cli.main(args[:6] + ["id"] + args[7:]) == 0  # the ID cell alone needs only the test batch
     assert len(list(results.rglob("*.json"))) == 1
 

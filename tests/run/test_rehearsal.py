@@ -55,7 +55,8 @@ def rehearse(world: rehearsal.World, capsys, *, shifts: str | None = None, threa
             assert r["checks"]["in_budget"]["ok"], c.describe()
     lock = json.loads(world.lock.read_text())["models"]  # the checkpoint was pinned on first use
     assert set(lock) == {world.model}
-    return {"cells": len(cells), "seconds": seconds, "results": results}
+    escalated = [c.describe() for r, c in zip(results, cells) if r.get("escalation")]
+    return {"cells": len(cells), "seconds": seconds, "results": results, "escalated": escalated}
 
 
 @pytest.fixture()
@@ -92,4 +93,5 @@ def test_rehearsal_full(suite, world_env, capsys):
     out = rehearse(w, capsys)
     plan = plan_suite(w.registry_obj, suite, models=w.model)
     assert out["cells"] == len(plan)
-    print(f"{suite}: {out['cells']} cells of {w.model} in {out['seconds']:.0f} s")
+    print(f"{suite}: {out['cells']} cells of {w.model} in {out['seconds']:.0f} s; Square escalation in "
+          f"{len(out['escalated'])}: {out['escalated']}")
