@@ -149,11 +149,14 @@ def cmd_run(args) -> int:
         for c in todo:
             print(f"{c.key}  {c.describe()}")
         return 1 if refused else 0
+    device = _device_or_exit(args.device)
+    if device is None:
+        return 2
     if suite.dataset != "digits" and todo and not args.no_preflight:  # every file the cells need, before the first
         from .run import preflight
 
         rep = preflight.preflight(r, args.suite, todo, data_dir=args.data_dir, model_dir=args.model_dir,
-                                  results_dir=results_dir, measure=False)
+                                  results_dir=results_dir, measure=False, device=device)
         if not rep.ok:
             print(f"error: preflight: {len(rep.problems)} problem(s) with what the {len(todo)} cells to run need; "
                   "nothing was run:", file=sys.stderr)
@@ -163,9 +166,6 @@ def cmd_run(args) -> int:
                   f"--models/--shifts/--threats; `shiftbench preflight --suite {args.suite}` shows the full "
                   "report and the cost", file=sys.stderr)
             return 1
-    device = _device_or_exit(args.device)
-    if device is None:
-        return 2
     removed = store.clean_temp(results_dir)
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)

@@ -30,8 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..registry import ModelSpec, Registry, ShiftSpec, ThreatSpec
 
 OK, PINNED, UNPINNED, NOTE = "ok", "pinned", "unpinned", "note"  # fine
-MISSING, MISMATCH, REFUSED = "missing", "MISMATCH", "refused"  # a run would fail
-PROBLEMS = (MISSING, MISMATCH, REFUSED)
+MISSING, MISMATCH, REFUSED, NO_SPACE = "missing", "MISMATCH", "refused", "no space"  # a run would fail
+PROBLEMS = (MISSING, MISMATCH, REFUSED, NO_SPACE)
 FORWARD_COST = 1 / 3  # a forward pass without backward, in forward+backward passes
 RESULT_BYTES = 6_000  # a result file without its per-example strings (measured on digits: 3-5 KB)
 
@@ -123,6 +123,9 @@ class Report:
         out.append("")
         out.append("| threat | attack | cells | attacked images (at most) | passes per image (at most) | passes |")
         out.append("|---|---|---:|---:|---:|---:|")
+        notes = list(self.notes)
+        if any(t.per_image is None for t in self.lines):
+            notes.append("threats whose attack has no cost model (per image: unknown) are not counted in passes")
         for t in self.lines:
             per = f"{t.per_image:.0f}" if t.per_image is not None else "unknown"
             out.append(f"| {t.threat} | {t.attack} | {t.cells} | {t.images:,} | {per} | {t.passes:.3g} |")
@@ -136,7 +139,7 @@ class Report:
         if self.disk_free is not None:
             out.append(f"results: about {self.disk_needed / 2**20:,.0f} MiB needed, {self.disk_free / 2**30:,.1f} GiB "
                        "free")
-        out += [f"note: {n}" for n in self.notes]
+        out += [f"note: {n}" for n in notes]
         if self.problems:
             out.append(f"NOT READY: {len(self.problems)} problem(s) above ({', '.join(sorted({n.status for n in self.problems}))}); "
                        "missing dataset files: see docs/real-suites.md for where to get each one; missing weights: "
@@ -535,6 +538,11 @@ def preflight(registry: Registry, suite_id: str, cells: Sequence[Any], *, data_d
     if suite.dataset != "digits":
         needs += data_needs(cells, root, checksums=checksums)
     needs += weights_needs(models.values(), registry, model_dir, checksums=checksums)
+    from ..models.robustbench import CUDA_ONLY_NOTE
+
+    for m in models.values():  # robustbench builds some models only where CUDA is available
+        if CUDA_ONLY_NOTE in (m.notes or "") and not str(device).startswith("cuda"):
+            needs.append(Need("weights", m.id, m.source, REFUSED, f"{CUDA_ONLY_NOTE} Run it with --device cuda"))
     needs += network_needs(threats.values(), model_dir, checksums=checksums)
     lines = cost_lines(cells, root, clean_acc)
     disk_needed = sum(RESULT_BYTES + 2 * _images(c, root) for c in cells)
@@ -543,7 +551,7 @@ def preflight(registry: Registry, suite_id: str, cells: Sequence[Any], *, data_d
         where = where.parent
     free = shutil.disk_usage(where).free if where.exists() else None
     if free is not None:
-        status = OK if free >= 2 * disk_needed else MISSING
+        status = OK if free >= 2 * disk_needed else NO_SPACE
         needs.append(Need("disk", "results", str(results_dir), status,
                           f"{free / 2**30:,.1f} GiB free, about {disk_needed / 2**20:,.0f} MiB needed"))
     notes = []

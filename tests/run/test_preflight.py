@@ -199,3 +199,15 @@ def test_rotation_translation_cost_counts_the_identity(rotations, translations):
     counter = preflight.PassCounter(never_fooled(3 * 32 * 32))
     run_attack(counter.module, torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), threat, **args)
     assert counter.cost(2) == preflight.attack_cost("rotation-translation", args, 10)
+
+
+def test_preflight_refuses_cuda_only_models_on_a_cpu(tmp_path):
+    """robustbench builds Bai2023Improving's BiT-M part only where CUDA is available."""
+    cells = plan_suite(REAL, "cifar10-linf", models="rb-cifar10-Linf-Bai2023Improving_edm", shifts="id",
+                       threats="cifar10-linf-8", record_pins=False)
+    for device, refused in (("cpu", True), ("cuda", False)):
+        rep = preflight.preflight(REAL, "cifar10-linf", cells, data_dir=tmp_path, model_dir=tmp_path,
+                                  results_dir=tmp_path / "results", measure=False, device=device)
+        cuda = [n for n in rep.needs if n.status == preflight.REFUSED and "CUDA" in n.detail]
+        assert bool(cuda) == refused, device
+        assert not rep.ok  # the test batch and the checkpoints are missing either way
