@@ -242,7 +242,7 @@ def test_cifar10_natural_shifts(root):
     x, y = load_shift(without_list(REAL.shift("cinic10")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [0, 0, 9, 9]  # the cifar10-* files are left out
-    x, y = load_shift(REAL.shift("cifar10-r"), None, data_dir=root)
+    x, y = load_shift(without_list(REAL.shift("cifar10-r")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [2, 8]
     for i, cls in enumerate(("bird", "ship")):  # the authors' downsampling: PIL box filter to 32x32
@@ -408,15 +408,15 @@ def test_checksum_mismatch_names_file(root, tmp_path):
         loaders.load_shift(spec, None, root)
 
 
-@pytest.mark.parametrize("sid", ["imagenet-v2", "imagenet-a", "imagenet-r", "imagenet-sketch", "cinic10"])
+@pytest.mark.parametrize("sid", ["imagenet-v2", "imagenet-a", "imagenet-r", "imagenet-sketch", "cinic10", "cifar10-r"])
 def test_natural_sets_use_the_reference_image_lists(tmp_path, sid):
-    """ImageNet-V2/-A/-R/-Sketch and CINIC-10 are OODRobustBench's first 5,000 (10,000) listed
-    images, in its order, with labels from their folders; the shipped list is checked against its
-    sha256, every listed file must be there."""
+    """ImageNet-V2/-A/-R/-Sketch, CINIC-10 and CIFAR-10-R are OODRobustBench's first 5,000 (10,000;
+    all 6,837) listed images, in its order, with labels from their folders; the shipped list is
+    checked against its sha256, every listed file must be there."""
     spec = REAL.shift(sid)
     names = loaders.fixed_image_list(spec)
-    size = 10_000 if sid == "cinic10" else 5000
-    assert len(names) == size == len(set(names)) and spec.params["limit"] == size
+    size = {"cinic10": 10_000, "cifar10-r": 6837}.get(sid, 5000)
+    assert len(names) == size == len(set(names)) and spec.params.get("limit", size) == size
     assert spec.version == 2 and "1be449c3904b6c48653dd6b98380c514ca984ecd" in spec.params["image_list_source"]
     base = tmp_path / spec.params["root"]
     for n in names[:3] + names[-1:] + names[100:102]:  # a few of the listed files, and one that is not listed
@@ -426,11 +426,12 @@ def test_natural_sets_use_the_reference_image_lists(tmp_path, sid):
         load_shift(spec, None, data_dir=tmp_path)
     three = dataclasses.replace(spec, params=FrozenMap({**spec.params, "limit": 3}))
     x, y = load_shift(three, None, data_dir=tmp_path)
-    _ok(x, y, (3, 32, 32) if sid == "cinic10" else (3, 224, 224))
+    cifar = sid in ("cinic10", "cifar10-r")
+    _ok(x, y, (3, 32, 32) if cifar else (3, 224, 224))
     folder = [n.split("/")[0] for n in names[:3]]
-    want = [int(f) if sid == "imagenet-v2" else CIFAR10_NAMES.index(f) if sid == "cinic10" else WNIDS[f] for f in folder]
+    want = [int(f) if sid == "imagenet-v2" else CIFAR10_NAMES.index(f) if cifar else WNIDS[f] for f in folder]
     assert y.tolist() == want  # the list's order, its folders' labels
-    transform = "res32" if sid == "cinic10" else "Res256Crop224"  # CINIC's own; else the model's (default)
+    transform = {"cinic10": "res32", "cifar10-r": "box32"}.get(sid, "Res256Crop224")  # else the model's (default)
     with Image.open(base / names[1]) as im:
         torch.testing.assert_close(x[1], loaders.image_transform(transform)(im.convert("RGB")), rtol=0, atol=0)
     bad = dataclasses.replace(three, params=FrozenMap({**three.params, "image_list_sha256": "0" * 64}))
