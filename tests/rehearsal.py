@@ -250,7 +250,7 @@ def write_registry(suite: str, layer: Path, networks: dict[str, Path], fast: boo
             out.write_text(yaml.safe_dump(entry, sort_keys=False))
     for sid in s.dataset_shifts:
         sh = REAL.shift(sid)
-        listed = sh.params.get("image_list")
+        listed = sh.params.get("image_ids")
         if not listed and not any(f.get("sha256") or f.get("md5") for f in sh.files):
             continue
         entry = yaml.safe_load(Path(sh.path).read_text())
@@ -264,7 +264,7 @@ def write_registry(suite: str, layer: Path, networks: dict[str, Path], fast: boo
                            if p.is_file() and not p.name.startswith(skip))
             lst = out.parent / f"{sid}_image_ids.txt"
             lst.write_text("\n".join(names) + "\n")
-            entry["params"].update(image_list=lst.name, image_list_sha256=sha256_file(lst), limit=len(names))
+            entry["params"].update(image_ids=lst.name, image_ids_sha256=sha256_file(lst), limit=len(names))
         out.write_text(yaml.safe_dump(entry, sort_keys=False))
     layer.mkdir(parents=True, exist_ok=True)
 

@@ -18,7 +18,7 @@ Formats (``source: loader:<format>`` in a shift entry, settings in ``params``):
 * ``image-folder`` ``<root>/<class>/*`` with ``label_map`` cifar10 | imagenet-wnid | imagenet-index;
   params ``root``, ``exclude_prefix`` (CINIC-10's CIFAR-origin files), ``transform`` (a fixed one,
   or ``model``: the evaluated model's preprocessing), ``limit`` (a fixed seeded subset), or
-  ``image_list`` + ``image_list_sha256`` (a list shipped beside the entry: its first ``limit``
+  ``image_ids`` + ``image_ids_sha256`` (a list shipped beside the entry: its first ``limit``
   images, in order; see :func:`fixed_image_list`).
 * ``imagenet-c`` ``<dir>/<corruption>/<severity>/<wnid>/*.JPEG`` on RobustBench's 5,000-image list
   (or ``params.image_list``, a text file of ``<wnid>/<file>`` lines under the data root).
@@ -454,23 +454,23 @@ def _cifar_c(spec: ShiftSpec, severity, root: Path, params: dict):
 
 
 def fixed_image_list(spec: ShiftSpec) -> list[str] | None:
-    """The entry's fixed list of images (``params.image_list``: a text file beside its YAML, one
-    ``<class folder>/<file>`` per line, checked against ``params.image_list_sha256``), cut to its
+    """The entry's fixed list of images (``params.image_ids``: a text file beside its YAML, one
+    ``<class folder>/<file>`` per line, checked against ``params.image_ids_sha256``), cut to its
     first ``limit`` lines: the images a reference benchmark evaluates, in its order.  None when
     the entry has no list."""
     params = dict(spec.params)
-    if not params.get("image_list"):
+    if not params.get("image_ids"):
         return None
     from ..registry import contained
 
     where = spec.path or spec.id
-    path = contained(Path(spec.path).parent, str(params["image_list"]), where, "params.image_list")
+    path = contained(Path(spec.path).parent, str(params["image_ids"]), where, "params.image_ids")
     if not path.is_file():
-        raise DataMissingError(f"{where}: key 'params.image_list': {path} is missing; it ships with the registry")
-    want = params.get("image_list_sha256")
+        raise DataMissingError(f"{where}: key 'params.image_ids': {path} is missing; it ships with the registry")
+    want = params.get("image_ids_sha256")
     got = _digest(path, "sha256")
     if not want or got != want:
-        raise DataChecksumError(f"{where}: key 'params.image_list_sha256': {path} has sha256 {got}, the entry says "
+        raise DataChecksumError(f"{where}: key 'params.image_ids_sha256': {path} has sha256 {got}, the entry says "
                                 f"{want}; restore the file shipped with the registry")
     names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return names[:params["limit"]] if params.get("limit") else names

@@ -252,6 +252,8 @@ def _images(c: Any, root: Path) -> int:
     known without reading it (``.npy`` headers, ``limit``, the 5,000-image lists)."""
     import numpy as np
 
+    from ..data import loaders
+
     n = c.n
     spec = c.shift
     try:
@@ -267,9 +269,11 @@ def _images(c: Any, root: Path) -> int:
             return min(n, len(np.load(labels, mmap_mode="r")) // 5) if labels.is_file() else min(n, 10_000)
         if spec.source == "loader:imagenet-c":
             return min(n, 5000)
-        if params.get("limit"):  # a seeded subset or the first `limit` of a fixed list
+        if params.get("image_ids"):  # the first `limit` images of a reference's list
+            return min(n, len(loaders.fixed_image_list(spec)))
+        if params.get("limit"):  # a seeded subset
             return min(n, int(params["limit"]))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # unreadable: the run will say so; n is the bound
         pass
     return n
 

@@ -223,7 +223,7 @@ def without_checksums(spec: ShiftSpec) -> ShiftSpec:
 def without_list(spec: ShiftSpec) -> ShiftSpec:
     """The entry with OODRobustBench's image list dropped (a seeded subset of what is there): the
     fake folders hold other files than the list names."""
-    params = {k: v for k, v in spec.params.items() if not k.startswith("image_list")}
+    params = {k: v for k, v in spec.params.items() if not k.startswith("image_ids")}
     return dataclasses.replace(spec, params=FrozenMap(params))
 
 
@@ -417,7 +417,7 @@ def test_natural_sets_use_the_reference_image_lists(tmp_path, sid):
     names = loaders.fixed_image_list(spec)
     size = {"cinic10": 10_000, "cifar10-r": 6837}.get(sid, 5000)
     assert len(names) == size == len(set(names)) and spec.params.get("limit", size) == size
-    assert spec.version == 2 and "1be449c3904b6c48653dd6b98380c514ca984ecd" in spec.params["image_list_source"]
+    assert spec.version == 2 and "1be449c3904b6c48653dd6b98380c514ca984ecd" in spec.params["image_ids_source"]
     base = tmp_path / spec.params["root"]
     for n in names[:3] + names[-1:] + names[100:102]:  # a few of the listed files, and one that is not listed
         _png(base / n, (300, 260), fmt="JPEG")
@@ -434,6 +434,6 @@ def test_natural_sets_use_the_reference_image_lists(tmp_path, sid):
     transform = {"cinic10": "res32", "cifar10-r": "box32"}.get(sid, "Res256Crop224")  # else the model's (default)
     with Image.open(base / names[1]) as im:
         torch.testing.assert_close(x[1], loaders.image_transform(transform)(im.convert("RGB")), rtol=0, atol=0)
-    bad = dataclasses.replace(three, params=FrozenMap({**three.params, "image_list_sha256": "0" * 64}))
-    with pytest.raises(loaders.DataChecksumError, match="image_list_sha256"):
+    bad = dataclasses.replace(three, params=FrozenMap({**three.params, "image_ids_sha256": "0" * 64}))
+    with pytest.raises(loaders.DataChecksumError, match="image_ids_sha256"):
         load_shift(bad, None, data_dir=tmp_path)
