@@ -13,6 +13,7 @@
     shiftbench export-baseline --suite S --model ID --out baseline.json
     shiftbench regress --model ENTRY.yaml|ID|python:module:factory --baseline baseline.json [--quick]
     shiftbench verify-results [--suite S] [--sign]
+    shiftbench preflight --suite S [--models PAT] [--data-dir D] [--model-dir M] [--rate R]
 
 
     shiftbench trends fit --csv FILE --x COL --y COL [--scale raw|probit|logit] [--json]
@@ -112,11 +113,14 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from .run import plan, store
 
+    from .run.preflight import environment_model_dir
+
     r = _registry(args)
     suite = r.suite(args.suite)
     _check_run_flags(args)
     _check_patterns(r, suite, args)
     _check_data_dir(suite, args.data_dir)
+    environment_model_dir(args.model_dir)  # LPIPS networks are looked up there too
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
                             n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
     if not cells:
@@ -148,6 +152,20 @@ def cmd_run(args) -> int:
     device = _device_or_exit(args.device)
     if device is None:
         return 2
+    if suite.dataset != "digits" and todo and not args.no_preflight:  # every file the cells need, before the first
+        from .run import preflight
+
+        rep = preflight.preflight(r, args.suite, todo, data_dir=args.data_dir, model_dir=args.model_dir,
+                                  results_dir=results_dir, measure=False, device=device)
+        if not rep.ok:
+            print(f"error: preflight: {len(rep.problems)} problem(s) with what the {len(todo)} cells to run need; "
+                  "nothing was run:", file=sys.stderr)
+            for n in rep.problems:
+                print(f"  {n.describe()}", file=sys.stderr)
+            print(f"Put the files there (docs/real-suites.md says where to get each), or narrow the run with "
+                  f"--models/--shifts/--threats; `shiftbench preflight --suite {args.suite}` shows the full "
+                  "report and the cost", file=sys.stderr)
+            return 1
     removed = store.clean_temp(results_dir)
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by killed runs in {results_dir}", file=sys.stderr)
@@ -170,6 +188,37 @@ def cmd_run(args) -> int:
 
         leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
     return 1 if counts.get("failed") or refused else 0
+
+
+def cmd_preflight(args) -> int:
+    """What a run needs and what it costs; exit 0 when every file is there, 1 otherwise."""
+    from .run import plan
+    from .run.preflight import environment_model_dir, preflight
+
+    r = _registry(args)
+    suite = r.suite(args.suite)
+    _check_run_flags(args)
+    _check_patterns(r, suite, args)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir {args.data_dir}: no such folder")
+    if args.rate is not None and not args.rate > 0:
+        raise UsageError(f"--rate must be a positive number of forward+backward passes per second, got {args.rate}")
+    if not 0 < args.clean_acc <= 1:
+        raise UsageError(f"--clean-acc must lie in (0, 1], got {args.clean_acc}")
+    environment_model_dir(args.model_dir)
+    cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
+                            n_examples=args.n, model_dir=args.model_dir, record_pins=False)
+    if not cells:
+        raise UsageError(f"no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
+                         f"threats={args.threats})")
+    device = _device_or_exit(args.device)
+    if device is None:
+        return 2
+    rep = preflight(r, args.suite, cells, data_dir=args.data_dir, model_dir=args.model_dir,
+                    results_dir=Path(args.results) / args.suite, rate=args.rate, measure=not args.no_measure,
+                    checksums=not args.no_checksums, clean_acc=args.clean_acc, device=device)
+    print(rep.text(verbose=args.verbose))
+    return 0 if rep.ok else 1
 
 
 # --------------------------------------------------------------------------- run: executors
@@ -761,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local worker processes (default: one per visible GPU, else 1)")
     q.add_argument("--batch-size", type=int, default=1000, help="examples per forward/attack batch")
     q.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    q.add_argument("--no-preflight", action="store_true",
+                   help="real suites: skip the check that every file the cells need is here and matches its checksum "
+                        "(e.g. when the data is only on a cluster's nodes)")
     q.add_argument("--no-progress", action="store_true")
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
     q.add_argument("--results", default=str(RESULTS_ROOT))
@@ -772,6 +824,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(q)
     _add_executor_args(q)
     q.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("preflight", help="what a run needs (files, checksums, disk) and costs; exit 1 if not ready")
+    q.add_argument("--suite", default="digits")
+    _add_filters(q)
+    q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's)")
+    q.add_argument("--rate", type=float, default=None,
+                   help="forward+backward passes per second of your device (default: measured here on one planned "
+                        "model's architecture with random weights)")
+    q.add_argument("--no-measure", action="store_true", help="do not measure a rate (no hours without --rate)")
+    q.add_argument("--no-checksums", action="store_true", help="check presence only (no hashing)")
+    q.add_argument("--clean-acc", type=float, default=1.0,
+                   help="expected clean accuracy: only clean-correct images are attacked (default 1: an upper bound)")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    q.add_argument("--verbose", action="store_true", help="list every file, not only those not verified")
+    _add_device(q)
+    _add_common(q)
+    _add_data(q)
+    q.set_defaults(fn=cmd_preflight)
 
     q = sub.add_parser("leaderboard", help="regenerate leaderboard.md from results/")
     q.add_argument("--suite", default="digits")

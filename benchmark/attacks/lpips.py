@@ -62,6 +62,8 @@ class FeatureNet(nn.Module):
             h = layer(h)
             if i in TAPS:
                 out.append(h)
+            if i == TAPS[-1]:  # the pooling after the last tap is unused, and too big for 32x32 inputs
+                break
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

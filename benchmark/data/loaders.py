@@ -17,7 +17,9 @@ Formats (``source: loader:<format>`` in a shift entry, settings in ``params``):
 * ``cifar-c``    ``<dir>/<corruption>.npy`` (5 x 10,000 images, severity-major) + ``labels.npy``.
 * ``image-folder`` ``<root>/<class>/*`` with ``label_map`` cifar10 | imagenet-wnid | imagenet-index;
   params ``root``, ``exclude_prefix`` (CINIC-10's CIFAR-origin files), ``transform`` (a fixed one,
-  or ``model``: the evaluated model's preprocessing), ``limit``.
+  or ``model``: the evaluated model's preprocessing), ``limit`` (a fixed seeded subset), or
+  ``image_ids`` + ``image_ids_sha256`` (a list shipped beside the entry: its first ``limit``
+  images, in order; see :func:`fixed_image_list`).
 * ``imagenet-c`` ``<dir>/<corruption>/<severity>/<wnid>/*.JPEG`` on RobustBench's 5,000-image list
   (or ``params.image_list``, a text file of ``<wnid>/<file>`` lines under the data root).
 * ``objectnet``  ``objectnet-1.0/images/<folder>/*.png`` + ``objectnet-1.0/mappings/*``.
@@ -88,6 +90,11 @@ def _digest(path: Path, algo: str) -> str:
                 h.update(block)
         _HASHED[key] = h.hexdigest()
     return _HASHED[key]
+
+
+def file_digest(path: Path, algo: str = "sha256") -> str:
+    """A file's md5 or sha256, hashed once per process and file version."""
+    return _digest(Path(path), algo)
 
 
 def check_files(files: Sequence[Mapping[str, Any]], root: Path, *, what: str, url: str | None,
@@ -446,8 +453,47 @@ def _cifar_c(spec: ShiftSpec, severity, root: Path, params: dict):
     return _to_nchw(np.array(images[sl]), spec.id), _labels(labels[sl])
 
 
+def fixed_image_list(spec: ShiftSpec) -> list[str] | None:
+    """The entry's fixed list of images (``params.image_ids``: a text file beside its YAML, one
+    ``<class folder>/<file>`` per line, checked against ``params.image_ids_sha256``), cut to its
+    first ``limit`` lines: the images a reference benchmark evaluates, in its order.  None when
+    the entry has no list."""
+    params = dict(spec.params)
+    if not params.get("image_ids"):
+        return None
+    from ..registry import contained
+
+    where = spec.path or spec.id
+    path = contained(Path(spec.path).parent, str(params["image_ids"]), where, "params.image_ids")
+    if not path.is_file():
+        raise DataMissingError(f"{where}: key 'params.image_ids': {path} is missing; it ships with the registry")
+    want = params.get("image_ids_sha256")
+    got = _digest(path, "sha256")
+    if not want or got != want:
+        raise DataChecksumError(f"{where}: key 'params.image_ids_sha256': {path} has sha256 {got}, the entry says "
+                                f"{want}; restore the file shipped with the registry")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return names[:params["limit"]] if params.get("limit") else names
+
+
+def _listed_items(spec: ShiftSpec, base: Path, names: Sequence[str], root: Path) -> list[tuple[Path, int]]:
+    """(path, label) of each listed ``<class folder>/<file>`` under ``base``; all of them must exist."""
+    missing = [n for n in names if not (base / n).is_file()]
+    if missing:
+        shown = missing[:10] + ([f"... and {len(missing) - 10} more"] if len(missing) > 10 else [])
+        raise DataMissingError(_missing_message(spec.path or spec.id, root, [f"{base.relative_to(root)}/{m}" for m in shown],
+                                                spec.url, spec.layout))
+    labels = {f: class_index(spec.label_map, f, spec.path or spec.id) for f in {n.split("/")[0] for n in names}}
+    return [(base / n, labels[n.split("/")[0]]) for n in names]
+
+
 def _image_folder(spec: ShiftSpec, severity, root: Path, params: dict):
     base = root / _param(spec, params, "root")
+    names = fixed_image_list(spec)
+    if names is not None:  # a reference benchmark's images, in its order (no seeded subset)
+        items = _listed_items(spec, base, names, root)
+        x = _read_images([p for p, _ in items], image_transform(params.get("transform")))
+        return x, torch.tensor([c for _, c in items], dtype=torch.int64)
     prefix = params.get("exclude_prefix")
     items: list[tuple[Path, int]] = []
     for d in sorted(p for p in base.iterdir() if p.is_dir()):

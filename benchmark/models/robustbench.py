@@ -186,15 +186,58 @@ def weight_files(spec: ModelSpec, registry: Registry | None, model_dir: str | Pa
     return [path] if path.is_file() else []
 
 
-def cell_weights(spec: ModelSpec, registry: Registry, model_dir: str | Path | None = None) -> tuple | None:
+def needed_files(spec: ModelSpec, registry: Registry | None,
+                 model_dir: str | Path | None = None) -> tuple[list[tuple[Path, ...]], str | None]:
+    """What loading a ``robustbench:`` entry needs, present or not: one tuple of alternatives per
+    required file (a torchvision-weights model's file may be in our cache layout or the torch hub
+    cache), and a reason the model cannot run offline at all (None if it can).  For preflight."""
+    entry, name, threat = _zoo_entry(spec)
+    path = expected_path(spec, registry, model_dir)
+    if (spec.dataset, threat, name) in TORCHVISION_WEIGHTS:
+        return [tuple(torchvision_weights_paths(spec, path))], None
+    gid = entry.get("gdrive_id")
+    if timm_name_known(name, spec.dataset, threat):
+        return [(path,)], None
+    if not gid:
+        return [], "it has no checkpoint of its own (robustbench's constructor downloads weights): it cannot run offline"
+    if isinstance(gid, list):
+        return [(Path(f"{path}_m{i}.pt"),) for i in range(len(gid))], None
+    return [(path,)], None
+
+
+def build_architecture(spec: ModelSpec) -> nn.Module:
+    """The entry's network with random weights (nothing is read or downloaded): what its
+    checkpoint fills, for measuring its speed before the weights are there."""
+    entry, name, threat = _zoo_entry(spec)
+    import timm
+
+    tname = timm_name(name, spec.dataset, threat)
+    tv = TORCHVISION_WEIGHTS.get((spec.dataset, threat, name))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if tv is not None:  # the constructor would download: build the same net without weights
+            import torchvision.models as tvm
+            from robustbench.model_zoo.architectures.utils_architectures import normalize_model
+            from robustbench.model_zoo.imagenet import mu, sigma
+
+            return normalize_model(getattr(tvm, tv[0])(weights=None), mu, sigma)
+        if timm.is_model(tname):
+            return timm.create_model(tname, num_classes=NUM_CLASSES[spec.dataset], pretrained=False)
+        return entry["model"]()
+
+
+def cell_weights(spec: ModelSpec, registry: Registry, model_dir: str | Path | None = None, *,
+                 record: bool = True) -> tuple | None:
     """What the cell key holds for the checkpoints of an entry that does not pin them itself:
     ``((file name, sha256), ...)`` from the lock file, recorded now (trust on first use) when the
-    files are present and not locked yet; None when the entry pins them (its sha256) or the
-    files are absent (the cell then fails to load and writes nothing)."""
+    files are present and not locked yet (unless ``record`` is false); None when the entry pins
+    them (its sha256) or the files are absent (the cell then fails to load and writes nothing)."""
     from .weights import lock_path, read_lock
 
     known = read_lock(lock_path(registry.root)).get(spec.id)
     if known is None:
+        if not record:
+            return None
         files = weight_files(spec, registry, model_dir)
         if not files or (spec.sha256 is not None and len(files) == 1):
             return None
@@ -355,16 +398,11 @@ def _buildable(entry: dict, name: str, dataset: str, threat: str) -> tuple[bool,
     if not entry["gdrive_id"] and not timm.is_model(tname) and tv is None:
         return False, "", "no checkpoint of its own (constructor downloads weights)"
 
-    def build() -> nn.Module:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            if tv is not None:  # the constructor would download: build the same net without weights
-                import torchvision.models as tvm
-                from robustbench.model_zoo.architectures.utils_architectures import normalize_model
-                from robustbench.model_zoo.imagenet import mu, sigma
+    spec = ModelSpec(id=entry_id(dataset, threat, name), source=f"robustbench:{name}", dataset=dataset,
+                     architecture="", training="", threat_model=threat)
 
-                return normalize_model(getattr(tvm, tv[0])(weights=None), mu, sigma)
-            return timm.create_model(tname, pretrained=False) if timm.is_model(tname) else entry["model"]()
+    def build() -> nn.Module:
+        return build_architecture(spec)
 
     note = ""
     try:

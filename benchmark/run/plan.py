@@ -98,6 +98,7 @@ def plan_suite(
     n_examples: int | None = None,
     seed: int | None = None,
     model_dir: str | None = None,
+    record_pins: bool = True,
 ) -> list[Cell]:
     """All cells of a suite, filtered by comma-separated glob patterns.
 
@@ -105,7 +106,8 @@ def plan_suite(
     data); ``threats`` filters the threats
     (the ID threat's id included).  A RobustBench model whose entry has no sha256 gets its
     checkpoints' checksums from the registry's lock file in its cells' keys (recorded on first
-    use from the files under ``model_dir``), so a replaced checkpoint never serves stale results.
+    use from the files under ``model_dir``; not with ``record_pins=False``, which only reads the
+    lock), so a replaced checkpoint never serves stale results.
     """
     suite = registry.suite(suite_id)
     n = n_examples or suite.n_examples
@@ -121,7 +123,7 @@ def plan_suite(
 
     cells: list[Cell] = []
     for m in model_specs:
-        w = _pinned_weights(registry, m, model_dir)
+        w = _pinned_weights(registry, m, model_dir, record_pins)
         if keep(ID_SHIFT, shifts) and keep(id_threat.id, threats):
             cells.append(Cell(suite.id, m, None, None, id_threat, "id", n, sd, w))
         if keep(id_threat.id, threats):
@@ -138,12 +140,12 @@ def plan_suite(
     return cells
 
 
-def _pinned_weights(registry: reg.Registry, model: reg.ModelSpec, model_dir: str | None):
+def _pinned_weights(registry: reg.Registry, model: reg.ModelSpec, model_dir: str | None, record: bool = True):
     if model.source_kind != "robustbench":
         return None
     from ..models.robustbench import cell_weights
 
-    return cell_weights(model, registry, model_dir)
+    return cell_weights(model, registry, model_dir, record=record)
 
 
 def shard(cells: list[Cell], spec: str | None) -> list[Cell]:

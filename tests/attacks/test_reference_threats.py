@@ -304,3 +304,26 @@ def test_zoo_rewrites_the_network_checksum_in_every_entry(tmp_path):
     reg = Registry(root, check_files=False)
     assert reg.threat("a").params["network"]["sha256"] == "f" * 64
     assert dataclasses.replace(reg.threat("c")).kind == "lp"
+
+
+@pytest.mark.parametrize("arch,side", [("alexnet", 32), ("alexnet", 224), ("cifar-alexnet", 32)])
+def test_lpips_networks_take_the_image_sizes_their_suites_use(arch, side):
+    """cifar100-ppgd/lpa measure LPIPS on 32x32 images with torchvision's ImageNet AlexNet (as the
+    reference does for datasets other than CIFAR-10): the taps end at the fifth ReLU, and the
+    pooling after it, which a 1x1 map cannot take, is never run.  The distance is unchanged for
+    the sizes that did work (224x224): only the unused pooling is skipped."""
+    torch.manual_seed(0)
+    net = L.ARCHS[arch]().eval()
+    x = torch.rand(2, 3, side, side)
+    acts = net.activations(x)
+    assert len(acts) == len(L.TAPS) and all(a.shape[0] == 2 for a in acts)
+    if side == 224:  # the same activations as running every layer of `features`
+        h, full = (x - net.mean) / net.std, []
+        for i, layer in enumerate(net.features_seq):
+            h = layer(h)
+            if i in L.TAPS:
+                full.append(h)
+        assert all(torch.equal(a, b) for a, b in zip(acts, full))
+    xa = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    d = L.lpips(net, x, xa)
+    assert d.shape == (2,) and torch.isfinite(d).all() and (d > 0).all()

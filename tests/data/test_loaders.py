@@ -220,6 +220,13 @@ def without_checksums(spec: ShiftSpec) -> ShiftSpec:
     return dataclasses.replace(spec, files=tuple(FrozenMap(path=f["path"]) for f in spec.files))
 
 
+def without_list(spec: ShiftSpec) -> ShiftSpec:
+    """The entry with OODRobustBench's image list dropped (a seeded subset of what is there): the
+    fake folders hold other files than the list names."""
+    params = {k: v for k, v in spec.params.items() if not k.startswith("image_ids")}
+    return dataclasses.replace(spec, params=FrozenMap(params))
+
+
 def test_cifar10_natural_shifts(root):
     with pytest.raises(loaders.DataChecksumError, match="cifar10.1_v6_data.npy has sha256"):
         load_shift(REAL.shift("cifar10.1"), None, data_dir=root)  # the published sha256 is enforced
@@ -232,10 +239,10 @@ def test_cifar10_natural_shifts(root):
     with np.load(root / "CIFAR-10.2" / "cifar102_test.npz") as d:
         assert "keywords" in d.files
         np.testing.assert_allclose(x.numpy(), d["images"].transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
-    x, y = load_shift(REAL.shift("cinic10"), None, data_dir=root)
+    x, y = load_shift(without_list(REAL.shift("cinic10")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [0, 0, 9, 9]  # the cifar10-* files are left out
-    x, y = load_shift(REAL.shift("cifar10-r"), None, data_dir=root)
+    x, y = load_shift(without_list(REAL.shift("cifar10-r")), None, data_dir=root)
     _ok(x, y, (3, 32, 32))
     assert y.tolist() == [2, 8]
     for i, cls in enumerate(("bird", "ship")):  # the authors' downsampling: PIL box filter to 32x32
@@ -275,7 +282,7 @@ def test_cifar_c_severity_slices(root, sid):
 def test_imagenet_folders_and_class_maps(root):
     idx = [WNIDS[w] for w in SOME_WNIDS[:3]]
     for sid in ("imagenet-v2", "imagenet-a", "imagenet-r", "imagenet-sketch"):
-        spec = REAL.shift(sid)
+        spec = without_list(REAL.shift(sid))
         x, y = load_shift(spec, None, data_dir=root)
         _ok(x, y, (3, 224, 224))
         assert sorted(y.tolist()) == sorted(idx), sid
@@ -305,7 +312,7 @@ def test_cells_read_imagenet_with_the_models_preprocessing(root, monkeypatch):
         return ModelSpec(id=f"m-{prep}", source="python:x:y", dataset="imagenet", architecture="x",
                          training="x", preprocessing=prep)
 
-    sketch = REAL.shift("imagenet-sketch")
+    sketch = without_list(REAL.shift("imagenet-sketch"))
     cells = {p: Cell("imagenet-linf", model(p), sketch, None, threat, "dataset", 3, 0)
              for p in ("Res224", "Crop288", None)}
     shapes = {p: tuple(cell_data(c)[0].shape[-2:]) for p, c in cells.items()}
@@ -399,3 +406,34 @@ def test_checksum_mismatch_names_file(root, tmp_path):
                      files=({"path": "CIFAR-10.1/cifar10.1_v6_data.npy", "sha256": "0" * 64},), url="https://x")
     with pytest.raises(loaders.DataChecksumError, match="cifar10.1_v6_data.npy has sha256"):
         loaders.load_shift(spec, None, root)
+
+
+@pytest.mark.parametrize("sid", ["imagenet-v2", "imagenet-a", "imagenet-r", "imagenet-sketch", "cinic10", "cifar10-r"])
+def test_natural_sets_use_the_reference_image_lists(tmp_path, sid):
+    """ImageNet-V2/-A/-R/-Sketch, CINIC-10 and CIFAR-10-R are OODRobustBench's first 5,000 (10,000;
+    all 6,837) listed images, in its order, with labels from their folders; the shipped list is
+    checked against its sha256, every listed file must be there."""
+    spec = REAL.shift(sid)
+    names = loaders.fixed_image_list(spec)
+    size = {"cinic10": 10_000, "cifar10-r": 6837}.get(sid, 5000)
+    assert len(names) == size == len(set(names)) and spec.params.get("limit", size) == size
+    assert spec.version == 2 and "1be449c3904b6c48653dd6b98380c514ca984ecd" in spec.params["image_ids_source"]
+    base = tmp_path / spec.params["root"]
+    for n in names[:3] + names[-1:] + names[100:102]:  # a few of the listed files, and one that is not listed
+        _png(base / n, (300, 260), fmt="JPEG")
+    _png(base / names[0].split("/")[0] / "not-listed.jpg", (300, 260), fmt="JPEG")
+    with pytest.raises(loaders.DataMissingError, match=f"and {size - 16} more"):
+        load_shift(spec, None, data_dir=tmp_path)
+    three = dataclasses.replace(spec, params=FrozenMap({**spec.params, "limit": 3}))
+    x, y = load_shift(three, None, data_dir=tmp_path)
+    cifar = sid in ("cinic10", "cifar10-r")
+    _ok(x, y, (3, 32, 32) if cifar else (3, 224, 224))
+    folder = [n.split("/")[0] for n in names[:3]]
+    want = [int(f) if sid == "imagenet-v2" else CIFAR10_NAMES.index(f) if cifar else WNIDS[f] for f in folder]
+    assert y.tolist() == want  # the list's order, its folders' labels
+    transform = {"cinic10": "res32", "cifar10-r": "box32"}.get(sid, "Res256Crop224")  # else the model's (default)
+    with Image.open(base / names[1]) as im:
+        torch.testing.assert_close(x[1], loaders.image_transform(transform)(im.convert("RGB")), rtol=0, atol=0)
+    bad = dataclasses.replace(three, params=FrozenMap({**three.params, "image_ids_sha256": "0" * 64}))
+    with pytest.raises(loaders.DataChecksumError, match="image_ids_sha256"):
+        load_shift(bad, None, data_dir=tmp_path)
