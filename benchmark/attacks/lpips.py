@@ -166,6 +166,8 @@ class Linearization:
                 info.append(h > 0 if isinstance(layer, nn.ReLU) else None)
             if i in TAPS:
                 taps.append(h)
+            if i == TAPS[-1]:  # as activations(): nothing after the last tap is used
+                break
         return info, taps
 
     def _tangent(self, info: list, taps: list[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
@@ -186,6 +188,8 @@ class Linearization:
                 scale = (a.shape[2] * a.shape[3]) ** 0.5
                 da = (t - a * (a * t).sum(1, keepdim=True) / norm.pow(2)) / (norm * scale)
                 parts.append(da.flatten(1))
+                if i == TAPS[-1]:
+                    break
         return torch.cat(parts, 1)
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:

@@ -199,6 +199,13 @@ def test_linearization_is_forward_mode_autodiff_at_any_batch_size():
     got = lin.jvp(v)
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
     assert torch.allclose(L.Linearization(net, x[7:8]).jvp(v[7:8])[0], want[7], rtol=1e-10, atol=1e-12)
+    # torchvision's AlexNet on a 32x32 colour image: the pooling after the last tap is skipped
+    torch.manual_seed(0)
+    big = L.imagenet_alexnet().double().eval()
+    xc = torch.rand(3, 3, 32, 32, generator=gen, dtype=torch.float64)
+    vc = torch.randn(3, 3, 32, 32, generator=gen, dtype=torch.float64)
+    _, want_c = torch.func.jvp(lambda z: L.normalized_features(big, z), (xc,), (vc,))
+    assert torch.allclose(L.Linearization(big, xc).jvp(vc), want_c, rtol=1e-9, atol=1e-12)
     slow = L.FeatureNet(torch.nn.Sequential(*net.features_seq[:-1], torch.nn.AvgPool2d(2)), net.classifier,
                         0.3, 0.4).double()
     lin_slow = L.Linearization(slow, x)
