@@ -7,7 +7,7 @@ import math
 
 # reproduce: when does a recomputed cell count as the stored one?  The numbers rest on a measurement
 # (docs/reproducibility.md): the whole digits suite recomputed under another CPU code path flipped
-# FLIPS_MEASURED, at most one in a cell, and harness 5's PPGD flipped up to 13 in a 600-image cell.
+# 7 of 391,200 robust outcomes and no clean one, at most one in a cell, and harness 5's PPGD flipped up to 13 in a 600-image cell.
 REPRODUCE_ALPHA = 0.05  # level of the two-sided McNemar test on the flips
 CAP_MIN, CAP_FRACTION = 2, 0.005  # at most max(2, ceil(0.5% of n)) flipped examples
 
@@ -16,7 +16,7 @@ TOLERANCE_RULE = (
     "within tolerance when, for the clean and for the robust outcomes separately, the number of "
     f"flipped examples d is at most max({CAP_MIN}, ceil({CAP_FRACTION:g} x n)) and an exact two-sided McNemar "
     f"test on the flips (lost vs gained) gives p >= {REPRODUCE_ALPHA:g}. Measured basis: recomputing the whole "
-    "digits suite under another CPU code path (perf/cross_cpu.py) flips FLIPS_MEASURED, at most 1 in a cell, "
+    "digits suite under another CPU code path (perf/cross_cpu.py) flips 7 of 391,200 robust outcomes and no clean one, at most 1 in a cell, "
     "so the cap leaves room for another BLAS or a GPU; another seed, attack setting or model flips many, or "
     "flips them one way. Anything else differs."
 )
