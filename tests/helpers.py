@@ -42,20 +42,33 @@ def frozen_mlp_and_correct_test_images(n: int) -> tuple[torch.nn.Module, torch.T
 
 
 class OutOfMemoryAbove(torch.nn.Module):
-    """An MLP that runs out of GPU memory above ``limit`` images per forward pass, the way CUDA
-    does (``torch.cuda.OutOfMemoryError``), on any device: what the executors' batch-size backoff
-    meets on a real GPU, reproducible on a CPU."""
+    """An MLP that runs out of GPU memory above ``limit`` images held at once, the way CUDA does
+    (``torch.cuda.OutOfMemoryError``), on any device: what the executors' batch-size backoff meets
+    on a real GPU, reproducible on a CPU.  As on a GPU, a pass with gradients holds its images'
+    activations until its backward pass, so the micro-batches of one attack step add up (padding
+    rows included); a pass without gradients holds only its own."""
 
     def __init__(self, limit: int = 100, hidden: int = 32, depth: int = 1):
         super().__init__()
         self.limit = limit
+        self.held = 0
         self.net = architectures.build("mlp", hidden=hidden, depth=depth)
 
+    def _release(self, grad: torch.Tensor) -> None:
+        self.held = 0  # the backward pass frees the graph
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(x) > self.limit:
-            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {len(x)} images in one pass (this model's "
+        graph = torch.is_grad_enabled() and x.requires_grad
+        held = self.held + len(x) if graph else len(x)
+        if held > self.limit:
+            self.held = 0
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {held} images held at once (this model's "
                                               f"limit is {self.limit})")
-        return self.net(x)
+        out = self.net(x)
+        if graph:
+            self.held = held
+            out.register_hook(self._release)
+        return out
 
 
 def oom_mlp(limit: int = 100, hidden: int = 32, depth: int = 1) -> torch.nn.Module:
