@@ -305,30 +305,38 @@ def group_summary(ga: groups.GroupAnalysis) -> str:
     return "; ".join(parts).capitalize() + "."
 
 
-def beats_section(board: Board) -> list[str]:
-    """The leaderboard's "What beats the trend" section: one table per metadata field that splits
-    the complete models into at least two groups; nothing without an OOD trend."""
+def beats_analyses(board: Board) -> list[groups.GroupAnalysis]:
+    """One analysis per :data:`SECTION_FIELDS` field that splits the complete models into at
+    least two groups; none without an OOD trend."""
     if not board.ranked or not math.isfinite(board.fits["OOD"].line.slope):
         return []
-    parts = []
-    for f in SECTION_FIELDS:
-        ga = group_analysis(board, (f,))
-        if len(ga.groups) < 2:
-            continue
-        header, rows, align = group_rows(ga)
-        parts += ["", f"### By {FIELD_TITLES[f]}", ""] + _table(header, rows, align) + ["", group_summary(ga)]
-    if not parts:
-        return []
+    out = [group_analysis(board, (f,)) for f in SECTION_FIELDS]
+    return [ga for ga in out if len(ga.groups) >= 2]
+
+
+def beats_intro(board: Board) -> str:
+    """The sentence above the section's tables: what the numbers are."""
     t = board.fits["OOD"]
-    return ["", "## What beats the trend", "",
-            "Complete models grouped by their entry's metadata (`meta`; `shiftbench analyze --suite "
+    return ("Complete models grouped by their entry's metadata (`meta`; `shiftbench analyze --suite "
             f"{board.suite.id} --by FIELD` for any field, `--json`, a plot). Mean AER: OOD robust minus the OOD "
             f"trend (raw scale), averaged over the group, in percentage points, [95% interval from {t.n_boot} "
             f"bootstrap replicates, seed {t.seed}, resampling test examples within cells, the trend's models and the "
             "group's models]. vs rest: the group's mean AER minus the other models', with a two-sided bootstrap p "
             "(in brackets Holm-corrected across the field's groups); **bold** where the corrected p < 0.05. Group "
             f"slope: the line through the group's models alone (suite: {num(t.line.slope, 2)} "
-            f"[{num(t.slope_ci[0], 2)}, {num(t.slope_ci[1], 2)}])."] + parts
+            f"[{num(t.slope_ci[0], 2)}, {num(t.slope_ci[1], 2)}]).")
+
+
+def beats_section(board: Board) -> list[str]:
+    """The leaderboard's "What beats the trend" section (nothing when no field splits the models)."""
+    analyses = beats_analyses(board)
+    if not analyses:
+        return []
+    lines = ["", "## What beats the trend", "", beats_intro(board)]
+    for ga in analyses:
+        header, rows, align = group_rows(ga)
+        lines += ["", f"### By {FIELD_TITLES[ga.by[0]]}", ""] + _table(header, rows, align) + ["", group_summary(ga)]
+    return lines
 
 
 # --------------------------------------------------------------------------- markdown
