@@ -166,6 +166,11 @@ def cmd_run(args) -> int:
     if counts.get("failed"):
         print(f"error: {counts['failed']} cell(s) failed (errors above); the others were kept; fix the entries "
               "and re-run to compute only what is missing", file=sys.stderr)
+    from .analysis import published
+
+    for model, checks in published.check_id_cells(cells, results_dir):  # ID cells against published numbers
+        for text in published.flag_texts(checks):
+            print(f"warning: model '{model}': {text}", file=sys.stderr)
     if args.leaderboard:
         from .report import leaderboard
 

@@ -107,3 +107,27 @@ def flag_texts(checks: tuple[Check, ...]) -> tuple[str, ...]:
             why = CAUSES if c.metric == "clean" else "a weaker attack than the reference's, or other data"
             out.append(f"{c.text()}: {why}")
     return tuple(out)
+
+
+def check_id_cells(cells: Any, results_dir: Any) -> list[tuple[str, tuple[Check, ...]]]:
+    """(model id, checks) for every ID cell among ``cells`` (planned cells) whose result file is
+    present and verifies and whose model has reference numbers: what ``shiftbench run`` reports as
+    soon as an ID cell is done, before the shifts' cells are paid for."""
+    from pathlib import Path
+
+    from ..run import store
+
+    out = []
+    for c in cells:
+        if c.role != "id" or not references(c.model):
+            continue
+        path = Path(results_dir) / c.filename
+        if not path.is_file():
+            continue
+        verdict = store.check_result(path, expected_key=c.key)
+        if not verdict.ok:
+            continue
+        p = verdict.payload
+        out.append((c.model.id, compare(c.model, c.threat, store.unbits(p["clean_correct"]),
+                                        store.unbits(p["robust_correct"]))))
+    return out
