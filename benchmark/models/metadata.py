@@ -210,18 +210,18 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
-def generate_digits(registry: Registry, *, out: Any = sys.stdout) -> int:
+def generate_digits(registry: Registry, *, out: Any = None) -> int:
     """Write ``meta`` into every digits entry with a ``train:`` recipe; return how many changed."""
     changed = 0
     for spec in sorted(registry.entries["models"].values(), key=lambda s: s.id):
         if spec.dataset != "digits" or not spec.train or not registry.holds(spec):
             continue
         changed += write_meta(Path(spec.path), digits_meta(spec), "python -m benchmark.models.metadata digits")
-    print(f"digits: {changed} entries changed", file=out)
+    print(f"digits: {changed} entries changed", file=out or sys.stdout)
     return changed
 
 
-def generate_robustbench(registry: Registry, repo: Path, *, out: Any = sys.stdout) -> int:
+def generate_robustbench(registry: Registry, repo: Path, *, out: Any = None) -> int:
     """Write ``meta`` into every ``robustbench:`` entry from the model_info records of ``repo`` at HEAD."""
     commit = _git(repo, "rev-parse", "HEAD").strip()
     changed = 0
@@ -238,7 +238,7 @@ def generate_robustbench(registry: Registry, repo: Path, *, out: Any = sys.stdou
         meta = robustbench_meta(spec.source_target, spec.dataset, spec.threat_model or "", info, commit=commit,
                                 params=params)
         changed += write_meta(Path(spec.path), meta, "python -m benchmark.models.metadata robustbench")
-    print(f"robustbench: {changed} entries changed (model_info at {RB_REPO}@{commit})", file=out)
+    print(f"robustbench: {changed} entries changed (model_info at {RB_REPO}@{commit})", file=out or sys.stdout)
     return changed
 
 
