@@ -363,6 +363,10 @@ def model_page(board: Board, m: str, command: str) -> str:
     rows += [[("AER (raw)", None, ""), _aer_html(board.fits["OOD"], m)],
              [("AER (probit)", None, ""), _aer_html(board.probit["OOD"], m)]]
     body += ["<h2>Summary</h2>"] + _table([("Metric", "text"), ("Value (%)", "num")], rows, id_="summary")
+    checks = r.get("reference_checks", ()) or ()
+    if checks:  # the ID cell against the entry's published (or claimed) accuracies
+        body.append("<ul>" + "".join(f'<li{" class=" + chr(34) + "flag" + chr(34) if c.flagged else ""}>'
+                                     f"{e(c.text())}</li>" for c in checks) + "</ul>")
     ps = board.summ.per_shift
     mine = ps[ps["model"] == m]
     lookup = {(x.kind, x.shift): x for x in mine.itertuples()}
