@@ -191,3 +191,13 @@ def test_wrong_preprocessing_is_flagged_at_the_id_cell(wrong_data_board):
     flagged = [ln for ln in text.splitlines() if ln.startswith("- [") and "disagrees with the published" in ln]
     assert sorted(ln.split("`")[1] for ln in flagged) == ["scaled-255", "shuffled-labels"]
     assert "[0, 255] vs [0, 1] inputs" in flagged[0]
+
+
+def test_site_model_page_lists_the_checks(wrong_data_board, tmp_path):
+    reg, results, _, _ = wrong_data_board
+    assert cli.main(["site", "--suite", "check", "--registry", str(reg.roots[-1]), "--results", str(results),
+                     "--out", str(tmp_path / "site")]) == 0
+    wrong = (tmp_path / "site" / "check" / "models" / "scaled-255.html").read_text()
+    honest = (tmp_path / "site" / "check" / "models" / "honest.html").read_text()
+    assert '<li class="flag">ID clean' in wrong and "disagrees with the published" in wrong
+    assert "<li>ID clean" in honest and "agrees with the published" in honest and 'class="flag"' not in honest
