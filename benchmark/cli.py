@@ -17,6 +17,7 @@
 
 
     shiftbench trends fit --csv FILE --x COL --y COL [--scale raw|probit|logit] [--json]
+    shiftbench analyze --suite S --by FIELD[,FIELD] [--target OOD|OOD-D|OOD-T] [--scale raw|probit] [--json] [--out PLOT]
     shiftbench site [--suite S | --all] --out DIR
 """
 from __future__ import annotations
@@ -183,6 +184,11 @@ def cmd_run(args) -> int:
     if counts.get("failed"):
         print(f"error: {counts['failed']} cell(s) failed (errors above); the others were kept; fix the entries "
               "and re-run to compute only what is missing", file=sys.stderr)
+    from .analysis import published
+
+    for model, checks in published.check_id_cells(cells, results_dir):  # ID cells against published numbers
+        for text in published.flag_texts(checks):
+            print(f"warning: model '{model}': {text}", file=sys.stderr)
     if args.leaderboard:
         from .report import leaderboard
 
@@ -743,6 +749,22 @@ def cmd_trends(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .report import groups as report_groups
+
+    ga = report_groups.build(_registry(args), args.suite, Path(args.results), args.by, target=args.target,
+                             scale=args.scale)
+    if args.out:
+        report_groups.write_plot(ga, Path(args.out))
+    if args.json:
+        print(json.dumps(ga.to_json(), sort_keys=True))
+    else:
+        sys.stdout.write(report_groups.text(ga))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_site(args) -> int:
     from .report import site
 
@@ -773,6 +795,18 @@ def _add_trends_site(sub) -> None:
     f.add_argument("--clip-eps", type=float, default=1e-3,
                    help="probit/logit: accuracies of exactly 0 or 1 are clipped to [eps, 1-eps] (default 0.001)")
     f.set_defaults(fn=cmd_trends)
+
+    q = sub.add_parser("analyze", help="what beats the trend: models grouped by their metadata, mean AER per group")
+    q.add_argument("--suite", required=True, help="the suite whose stored results to analyse")
+    q.add_argument("--by", required=True, help="comma-separated metadata fields to group by: training_family, "
+                   "extra_data, arch, size (parameter count, by decade), threat, eps, venue, year")
+    q.add_argument("--target", choices=["OOD", "OOD-D", "OOD-T"], default="OOD", help="the trend's target (default OOD)")
+    q.add_argument("--scale", choices=["raw", "probit"], default="raw", help="the trend's scale (default raw)")
+    q.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    q.add_argument("--out", default=None, help="also write the plot (PNG): the groups coloured on the trend")
+    q.add_argument("--results", default=str(RESULTS_ROOT))
+    _add_common(q)
+    q.set_defaults(fn=cmd_analyze)
 
     q = sub.add_parser("site", help="write the static web leaderboard (opens from disk, no network)")
     q.add_argument("--suite", default=None, help="one suite")

@@ -88,6 +88,10 @@ class ModelSpec:
     # what the submitter measured, e.g. {clean_acc: 0.953} (checked by `shiftbench submit`); not
     # part of a cell's hash since it changes no number
     claimed: Mapping[str, Any] = field(default_factory=FrozenMap)
+    # what is known about the model (training family, extra data, architecture family and size,
+    # threat trained for, venue, published numbers, provenance; see META_KEYS); generated, never
+    # hand-typed (`python -m benchmark.models.metadata`); not hashed: it changes no number
+    meta: Mapping[str, Any] = field(default_factory=FrozenMap)
     path: str = ""  # file the entry came from (filled in by the loader)
 
     @property
@@ -342,6 +346,8 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             if spec.dataset != "imagenet":
                 raise RegistryError(path, "preprocessing", "only ImageNet models take a preprocessing (CIFAR and "
                                     f"digits images are used at their own size), this model is for '{spec.dataset}'")
+        if spec.meta:
+            check_meta(spec.meta, path)
         for k, v in spec.claimed.items():
             if k not in CLAIMED_KEYS:
                 raise RegistryError(path, f"claimed.{k}", f"unknown claim; allowed: {', '.join(CLAIMED_KEYS)}")
@@ -374,6 +380,85 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
 
 
 CLAIMED_KEYS = ("clean_acc", "robust_acc")  # a model entry's ``claimed``: accuracies as fractions
+
+# A model entry's ``meta``: the known values of each categorical field (``shiftbench analyze --by``
+# groups by them).  ``adversarial-training``: a robust-training method the source does not name
+# more precisely (RobustBench's model_info has no training-method field); ``external``: extra data
+# of a kind the source does not state.
+TRAINING_FAMILIES = ("standard", "pgd-at", "trades", "noise-augmentation", "adversarial-training", "certified",
+                     "unknown")
+EXTRA_DATA = ("none", "unlabeled", "synthetic", "pre-training", "external", "unknown")
+ARCH_FAMILIES = ("mlp", "cnn", "lenet", "resnet", "preact-resnet", "wide-resnet", "densenet", "vit", "xcit", "swin",
+                 "convnext", "ensemble", "other")
+TRAINED_THREATS = ("Linf", "L2", "L1", "corruptions", "none")
+META_CHOICES = {"training_family": TRAINING_FAMILIES, "extra_data": EXTRA_DATA, "arch": ARCH_FAMILIES,
+                "threat": TRAINED_THREATS}
+META_KEYS = ("training_family", "extra_data", "arch", "params", "threat", "eps", "venue", "year", "published",
+             "provenance")
+META_REQUIRED = ("training_family", "extra_data", "arch", "threat", "provenance")
+PUBLISHED_KEYS = ("clean_acc", "autoattack_acc", "source")
+PROVENANCE_KEYS = ("repo", "commit", "path", "recipe", "generator")
+
+
+def check_meta(meta: Mapping[str, Any], path: Path) -> None:
+    """A model entry's ``meta``: known keys, known values, fractions for published accuracies,
+    and a provenance that says where the values came from."""
+    for k in meta:
+        if k not in META_KEYS:
+            close = difflib.get_close_matches(str(k), META_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RegistryError(path, f"meta.{k}", f"unknown key{hint}; allowed: {', '.join(META_KEYS)}")
+    for k in META_REQUIRED:
+        if k not in meta:
+            raise RegistryError(path, f"meta.{k}", "missing required key")
+    for k, choices in META_CHOICES.items():
+        v = meta.get(k)
+        if v is not None and v not in choices:
+            close = difflib.get_close_matches(str(v), choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RegistryError(path, f"meta.{k}", f"unknown value {v!r}{hint}; allowed: {', '.join(choices)}")
+    params = meta.get("params")
+    if params is not None and (isinstance(params, bool) or not isinstance(params, int) or params <= 0):
+        raise RegistryError(path, "meta.params", f"expected a positive whole number of parameters, got {params!r}")
+    if meta.get("eps") is not None:
+        if meta.get("threat") not in LP_NORMS:
+            raise RegistryError(path, "meta.eps", f"a budget needs an Lp threat ({', '.join(LP_NORMS)}), "
+                                f"threat is {meta.get('threat')!r}")
+        eps = parse_eps(meta["eps"], path, "meta.eps")
+        if not 0 < eps <= {"Linf": LINF_MAX, "L2": 64.0, "L1": 4096.0}[meta["threat"]]:
+            raise RegistryError(path, "meta.eps", f"implausible {meta['threat']} budget {eps}")
+    if meta.get("venue") is not None and not (isinstance(meta["venue"], str) and meta["venue"].strip()):
+        raise RegistryError(path, "meta.venue", f"expected a non-empty string, got {meta['venue']!r}")
+    year = meta.get("year")
+    if year is not None and (isinstance(year, bool) or not isinstance(year, int) or not 1980 <= year <= 2100):
+        raise RegistryError(path, "meta.year", f"expected a year such as 2019, got {year!r}")
+    pub = meta.get("published")
+    if pub is not None:
+        if not isinstance(pub, Mapping):
+            raise RegistryError(path, "meta.published", f"expected a mapping with keys {', '.join(PUBLISHED_KEYS)}")
+        for k, v in pub.items():
+            if k not in PUBLISHED_KEYS:
+                raise RegistryError(path, f"meta.published.{k}", f"unknown key; allowed: {', '.join(PUBLISHED_KEYS)}")
+            if k != "source" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                hint = " (write a fraction such as 0.953, not a percentage)" if isinstance(v, (int, float)) and v > 1 else ""
+                raise RegistryError(path, f"meta.published.{k}", f"expected a fraction in [0, 1], got {v!r}{hint}")
+        if not isinstance(pub.get("source"), str) or not pub["source"].strip():
+            raise RegistryError(path, "meta.published.source", "published numbers need their source (a non-empty string)")
+        if not ({"clean_acc", "autoattack_acc"} & set(pub)):
+            raise RegistryError(path, "meta.published", "expected clean_acc and/or autoattack_acc")
+    prov = meta["provenance"]
+    if not isinstance(prov, Mapping) or not prov:
+        raise RegistryError(path, "meta.provenance", f"expected a mapping with keys among {', '.join(PROVENANCE_KEYS)}")
+    for k, v in prov.items():
+        if k not in PROVENANCE_KEYS:
+            raise RegistryError(path, f"meta.provenance.{k}", f"unknown key; allowed: {', '.join(PROVENANCE_KEYS)}")
+        if not isinstance(v, str) or not v.strip():
+            raise RegistryError(path, f"meta.provenance.{k}", f"expected a non-empty string, got {v!r}")
+    if "commit" in prov and not re.fullmatch(r"[0-9a-f]{40}", prov["commit"]):
+        raise RegistryError(path, "meta.provenance.commit", "expected a 40-hex-digit git commit")
+    if not ("recipe" in prov or {"repo", "commit", "path"} <= set(prov)):
+        raise RegistryError(path, "meta.provenance", "say where the values came from: repo, commit and path of the "
+                            "source record, or the recipe they were derived from")
 
 
 LINF_MAX = 0.5  # an Linf budget above half the pixel range can turn any image into any other
@@ -518,7 +603,7 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set")  # where an entry lives, what is said about it
+UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set", "meta")  # where an entry lives, what is said about it
 
 
 def canonical(obj: Any) -> Any:

@@ -19,7 +19,9 @@ Summary per model (accuracies are fractions; each has ``_lo``/``_hi`` 95% bounds
   ``reference_set: true``: mean over those alone, OODRobustBench's OOD-T; a model missing any of
   them gets NaN (a mean over part of the six is not the reference's number) and a flag naming them;
 * ``ood_robust``: mean of OOD-D robust and OOD-T robust (the one present when the suite has
-  only one kind of shift).
+  only one kind of shift);
+* ``reference_checks``: the ID cell against the entry's published (or claimed) clean and robust
+  accuracy (:mod:`benchmark.analysis.published`); a failed check is the first of the model's flags.
 Means over cells get the paired normal-approximation interval of
 :func:`benchmark.analysis.stats.weighted_mean_interval`.
 """
@@ -35,6 +37,7 @@ import pandas as pd
 from ..run import plan as planner
 from ..run import store
 from ..registry import Registry, SuiteSpec
+from . import published
 from .stats import bootstrap_weighted_means, weighted_mean_interval, wilson
 
 METRICS = ("id_clean", "id_robust", "ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust")
@@ -253,6 +256,7 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
         if len(results.planned) else pd.DataFrame(columns=["size", "sum"])
     model_rows, shift_rows = [], []
     reference = reference_threats(registry, suite)
+    id_threat = registry.threat(suite.id_threat)
     for model_id in sorted(by_model):
         rows = by_model[model_id]
         spec = registry.entries["models"].get(model_id)
@@ -285,7 +289,11 @@ def summarize(registry: Registry, results: SuiteResults) -> Summary:
         out["cells"] = len(rows)
         out["planned"] = size
         have = {r["threat"] for r in parts["ood_t_robust"][0]}
-        out["flags"] = _flags(rows, size - len(rows), size, tuple(t for t in reference if t not in have))
+        checks = published.compare(spec, id_threat, id_row["clean_correct"], id_row["robust_correct"]) \
+            if spec is not None and id_row is not None else ()
+        out["reference_checks"] = checks
+        out["flags"] = published.flag_texts(checks) + _flags(rows, size - len(rows), size,
+                                                             tuple(t for t in reference if t not in have))
         out["architecture"] = spec.architecture if spec else "?"
         out["training"] = spec.training if spec else "?"
         model_rows.append(out)

@@ -270,6 +270,29 @@ def fit_trend(name: str, models: Sequence[str], x: Sequence[float], y: Sequence[
                  boot_slopes=slopes, boot_intercepts=intercepts, **common)
 
 
+def aer_replicates(trend: Trend, x_boot: np.ndarray | None = None, y_boot: np.ndarray | None = None) -> np.ndarray:
+    """The bootstrap replicates behind ``trend``'s AER intervals, ``(replicates, len(trend.models))``.
+
+    Replays :func:`fit_trend`'s bootstrap (same seed, same model draws): replicate ``b`` is each
+    model's value against line ``b``; with ``x_boot``/``y_boot`` (the per-example replicates the
+    trend was fitted with, columns in ``trend.models`` order) each model's own resampled values.
+    Empty when the trend has no line.
+    """
+    n = len(trend.models)
+    if not np.isfinite(trend.line.slope) or n == 0:
+        return np.zeros((0, n))
+    eps, scale = trend.line.clip_eps, trend.scale
+    if x_boot is not None and y_boot is not None:
+        xs, ys = np.asarray(x_boot, dtype=float), np.asarray(y_boot, dtype=float)
+    else:
+        xs, ys = trend.x, trend.y
+    tx, ty = transform(xs, scale, eps), transform(ys, scale, eps)
+    slopes, intercepts, ok = _bootstrap_lines(tx, ty, trend.n_boot, trend.seed)
+    if tx.ndim == 2:
+        return ys[ok] - inverse(intercepts[:, None] + slopes[:, None] * tx[ok], scale)
+    return trend.y[None, :] - inverse(intercepts[:, None] + slopes[:, None] * tx[None, :], scale)
+
+
 @dataclass(frozen=True)
 class Ceiling:
     """What a trend predicts at 100% ID robust accuracy and at the best model's ID robustness."""

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..registry import DEFAULT_REGISTRY, IMAGENET_PREPROCESSINGS, ModelSpec, Registry, RegistryError
+from .metadata import meta_block
 from .weights import WeightsError, pinned, verified_state_dict
 
 GENERATED_THREATS = (("cifar10", "Linf"), ("cifar10", "L2"), ("cifar100", "Linf"), ("imagenet", "Linf"))
@@ -506,7 +507,9 @@ def generate(out_root: Path = DEFAULT_REGISTRY / "models", *, quiet: bool = Fals
                 "sha256: null",
                 f"notes: {_yaml_str(' '.join(notes))}",
             ]
-            (folder / f"{eid}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            path = folder / f"{eid}.yaml"
+            keep = meta_block(path.read_text(encoding="utf-8")) if path.is_file() else ""  # metadata.py writes it
+            path.write_text("\n".join(lines) + "\n" + keep, encoding="utf-8")
             written.add(f"{eid}.yaml")
         for stale in folder.glob("rb-*.yaml"):  # models robustbench dropped
             if stale.name not in written:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import aggregate, trends
+from ..analysis import aggregate, groups, trends
 from ..registry import Registry, SuiteSpec, ThreatSpec
 
 DPI = 100
@@ -138,6 +138,7 @@ class Board:
     families: dict[str, str]  # dataset shift -> family
     mixed: dict[str, dict[str, int]]  # versions key -> value -> cells, only keys with > 1 value
     reference: tuple[str, ...] = ()  # threat shifts marked reference_set (the OOD-T (reference set) column)
+    noise: dict | None = None  # per-example bootstrap of the complete models (aggregate.example_bootstrap)
 
     @property
     def ceiling(self) -> trends.Ceiling | None:
@@ -163,7 +164,7 @@ def analyse(registry: Registry, res: aggregate.SuiteResults, summ: aggregate.Sum
             for sc in ("raw", "probit")}
     return Board(registry, suite, res, summ, fits["raw"], fits["probit"], ranked,
                  incomplete(summ.models), aggregate.missing_by_model(res), families, aggregate.mixed_versions(res),
-                 aggregate.reference_threats(registry, suite))
+                 aggregate.reference_threats(registry, suite), noise)
 
 
 def ranking_metrics(board: Board) -> list[tuple[str, str]]:
@@ -252,6 +253,90 @@ def aer_text(t: trends.Trend, m: str, markdown: bool = True) -> str:
         head, _, tail = s.partition(" ")
         s = f"**{head}** {tail}".rstrip()
     return s
+
+
+# --------------------------------------------------------------------------- what beats the trend
+SECTION_FIELDS = ("training_family", "extra_data", "arch", "size")  # those with >= 2 groups are shown
+FIELD_TITLES = {"training_family": "training family", "extra_data": "extra data", "arch": "architecture family",
+                "size": "parameter count", "threat": "threat trained for", "eps": "budget trained for",
+                "venue": "venue", "year": "year"}
+
+
+def group_analysis(board: Board, by: tuple[str, ...] | list[str], target: str = "OOD",
+                   scale: str = "raw") -> groups.GroupAnalysis:
+    """The complete models of a board grouped by ``meta`` fields (:mod:`benchmark.analysis.groups`),
+    against the board's own trend and bootstrap."""
+    fits = {"raw": board.fits, "probit": board.probit}.get(scale)
+    if fits is None:
+        raise groups.GroupError(f"unknown scale {scale!r}; use raw or probit")
+    if target not in groups.TARGETS:
+        raise groups.GroupError(f"unknown target {target!r}; known: {', '.join(groups.TARGETS)}")
+    comp = board.summ.models.loc[sorted(board.ranked)] if len(board.summ.models) else board.summ.models
+    return groups.analyze(board.registry, comp, fits[target], tuple(by), target=target, noise=board.noise,
+                          suite=board.suite.id)
+
+
+def group_rows(ga: groups.GroupAnalysis, markdown: bool = True) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and alignment of a group table (AER and differences in percentage points)."""
+    label = groups.TARGETS[ga.target][1]
+    rows = []
+    for g in ga.groups:
+        diff = signed_pp(g.diff, *g.diff_ci)
+        if markdown and g.verdict != "-":
+            head, _, tail = diff.partition(" ")
+            diff = f"**{head}** {tail}".rstrip()
+        p = "-" if not _finite(g.p) else (f"{g.p:.3f}" + (f" ({g.p_holm:.3f})" if _finite(g.p_holm) else ""))
+        slope = num(g.trend.line.slope, 2) + (f" [{num(g.trend.slope_ci[0], 2)}, {num(g.trend.slope_ci[1], 2)}]"
+                                              if _finite(g.trend.slope_ci[0]) else "")
+        rows.append([g.key, str(g.n), pct(g.id_robust), pct(g.target), signed_pp(g.aer, *g.aer_ci), diff, p, slope])
+    header = ["Group", "Models", "ID robust", label, "Mean AER [95% CI]", "vs rest [95% CI]", "p (Holm)",
+              "Group slope [95% CI]"]
+    return header, rows, ["l", "r", "r", "r", "r", "r", "r", "r"]
+
+
+def group_summary(ga: groups.GroupAnalysis) -> str:
+    """One sentence: which groups lie above / below the rest (Holm-corrected p < 0.05)."""
+    above = [f"{g.key} ({signed_pp(g.diff, math.nan, math.nan)} pp)" for g in ga.groups if g.verdict == "above"]
+    below = [f"{g.key} ({signed_pp(g.diff, math.nan, math.nan)} pp)" for g in ga.groups if g.verdict == "below"]
+    if not above and not below:
+        return "No group's mean AER differs from the rest's (Holm-corrected p >= 0.05 for every group)."
+    parts = ([f"above the rest: {', '.join(above)}"] if above else []) + \
+            ([f"below the rest: {', '.join(below)}"] if below else [])
+    return "; ".join(parts).capitalize() + "."
+
+
+def beats_analyses(board: Board) -> list[groups.GroupAnalysis]:
+    """One analysis per :data:`SECTION_FIELDS` field that splits the complete models into at
+    least two groups; none without an OOD trend."""
+    if not board.ranked or not math.isfinite(board.fits["OOD"].line.slope):
+        return []
+    out = [group_analysis(board, (f,)) for f in SECTION_FIELDS]
+    return [ga for ga in out if len(ga.groups) >= 2]
+
+
+def beats_intro(board: Board) -> str:
+    """The sentence above the section's tables: what the numbers are."""
+    t = board.fits["OOD"]
+    return ("Complete models grouped by their entry's metadata (`meta`; `shiftbench analyze --suite "
+            f"{board.suite.id} --by FIELD` for any field, `--json`, a plot). Mean AER: OOD robust minus the OOD "
+            f"trend (raw scale), averaged over the group, in percentage points, [95% interval from {t.n_boot} "
+            f"bootstrap replicates, seed {t.seed}, resampling test examples within cells, the trend's models and the "
+            "group's models]. vs rest: the group's mean AER minus the other models', with a two-sided bootstrap p "
+            "(in brackets Holm-corrected across the field's groups); **bold** where the corrected p < 0.05. Group "
+            f"slope: the line through the group's models alone (suite: {num(t.line.slope, 2)} "
+            f"[{num(t.slope_ci[0], 2)}, {num(t.slope_ci[1], 2)}]).")
+
+
+def beats_section(board: Board) -> list[str]:
+    """The leaderboard's "What beats the trend" section (nothing when no field splits the models)."""
+    analyses = beats_analyses(board)
+    if not analyses:
+        return []
+    lines = ["", "## What beats the trend", "", beats_intro(board)]
+    for ga in analyses:
+        header, rows, align = group_rows(ga)
+        lines += ["", f"### By {FIELD_TITLES[ga.by[0]]}", ""] + _table(header, rows, align) + ["", group_summary(ga)]
+    return lines
 
 
 # --------------------------------------------------------------------------- markdown
@@ -406,6 +491,7 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
                   "; ".join(f"{f}: {', '.join(s for s, g in board.families.items() if g == f)}"
                             for f in sorted(set(board.families.values()))) +
                   "); (D): one dataset shift, mean over severities; (T): one threat shift."]
+    lines += beats_section(board)
     # per-shift table
     ps = summ.per_shift
     targets = [("dataset", s) for s in suite.dataset_shifts] + [("threat", t) for t in suite.threat_shifts]

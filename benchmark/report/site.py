@@ -313,6 +313,19 @@ def suite_page(board: Board, command: str) -> str:
     body.append(f'<p class="note">Raw: least squares on accuracies as fractions; probit: on Φ⁻¹ of both, accuracies '
                 f"of exactly 0 or 1 clipped to [{eps:g}, {1 - eps:g}]. Fitted on complete models. Intervals for OOD, "
                 f"OOD-D and OOD-T resample test examples and models, the others models only.</p>")
+    analyses = lb.beats_analyses(board)
+    if analyses:
+        body.append("<h2>What beats the trend</h2>")
+        body.append(f'<p class="note">{e(lb.beats_intro(board).replace("**bold**", "bold"))}</p>')
+        for ga in analyses:
+            header, rows, align = lb.group_rows(ga, markdown=False)
+            marked = {g.key for g in ga.groups if g.verdict != "-"}
+            body.append(f"<h3>By {e(lb.FIELD_TITLES[ga.by[0]])}</h3>")
+            body += _table([(h, "num" if a == "r" else "text") for h, a in zip(header, align)],
+                           [[(f'<span class="sig">{e(c)}</span>' if j == 5 and r[0] in marked else e(c), None,
+                              "num" if a == "r" else "") for j, (c, a) in enumerate(zip(r, align))] for r in rows],
+                           id_=f"groups-{ga.by[0]}")
+            body.append(f"<p>{e(lb.group_summary(ga))}</p>")
     # interactive scatter + plots
     body.append("<h2>ID robust vs OOD robust</h2>")
     body.append('<p class="muted">Hover a point for the model and its numbers.</p><div class="scatters">')
@@ -350,6 +363,10 @@ def model_page(board: Board, m: str, command: str) -> str:
     rows += [[("AER (raw)", None, ""), _aer_html(board.fits["OOD"], m)],
              [("AER (probit)", None, ""), _aer_html(board.probit["OOD"], m)]]
     body += ["<h2>Summary</h2>"] + _table([("Metric", "text"), ("Value (%)", "num")], rows, id_="summary")
+    checks = r.get("reference_checks", ()) or ()
+    if checks:  # the ID cell against the entry's published (or claimed) accuracies
+        body.append("<ul>" + "".join(f'<li{" class=" + chr(34) + "flag" + chr(34) if c.flagged else ""}>'
+                                     f"{e(c.text())}</li>" for c in checks) + "</ul>")
     ps = board.summ.per_shift
     mine = ps[ps["model"] == m]
     lookup = {(x.kind, x.shift): x for x in mine.itertuples()}

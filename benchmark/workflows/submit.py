@@ -129,6 +129,8 @@ class SubmitResult:
     replaced: str | None = None
     command: str = ""
     markdown: str = field(default="", repr=False)
+    # the ID cell against the entry's claimed (or published) accuracies (analysis.published.Check)
+    reference_checks: tuple = ()
 
 
 def _claimed_clean(spec: ModelSpec) -> float:
@@ -295,7 +297,8 @@ def summarize(registry: Registry, suite: str, results: str | Path, model: str, *
     return SubmitResult(model=model, suite=suite, rank=order.index(model) + 1, n_models=len(order), metrics=metrics,
                         aer=board.fits["OOD"].aer_of(model), flags=tuple(row["flags"]), attacks=tuple(row["attacks"]),
                         per_shift=ps, clean_measured=float("nan"), clean_claimed=float("nan"), entry=Path(),
-                        weights=None, leaderboard=Path(), cells=int(row["cells"]), command=command)
+                        weights=None, leaderboard=Path(), cells=int(row["cells"]), command=command,
+                        reference_checks=tuple(row.get("reference_checks", ()) or ()))
 
 
 def render_summary(r: SubmitResult) -> str:
@@ -318,6 +321,8 @@ def render_summary(r: SubmitResult) -> str:
              "trend, [95% bootstrap interval].", ""]
     if not math.isnan(r.clean_claimed):
         lines += [f"- Claimed ID clean accuracy {100 * r.clean_claimed:.2f}%, measured {100 * r.clean_measured:.2f}%.",]
+    for c in r.reference_checks:  # the stored ID cell against claimed robust (and clean) accuracy
+        lines.append(f"- {'**Flag**: ' if c.flagged else ''}{c.text()}.")
     lines += [f"- Attack(s): {', '.join(r.attacks)}; {r.cells} cells.",
               "- Trust checks: " + ("; ".join(r.flags) if r.flags else "all passed") + "."]
     if r.replaced:

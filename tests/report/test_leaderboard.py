@@ -45,9 +45,12 @@ def _yaml(path: Path, data: dict) -> None:
 def make_registry(root: Path) -> Registry:
     """Five models (user-code sources: never loaded here), two dataset shifts, two threat shifts."""
     for mid, (arch, training, _, _) in MODELS.items():
+        meta = {"training_family": {"standard": "standard", "PGD-AT": "pgd-at", "TRADES": "trades"}[training],
+                "extra_data": "none", "arch": {"MLP": "mlp", "SmallCNN": "cnn"}[arch], "threat": "Linf",
+                "provenance": {"recipe": "tests/report/test_leaderboard.py"}}
         _yaml(root / "models" / "digits" / f"{mid}.yaml", {
             "id": mid, "source": f"python:toy_models:{mid.replace('-', '_')}", "dataset": "digits",
-            "architecture": arch, "training": training})
+            "architecture": arch, "training": training, "meta": meta})
     _yaml(root / "shifts" / "digits" / "noise.yaml", {
         "id": "noise", "dataset": "digits", "source": "synthetic:gaussian_noise", "family": "noise",
         "severities": [1, 3]})

@@ -62,6 +62,10 @@ def test_site_is_complete_self_contained_and_byte_identical(toy_site, tmp_path):
             '</th>') in page
     assert "OOD-T (reference set): mean robust accuracy over the 1 threat shift(s) that stand for " \
            "OODRobustBench&#x27;s six (toy-l2)" in page
+    # what beats the trend: one table per metadata field that splits the complete models
+    beats = page.split("<h2>What beats the trend</h2>", 1)[1].split("<h2>", 1)[0]
+    assert '<table id="groups-training_family">' in beats and '<table id="groups-arch">' in beats
+    assert "<td>pgd-at</td><td class=\"num\">2</td>" in beats and "**" not in beats
     # regenerating into another folder gives identical bytes, and an unchanged file is not rewritten
     other = tmp_path / "again"
     rc = cli.main(["site", "--suite", SUITE, "--registry", str(reg.root), "--results", str(results), "--out", str(other)])
