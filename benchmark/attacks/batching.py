@@ -50,6 +50,17 @@ def current_size(device: torch.device | str = "cpu") -> int | None:
     return DEVICE_MICRO_BATCH.get(torch.device(device).type, MICRO_BATCH)
 
 
+def pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``size`` rows (itself when it has them)."""
+    return x if len(x) == size else torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
+
+
+def _one_row_each(out: object, size: int) -> bool:
+    """Whether a call's output is a tensor, or a list/tuple of tensors, with ``size`` rows."""
+    parts = out if isinstance(out, (list, tuple)) else (out,)
+    return all(isinstance(o, torch.Tensor) and o.dim() >= 1 and len(o) == size for o in parts)
+
+
 def in_micro_batches(fn: Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]], x: torch.Tensor,
                      size: int | None = None):
     """``fn(x)`` computed on zero-padded micro-batches of exactly ``size`` rows (default
@@ -63,12 +74,8 @@ def in_micro_batches(fn: Callable[[torch.Tensor], torch.Tensor | Sequence[torch.
     for start in range(0, n, size):
         part = x[start:start + size]
         k = len(part)
-        if k < size:
-            part = torch.cat([part, part.new_zeros((size - k, *part.shape[1:]))])
-        out = fn(part)
-        if not (isinstance(out, torch.Tensor) and out.dim() >= 1 and len(out) == size) and not (
-                isinstance(out, (list, tuple)) and all(isinstance(o, torch.Tensor) and o.dim() >= 1 and len(o) == size
-                                                       for o in out)):
+        out = fn(pad_rows(part, size))
+        if not _one_row_each(out, size):
             return out  # not one row per input row: the caller's output checks name the problem
         outs.append(out[:k] if isinstance(out, torch.Tensor) else [o[:k] for o in out])
     if isinstance(outs[0], torch.Tensor):

@@ -150,7 +150,7 @@ class Linearization:
         if self.fast:
             with torch.no_grad():
                 for start in range(0, len(x), self.size):
-                    self.chunks.append(self._record(_pad(self.x[start:start + self.size], self.size)))
+                    self.chunks.append(self._record(batching.pad_rows(self.x[start:start + self.size], self.size)))
 
     def _record(self, x: torch.Tensor) -> tuple[list, list[torch.Tensor]]:
         """Per layer what its derivative needs (ReLU masks, pooling indices), and the taps."""
@@ -179,7 +179,6 @@ class Linearization:
             elif isinstance(layer, nn.ReLU):
                 t = t * extra
             else:  # max-pool: the tangent at the input's maxima
-                n, c = t.shape[:2]
                 t = t.flatten(2).gather(2, extra.flatten(2)).view(extra.shape)
             if i in TAPS:
                 a = taps[k]
@@ -202,12 +201,8 @@ class Linearization:
             outs = []
             for (info, taps), start in zip(self.chunks, range(0, len(v), self.size)):
                 part = v[start:start + self.size]
-                outs.append(self._tangent(info, taps, _pad(part, self.size))[:len(part)])
+                outs.append(self._tangent(info, taps, batching.pad_rows(part, self.size))[:len(part)])
             return torch.cat(outs) if outs else v.new_zeros((0, 0))
-
-
-def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
-    return x if len(x) == size else torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
 
 
 def lpips(net: FeatureNet, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
