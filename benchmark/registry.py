@@ -92,6 +92,11 @@ class ModelSpec:
     # threat trained for, venue, published numbers, provenance; see META_KEYS); generated, never
     # hand-typed (`python -m benchmark.models.metadata`); not hashed: it changes no number
     meta: Mapping[str, Any] = field(default_factory=FrozenMap)
+    # a defense the evaluator must know of (benchmark/models/defenses.py, docs/defenses.md): a random
+    # output ({eot: 20, draws: 5}: attacks average over EOT samples, outcomes are majority votes) and a
+    # transform of the input ({kind: quantize, bits: 1}: attacked through by BPDA); hashed when present
+    randomized: Mapping[str, Any] = field(default_factory=FrozenMap)
+    input_transform: Mapping[str, Any] = field(default_factory=FrozenMap)
     path: str = ""  # file the entry came from (filled in by the loader)
 
     @property
@@ -348,6 +353,20 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
                                     f"digits images are used at their own size), this model is for '{spec.dataset}'")
         if spec.meta:
             check_meta(spec.meta, path)
+        if spec.randomized or spec.input_transform:
+            from .models.defense_spec import RANDOM_TRANSFORMS, DefenseError, check_randomized, check_transform
+
+            try:
+                if spec.randomized:
+                    check_randomized(spec.randomized)
+                if spec.input_transform:
+                    t = check_transform(spec.input_transform)
+                    if t["kind"] in RANDOM_TRANSFORMS and not spec.randomized:
+                        raise DefenseError(f"input_transform: {t['kind']} draws random numbers; declare "
+                                           "randomized: {eot: 20, draws: 5} too")
+            except DefenseError as exc:
+                key = str(exc).split(":", 1)[0]
+                raise RegistryError(path, key, str(exc).split(": ", 1)[1]) from None
         for k, v in spec.claimed.items():
             if k not in CLAIMED_KEYS:
                 raise RegistryError(path, f"claimed.{k}", f"unknown claim; allowed: {', '.join(CLAIMED_KEYS)}")
@@ -604,13 +623,15 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 
 
 UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set", "meta")  # where an entry lives, what is said about it
+# fields left out of the hash while empty: an entry without a defense hashes as before defenses existed
+HASHED_WHEN_SET = ("randomized", "input_transform")
 
 
 def canonical(obj: Any) -> Any:
     """A JSON-able, order-stable form of a spec or mapping (for hashing and storage)."""
     if dataclasses.is_dataclass(obj):
         return {f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.name not in UNHASHED_FIELDS}
+                if f.name not in UNHASHED_FIELDS and (f.name not in HASHED_WHEN_SET or getattr(obj, f.name))}
     if isinstance(obj, Mapping):
         return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):

@@ -33,6 +33,14 @@ class Attack(Protocol):
 
 
 ATTACKS: dict[str, Callable[..., "torch.Tensor"]] = {}
+# attacks that average their gradients over a randomized model's EOT samples (benchmark.models.defenses):
+# our APGD family (through apgd._loss_grad) and pyautoattack's ``rand`` version
+EOT_ATTACKS = ("apgd-ce", "apgd-mm", "apgd-l1", "mm5", "autoattack")
+
+
+def eot_attack(name: str) -> bool:
+    """Whether attack ``name`` accounts for a randomized model by expectation over transformation."""
+    return name in EOT_ATTACKS
 
 
 def register(name: str):

@@ -107,7 +107,18 @@ def _step(grad: torch.Tensor, x_cur: torch.Tensor, eta: torch.Tensor, norm: str,
 
 def _loss_grad(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example loss, its input gradient and the logits.  On a randomized model
+    (:mod:`benchmark.models.defenses`), expectation over transformation: loss and gradient are the
+    means over its ``eot`` samples, the logits their mean (what "fooled" is judged by)."""
+    from ..models.defenses import eot_samples, randomization
+
     x = x.detach().requires_grad_(True)
+    if eot_samples(model) > 1:
+        with torch.enable_grad():
+            z = randomization(model).eot_logits(x)
+            loss = torch.stack([loss_fn(zj, y, target) for zj in z]).mean(0)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad.detach(), z.detach().mean(0)
     with torch.enable_grad():
         logits = model(x)
         loss = loss_fn(logits, y, target)

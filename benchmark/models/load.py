@@ -9,7 +9,8 @@ refused before its module is imported.
 
 Every loaded model is probed once on a few random images: its output must be a floating-point
 ``(batch, classes)`` tensor of finite logits; probabilities instead of logits (attacks on softmax
-outputs are weaker) and a model whose output changes between two identical calls get a warning.
+outputs are weaker) get a warning; a model whose output changes between two identical calls is
+refused unless its entry declares ``randomized`` (:mod:`.defenses`).
 """
 from __future__ import annotations
 
@@ -105,6 +106,15 @@ def load_model(spec: ModelSpec, registry: Registry, *, model_dir: str | Path | N
     """Build the entry's model.  ``allow_code`` (default: ``$SHIFTBENCH_ALLOW_CODE``) gates
     ``python:`` sources; ``probe`` checks its outputs once (see the module docstring)."""
     model = _build(spec, registry, model_dir, allow_code).eval()
+    if spec.randomized or spec.input_transform:
+        from .defenses import DefenseError, defend
+
+        where = f"model '{spec.id}' ({spec.path})"
+        try:
+            model = defend(model, randomized=spec.randomized or None, input_transform=spec.input_transform or None,
+                           allow_code=allow_code, where=where).eval()
+        except DefenseError as exc:
+            raise RegistryError(spec.path, "input_transform", str(exc)) from None
     if probe:
         probe_outputs(model, spec)
     return model
@@ -177,6 +187,10 @@ def probe_outputs(model: nn.Module, spec: ModelSpec, batch: int = 4) -> None:
                       "attacks on softmax outputs are weakened, so its robust accuracy may be overstated",
                       ModelWarning, stacklevel=2)
     if not torch.equal(a, b):
-        warnings.warn(f"{where}: two identical calls in eval mode gave different outputs (max difference "
-                      f"{float((a - b).abs().max()):.3g}); its cells will be flagged 'deterministic'",
-                      ModelWarning, stacklevel=2)
+        from .defenses import changes_between_calls, require_declared
+
+        require_declared(model, x, where)  # beyond float noise and undeclared: refused
+        if not changes_between_calls(model, x):
+            warnings.warn(f"{where}: two identical calls in eval mode gave outputs differing in the last bits (max "
+                          f"difference {float((a - b).abs().max()):.3g}); its cells will be flagged 'deterministic'",
+                          ModelWarning, stacklevel=2)

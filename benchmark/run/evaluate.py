@@ -152,9 +152,12 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     With ``checks``, the trust checks run and act (:func:`checked`); ``deep_checks`` (default:
     every Lp threat) adds the checks that re-attack a sample.  The model runs on fixed-size
     micro-batches (:mod:`..attacks.batching`), so no number depends on the batch composition."""
+    from ..models.defenses import require_declared
+
     model = fixed_batch(model)
     dev = model_device(model)
     x, y = x.to(dev), y.to(dev)
+    require_declared(model, x)  # a randomized model must say so (never evaluated as deterministic)
     t0 = time.perf_counter()
     clean_pred = predict(model, x, batch_size)
     clean_correct = (clean_pred == y.cpu()).numpy()
@@ -255,9 +258,12 @@ def check_batch(batch: Sequence[Cell], prepared: Sequence[tuple[nn.Module, torch
 
 
 def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = "cpu",
-                   batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
+                   batch_size: int = DEFAULT_BATCH, model: nn.Module | None = None) -> dict[str, Any]:
     """The result JSON of one cell.  ``batch_size`` is stored only where it can change the
-    number: attacks that run pyautoattack on whole batches (ours draw per example)."""
+    number: attacks that run pyautoattack on whole batches (ours draw per example), and every
+    attack on a randomized model (an attack step's draws depend on its batch).  ``model``: the
+    evaluated model, whose declared defenses (EOT, draws, BPDA) are stored under ``defense``."""
+    from ..models.defenses import randomization, record
     n = len(out.clean_correct)
     payload = {
         "schema": store.RESULT_SCHEMA,
@@ -299,8 +305,11 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
         "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
         "preprocessing": cell_preprocessing(cell),
     }
-    if attack_name in BATCH_DEPENDENT:
+    if attack_name in BATCH_DEPENDENT or (model is not None and randomization(model) is not None):
         payload["batch_size"] = int(batch_size)
+    defense = record(model, attack_name) if model is not None else None
+    if defense is not None:  # only for declared defenses: other results keep their bytes
+        payload["defense"] = defense
     return payload
 
 
@@ -318,7 +327,8 @@ def run_batch(batch: Sequence[Cell], model: nn.Module, results_dir: Path, *, dat
             path = results_dir / cell.filename
             if not store.is_done(path, cell.key):
                 store.write_result(path, result_payload(cell, out, cell.threat.attack,
-                                                        device=model_device(model).type, batch_size=batch_size))
+                                                        device=model_device(model).type, batch_size=batch_size,
+                                                        model=model))
                 written.append(cell.key)
     return written
 
