@@ -433,6 +433,27 @@ def cmd_export_baseline(args) -> int:
     return 0
 
 
+def _key_values(text: str | None, option: str) -> dict | None:
+    """``eot=20,draws=5`` -> ``{"eot": 20, "draws": 5}`` (numbers parsed; a bad item names the option)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SystemExit(f"{option}: expected key=value items separated by commas (e.g. eot=20,draws=5), "
+                             f"got {item!r}")
+        v: object = value.strip()
+        for cast in (int, float):
+            try:
+                v = cast(value)
+                break
+            except ValueError:
+                pass
+        out[key.strip()] = v
+    return out
+
+
 def cmd_regress(args) -> int:
     import torch
 
@@ -442,7 +463,9 @@ def cmd_regress(args) -> int:
     r = _registry(args)
     res = regress.regress(args.model, args.baseline, quick=args.quick, alpha=args.alpha, registry=r,
                           weights=args.weights, allow_code=args.allow_code, n_examples=args.n, seed=args.seed,
-                          data_dir=args.data_dir, model_dir=args.model_dir, progress=not args.no_progress)
+                          data_dir=args.data_dir, model_dir=args.model_dir, progress=not args.no_progress,
+                          randomized=_key_values(args.randomized, "--randomized"),
+                          input_transform=_key_values(args.input_transform, "--input-transform"))
     print(res.markdown())
     for path in regress.publish(res, args.report):
         print(f"wrote {path}", file=sys.stderr)
@@ -521,6 +544,12 @@ def _add_workflow_parsers(sub) -> None:
     q.add_argument("--baseline", required=True, help="baseline JSON from `shiftbench export-baseline`")
     q.add_argument("--weights", default=None, help="weights file for the model (its sha256 is taken)")
     q.add_argument("--quick", action="store_true", help="a small subset of the baseline's cells (see above)")
+    q.add_argument("--randomized", default=None, metavar="eot=20,draws=5",
+                   help="the model's output is random: attacks average over EOT samples, outcomes are the majority of "
+                        "draws (docs/defenses.md); an entry's own declaration wins")
+    q.add_argument("--input-transform", default=None, metavar="kind=quantize,bits=1",
+                   help="the model transforms its input (quantize/jpeg/median/gaussian-noise/python): attacked "
+                        "through by BPDA (docs/defenses.md)")
     q.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate across cells (default 0.05)")
     q.add_argument("--report", default=None, help="write the Markdown report to this file")
     q.add_argument("--allow-code", action="store_true",

@@ -170,7 +170,7 @@ class SuiteSpec:
     id_threat: str
     dataset_shifts: tuple[str, ...] = ()
     threat_shifts: tuple[str, ...] = ()
-    models: tuple[str, ...] = ("*",)  # glob patterns over model ids of this dataset
+    models: tuple[str, ...] = ("*",)  # glob patterns over model ids of this dataset; "!pattern" excludes
     n_examples: int = 1000
     n_shift_examples: int | None = None  # per dataset-shift cell (one severity); default n_examples
     seed: int = 0
@@ -761,11 +761,13 @@ class Registry:
 
     def suite_models(self, suite: SuiteSpec, patterns: str | None = None) -> list[ModelSpec]:
         lowest = self.layer_of(suite)
+        keep = [p for p in suite.models if not p.startswith("!")]
+        drop = [p[1:] for p in suite.models if p.startswith("!")]  # "!pattern" excludes
         out = [
             m
             for m in self.entries["models"].values()
-            if m.dataset == suite.dataset and any(fnmatch.fnmatchcase(m.id, p) for p in suite.models)
-            and self.layer_of(m) >= lowest
+            if m.dataset == suite.dataset and any(fnmatch.fnmatchcase(m.id, p) for p in keep)
+            and not any(fnmatch.fnmatchcase(m.id, p) for p in drop) and self.layer_of(m) >= lowest
         ]
         return sorted(filter_ids(out, patterns), key=lambda m: m.id)
 

@@ -110,20 +110,27 @@ def _loss_grad(model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
     """Per-example loss, its input gradient and the logits.  On a randomized model
     (:mod:`benchmark.models.defenses`), expectation over transformation: loss and gradient are the
     means over its ``eot`` samples, the logits their mean (what "fooled" is judged by)."""
-    from ..models.defenses import eot_samples, randomization
-
     x = x.detach().requires_grad_(True)
-    if eot_samples(model) > 1:
+    if getattr(model, "eot", 1) > 1 and callable(getattr(model, "eot_logits", None)):  # defenses.Randomized
         with torch.enable_grad():
-            z = randomization(model).eot_logits(x)
+            z = model.eot_logits(x)
             loss = torch.stack([loss_fn(zj, y, target) for zj in z]).mean(0)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad.detach(), z.detach().mean(0)
+            grad = _input_grad(loss, x)
+        return loss.detach(), grad, z.detach().mean(0)
     with torch.enable_grad():
         logits = model(x)
         loss = loss_fn(logits, y, target)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), logits.detach()
+        grad = _input_grad(loss, x)
+    return loss.detach(), grad, logits.detach()
+
+
+def _input_grad(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d loss.sum() / dx; zero where the output does not depend on ``x`` through autograd at all
+    (a model that thresholds its input: what the trust checks' zero-gradient escalation is for)."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad.detach()
 
 
 def apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,

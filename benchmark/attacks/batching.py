@@ -100,11 +100,6 @@ def fixed_batch(model: nn.Module) -> nn.Module:
     """``model`` wrapped in :class:`FixedBatch` (itself when it already is).  A randomized model
     (:class:`..models.defenses.Randomized`) stays outermost, with the micro-batches inside it:
     its draws and votes are made per row and its network still sees fixed-shape calls."""
-    from ..models.defenses import Randomized
-
-    if isinstance(model, Randomized):
-        if isinstance(model.inner, FixedBatch):
-            return model
-        out = Randomized(FixedBatch(model.inner), model.eot, model.draws, model.seed)
-        return out.train(model.training)
+    if getattr(model, "stays_outermost", False):  # defenses.Randomized: its inner network gets the micro-batches
+        return model if isinstance(model.inner, FixedBatch) else model.with_inner(FixedBatch(model.inner))
     return model if isinstance(model, FixedBatch) else FixedBatch(model)

@@ -148,41 +148,64 @@ class Randomized(nn.Module):
 
     - With gradients enabled (an attack step), a call is **one draw** from the global generator,
       as the model itself would give (pyautoattack's ``rand`` version averages 20 such calls).
-    - :meth:`eot_logits` gives ``eot`` draws of every row in one call, seeded by the batch's
-      pixels (our attacks' expectation over transformation).
-    - Without gradients (every decision: predictions, checks, Square), a call returns
-      :meth:`decision_logits`: per example, ``draws`` draws seeded by its own pixels, voted.
+    - :meth:`eot_logits` gives ``eot`` draws of every row in one call (our attacks' expectation
+      over transformation), seeded by the batch's pixels.
+    - Without gradients, a call is a **query** (what an attack's own checks and Square see): the
+      log of the mean softmax of ``draws`` draws, in one call seeded by the batch's pixels.
+    - :meth:`decision_logits` is the **judgement** (:func:`judge`: every stored outcome, the trust
+      checks' verdicts): per example, ``draws`` draws seeded by its own pixels and voted.  Its seeds
+      are not the queries': an attack that searches the draws it is shown (Square's thousands of
+      queries can find an image whose own draws happen to err) does not carry that luck into the
+      verdict, which draws afresh.
     """
+
+    stays_outermost = True  # attacks.batching.fixed_batch puts its micro-batches inside (:meth:`with_inner`)
 
     def __init__(self, model: nn.Module, eot: int = 20, draws: int = 5, seed: int = 0):
         super().__init__()
         self.inner, self.eot, self.draws, self.seed = model, int(eot), int(draws), int(seed)
 
+    def with_inner(self, inner: nn.Module) -> "Randomized":
+        """The same declaration around another network (e.g. the micro-batched one)."""
+        return Randomized(inner, self.eot, self.draws, self.seed).train(self.training)
+
+    def _draws(self, x: torch.Tensor, k: int, purpose: str) -> torch.Tensor:
+        """``(k, N, classes)`` logits: ``k`` draws of every row of ``x`` in one call."""
+        with seeded(_content_seed(self.seed, x, purpose), x.device):
+            z = self.inner(x.repeat(k, *([1] * (x.dim() - 1))))
+        return z.view(k, len(x), -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.inner(x)
-        return self.decision_logits(x)
+        if len(x) == 0:
+            return self.inner(x)
+        return self._draws(x, self.draws, "query").softmax(-1).mean(0).clamp_min(1e-30).log()
 
     def eot_logits(self, x: torch.Tensor, eot: int | None = None) -> torch.Tensor:
         """``(eot, N, classes)`` logits: ``eot`` draws of each row, differentiable in ``x``."""
-        k = self.eot if eot is None else int(eot)
-        with seeded(_content_seed(self.seed, x, "eot"), x.device):
-            z = self.inner(x.repeat(k, *([1] * (x.dim() - 1))))
-        return z.view(k, len(x), -1)
+        return self._draws(x, self.eot if eot is None else int(eot), "eot")
 
     @torch.no_grad()
     def decision_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Scores whose argmax is the decision rule's class: votes out of ``draws``, plus the mean
-        softmax probability (below 1, so it only breaks ties and gives black-box attacks a slope)."""
+        softmax probability (below 1, so it only breaks ties)."""
         outs = []
         for row in x:
-            with seeded(_content_seed(self.seed, row, "draws"), x.device):
-                z = self.inner(row.unsqueeze(0).expand(self.draws, *row.shape).contiguous())
+            z = self._draws(row.unsqueeze(0), self.draws, "judge")[:, 0]
             votes = torch.nn.functional.one_hot(z.argmax(1), z.shape[1]).sum(0).to(z.dtype)
             outs.append(votes + z.softmax(1).mean(0))
         if not outs:
             return self.inner(x)
         return torch.stack(outs)
+
+
+@torch.no_grad()
+def judge(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Scores whose argmax is the model's verdict on ``x``: its logits, or for a randomized model
+    the majority of its draws (:meth:`Randomized.decision_logits`)."""
+    r = randomization(model)
+    return r.decision_logits(x) if r is not None else model(x)
 
 
 def randomization(model: nn.Module) -> Randomized | None:
@@ -260,8 +283,8 @@ def changes_between_calls(model: nn.Module, x: torch.Tensor, rtol: float = 1e-4,
     with torch.no_grad():
         a, b = model(x), model(x)
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
-        return 0.0
-    if torch.allclose(a, b, rtol=rtol, atol=atol):
+        return 0.0  # not logits: the output checks name the problem
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()) or torch.allclose(a, b, rtol=rtol, atol=atol):
         return 0.0
     return float((a - b).abs().max())
 

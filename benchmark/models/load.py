@@ -106,15 +106,14 @@ def load_model(spec: ModelSpec, registry: Registry, *, model_dir: str | Path | N
     """Build the entry's model.  ``allow_code`` (default: ``$SHIFTBENCH_ALLOW_CODE``) gates
     ``python:`` sources; ``probe`` checks its outputs once (see the module docstring)."""
     model = _build(spec, registry, model_dir, allow_code).eval()
-    if spec.randomized or spec.input_transform:
-        from .defenses import DefenseError, defend
+    from .defenses import DefenseError, defend
 
-        where = f"model '{spec.id}' ({spec.path})"
-        try:
-            model = defend(model, randomized=spec.randomized or None, input_transform=spec.input_transform or None,
-                           allow_code=allow_code, where=where).eval()
-        except DefenseError as exc:
-            raise RegistryError(spec.path, "input_transform", str(exc)) from None
+    try:  # the entry's declared defenses, else those a python: module declares on itself
+        model = defend(model, randomized=spec.randomized or None, input_transform=spec.input_transform or None,
+                       allow_code=allow_code, where=f"model '{spec.id}' ({spec.path})").eval()
+    except DefenseError as exc:
+        raise RegistryError(spec.path, "input_transform" if "input_transform" in str(exc) else "randomized",
+                            str(exc)) from None
     if probe:
         probe_outputs(model, spec)
     return model

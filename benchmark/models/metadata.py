@@ -213,10 +213,21 @@ def _git(repo: Path, *args: str) -> str:
 def generate_digits(registry: Registry, *, out: Any = None) -> int:
     """Write ``meta`` into every digits entry with a ``train:`` recipe; return how many changed."""
     changed = 0
-    for spec in sorted(registry.entries["models"].values(), key=lambda s: s.id):
-        if spec.dataset != "digits" or not spec.train or not registry.holds(spec):
+    specs = sorted(registry.entries["models"].values(), key=lambda s: s.id)
+    for spec in specs:
+        if spec.dataset != "digits" or not registry.holds(spec):
             continue
-        changed += write_meta(Path(spec.path), digits_meta(spec), "python -m benchmark.models.metadata digits")
+        if spec.train:
+            meta = digits_meta(spec)
+        else:  # a declared defense on a zoo network: its twin's recipe (same weights)
+            twin = next((t for t in specs if t.train and t.sha256 == spec.sha256 and t.source == spec.source
+                         and not (t.randomized or t.input_transform)), None)
+            if twin is None or not (spec.randomized or spec.input_transform):
+                continue
+            meta = digits_meta(twin)
+            meta["provenance"] = {**meta["provenance"],
+                                  "recipe": f"{meta['provenance']['recipe']}; the weights of {twin.id}"}
+        changed += write_meta(Path(spec.path), meta, "python -m benchmark.models.metadata digits")
     print(f"digits: {changed} entries changed", file=out or sys.stdout)
     return changed
 

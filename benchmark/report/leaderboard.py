@@ -342,11 +342,13 @@ def beats_section(board: Board) -> list[str]:
 # --------------------------------------------------------------------------- markdown
 def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, summ: aggregate.Summary,
            fits: dict[str, trends.Trend], *, command: str, png_ref: str | None,
-           board: Board | None = None, plot_refs: dict[str, str] | None = None) -> str:
+           board: Board | None = None, plot_refs: dict[str, str] | None = None,
+           defenses: list[str] | None = None) -> str:
     """The leaderboard page as one string (pure: no I/O).
 
     ``board`` (from :func:`analyse`) is computed when not given; ``fits`` then replaces its raw
-    fits.  ``png_ref`` is the trend plot's path; ``plot_refs`` the others (``shifts``, ``severity``).
+    fits.  ``png_ref`` is the trend plot's path; ``plot_refs`` the others (``shifts``, ``severity``);
+    ``defenses``: the lines of the "Defenses" section (:func:`..report.defenses.section`).
     """
     if board is None:
         board = analyse(registry, res, summ)
@@ -492,6 +494,7 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
                             for f in sorted(set(board.families.values()))) +
                   "); (D): one dataset shift, mean over severities; (T): one threat shift."]
     lines += beats_section(board)
+    lines += defenses or []
     # per-shift table
     ps = summ.per_shift
     targets = [("dataset", s) for s in suite.dataset_shifts] + [("threat", t) for t in suite.threat_shifts]
@@ -746,8 +749,10 @@ def write(registry: Registry, suite_id: str, results_root: Path, out: Path | Non
              for k in pngs}
     refs = {k: os.path.relpath(p, out.parent).replace(os.sep, "/") for k, p in paths.items()}
     command = command or f"shiftbench leaderboard --suite {suite_id}"
+    from . import defenses
+
     text = render(registry, res.suite, res, board.summ, board.fits, command=command, png_ref=refs["trend"],
-                  board=board, plot_refs=refs)
+                  board=board, plot_refs=refs, defenses=defenses.section(registry, res.suite, Path(results_root)))
     for k, data in pngs.items():
         write_if_changed(paths[k], data)
     write_if_changed(out, text.encode("utf-8"))

@@ -120,11 +120,12 @@ def _id_data(dataset: str, data_dir: str | None, preprocessing: str | None = Non
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    from ..models.defenses import judge  # a randomized model's verdict: the majority of its draws
     from ..models.load import check_logits  # NaN/inf or misshapen outputs fail the cell, not the sweep
 
     dev = model_device(model)
     model = fixed_batch(model)
-    return torch.cat([check_logits(model(x[i:i + batch_size].to(dev)), len(x[i:i + batch_size]), None,
+    return torch.cat([check_logits(judge(model, x[i:i + batch_size].to(dev)), len(x[i:i + batch_size]), None,
                                    "the model").argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..attacks._lp import lp_norm
+from ..models.defenses import judge  # verdicts: a randomized model's majority of draws
 
 TOL = 1e-5
 DEEP_SAMPLE = 32  # still-robust examples re-attacked by the deep checks of a one-cell batch (ID, threat shifts)
@@ -152,8 +153,7 @@ def _attack_sample(model, x: torch.Tensor, y: torch.Tensor, threat, *, seed: int
     from ..attacks import run_attack
 
     x_adv = run_attack(model, x, y, threat, seed=seed, attack=attack, index=index, **(attack_args or {}))
-    with torch.no_grad():
-        return (model(x_adv).argmax(1) == y).cpu().numpy()
+    return (judge(model, x_adv).argmax(1) == y).cpu().numpy()
 
 
 def binomial_sf(k: int, m: int, p: float) -> float:
@@ -226,8 +226,7 @@ def black_box_check(model, x, y, threat, clean_correct: np.ndarray, robust_corre
     t = torch.from_numpy(idx).to(x.device)
     xs, ys = x[t], y[t]
     x_sq = square(model, xs, ys, eps=threat.eps, norm=threat.norm, queries=queries, seed=seed)
-    with torch.no_grad():
-        only = (model(x_sq).argmax(1) != ys).cpu().numpy()
+    only = (judge(model, x_sq).argmax(1) != ys).cpu().numpy()
     out: dict[str, Any] = {**_verdict(robust, idx, only, rate, alpha), "queries": queries,
                            "broken_only_by_square": int(only.sum())}
     if not out["ok"]:
@@ -303,8 +302,7 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
                 part = ii[s:s + chunk]
                 t = torch.from_numpy(part).to(x.device)
                 x_sq = square(model, x[t], y[t], eps=threat.eps, norm=threat.norm, queries=queries, seed=seed)
-                with torch.no_grad():
-                    wrong = (model(x_sq).argmax(1) != y[t]).cpu().numpy()
+                wrong = (judge(model, x_sq).argmax(1) != y[t]).cpu().numpy()
                 broken += [int(i) for i in part[wrong]]
             robust[broken] = False
             if broken:

@@ -19,7 +19,8 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
              threats: list[str] | None = None, attack: str | None = None, n_examples: int | None = None,
              seed: int = 0, *, registry: Registry | str | None = None, data_dir: str | Path | None = None,
              batch_size: int = DEFAULT_BATCH, progress: bool = False, preprocessing: str | None = None,
-             device: str = "auto"):
+             device: str = "auto", randomized: dict | None = None, input_transform: dict | None = None,
+             allow_code: bool = False):
     """Evaluate an in-memory model (inputs in [0, 1], returns logits) on a suite.
 
     ``shifts``/``threats``: ids of dataset / threat shifts; ``None`` means the suite's full set,
@@ -29,15 +30,27 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
     how ImageNet images become the model's inputs (``registry.IMAGENET_PREPROCESSINGS``, default
     ``Res256Crop224``).  ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; the model
     is moved there (``nn.Module.to``, in place) and each batch of images once.
+    ``randomized`` (e.g. ``{"eot": 20, "draws": 5}``) and ``input_transform`` (e.g. ``{"kind":
+    "quantize", "bits": 1}``) declare a defense (docs/defenses.md); the module's own
+    ``shiftbench_randomized`` / ``shiftbench_input_transform`` attributes do the same.  A model
+    whose output changes between identical calls and declares nothing is refused.  ``allow_code``
+    lets a ``python`` transform or BPDA approximation import its module.
     """
+    from ..models.defenses import defend, randomization, transformation
+
     reg = registry if isinstance(registry, Registry) else Registry(registry or default_registry_root())
     s = reg.suite(suite)
     shift_ids = list(s.dataset_shifts) if shifts is None else list(shifts)
     threat_ids = list(s.threat_shifts) if threats is None else list(threats)
     name = getattr(model, "shiftbench_name", type(model).__name__)
     check_preprocessing(s.dataset, preprocessing)  # raises on an unknown name or a non-ImageNet suite
+    model = defend(model, randomized=randomized, input_transform=input_transform, allow_code=allow_code or None,
+                   where=f"model {name!r}")
+    r, t = randomization(model), transformation(model)
     spec = ModelSpec(id=name, source="python:<in-memory>:model", dataset=s.dataset, architecture=type(model).__name__,
-                     training="unknown", preprocessing=preprocessing)
+                     training="unknown", preprocessing=preprocessing,
+                     randomized={"eot": r.eot, "draws": r.draws, "seed": r.seed} if r is not None else {},
+                     input_transform={"kind": t.name} if t is not None else {})
     id_threat = reg.threat(s.id_threat)
     n = n_examples or s.n_examples
     n_shift = n_examples or s.n_shift_examples or s.n_examples

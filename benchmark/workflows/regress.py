@@ -256,9 +256,12 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
             alpha: float = 0.05, registry: Registry | None = None, weights: str | Path | None = None,
             allow_code: bool = False, n_examples: int | None = None, seed: int | None = None,
             data_dir: str | Path | None = None, model_dir: str | Path | None = None,
-            batch_size: int = DEFAULT_BATCH, progress: bool = False) -> RegressResult:
+            batch_size: int = DEFAULT_BATCH, progress: bool = False, randomized: dict | None = None,
+            input_transform: dict | None = None) -> RegressResult:
     """Evaluate ``model`` (an entry file, a registry id, ``python:module:factory`` with
     ``weights``, or an ``nn.Module``) on the baseline's cells and compare them (see module doc).
+    ``randomized``/``input_transform`` declare a defense the model (an entry's own declaration
+    wins) has: attacks then use EOT/BPDA and outcomes a majority of draws (docs/defenses.md).
     Raises BaselineError when the baseline was made with other settings."""
     t0 = time.perf_counter()
     if not 0 < alpha < 1:
@@ -271,6 +274,13 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
     cells = check_settings({**data, "cells": chosen}, registry, n_examples=n_examples, seed=seed, where=where)
     resolved = entries.resolve(model, registry, dataset=suite.dataset, weights=weights, allow_code=allow_code)
     net = entries.load(resolved, registry, model_dir=model_dir, allow_code=allow_code)
+    if randomized or input_transform:
+        from ..models.defenses import defend, randomization, transformation
+
+        if (randomized and randomization(net) is None) or (input_transform and transformation(net) is None):
+            net = defend(net, randomized=randomized if randomization(net) is None else None,
+                         input_transform=input_transform if transformation(net) is None else None,
+                         allow_code=True if allow_code else None, where=f"--model {model}").eval()
     if isinstance(resolved, nn.Module):
         name = getattr(net, "shiftbench_name", type(net).__name__)
         spec = ModelSpec(id=name, source="python:<in-memory>:model", dataset=suite.dataset,

@@ -227,11 +227,15 @@ def test_broken_model_outputs_are_errors(fn, fragment):
         probe_outputs(_Fn(fn).eval(), SPEC)
 
 
-def test_probabilities_and_nondeterminism_warn():
+def test_probabilities_warn_and_undeclared_randomness_is_refused():
     with pytest.warns(ModelWarning, match="look like probabilities"):
         probe_outputs(_Fn(lambda z: z.softmax(1)).eval(), SPEC)
-    with pytest.warns(ModelWarning, match="gave different outputs"):
+    # a random output is refused (never evaluated as if deterministic), with how to declare it
+    with pytest.raises(ModelError, match=r"model 'm' \(m.yaml\): two identical calls .*randomized: \{eot: 20"):
         probe_outputs(_Fn(lambda z: z + torch.randn_like(z)).eval(), SPEC)
+    # differences in the last bits only (e.g. a nondeterministic GPU kernel) still just warn
+    with pytest.warns(ModelWarning, match="differing in the last bits"):
+        probe_outputs(_Fn(lambda z: z * (1 + 1e-7 * torch.randn_like(z))).eval(), SPEC)
 
 
 def test_a_nan_model_fails_its_cells_and_the_sweep_goes_on(tiny_registry, tmp_path, monkeypatch, capsys):
