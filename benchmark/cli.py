@@ -935,7 +935,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(q)
     q.set_defaults(fn=cmd_verify_archives)
 
-    q = sub.add_parser("calibrate", help="fast attack vs AutoAttack, side by side")
+    q = sub.add_parser("calibrate", help="each threat's own attack vs AutoAttack, side by side (randomized "
+                                         "models: vs AutoAttack-rand)")
     q.add_argument("--suite", default="digits")
     q.add_argument("--models", default=None)
     q.add_argument("--n", type=int, default=None, help="examples per model")
@@ -948,8 +949,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")
     q.add_argument("--fast", default=None,
-                   help="comma-separated fast attacks to compare with AutoAttack (default apgd-mm; the first is "
-                        "the one the targets apply to), e.g. apgd-mm,mm5")
+                   help="comma-separated attacks to compare with AutoAttack on every threat instead of each "
+                        "threat's own attack (the default); the first is the one the targets apply to, e.g. "
+                        "apgd-mm,mm5")
     _add_device(q)
     _add_common(q)
     _add_data(q)

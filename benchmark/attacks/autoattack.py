@@ -72,13 +72,20 @@ def _device(model: torch.nn.Module, x: torch.Tensor) -> torch.device:
     return p.device if p is not None else x.device
 
 
+VERSIONS = ("standard", "plus", "rand")
+
+
 def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                seed: int = 0, version: str = "standard", batch_size: int = 500) -> torch.Tensor:
-    """AutoAttack (``standard`` or ``plus``) on ``x``; returns x_adv in [0, 1] within the budget."""
+    """AutoAttack on ``x``; returns x_adv in [0, 1] within the budget.
+
+    ``version``: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``plus``, or ``rand``, the reference
+    for randomized defenses: APGD-CE and APGD-DLR, each averaging the gradient over 20 calls of the
+    model (pyautoattack's ``eot_iter=20``; it skips its randomness check for this version)."""
     from pyautoattack import AutoAttack
 
-    if version not in ("standard", "plus"):
-        raise ValueError(f"autoattack: version must be 'standard' or 'plus', got {version!r}")
+    if version not in VERSIONS:
+        raise ValueError(f"autoattack: version must be one of {', '.join(map(repr, VERSIONS))}, got {version!r}")
     if len(x) == 0 or eps <= 0:
         return x.detach().clone()
     _route_logger()

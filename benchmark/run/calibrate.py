@@ -1,16 +1,26 @@
-"""Calibrate the fast default attack (``apgd-mm``) against AutoAttack-standard, side by side.
+"""Calibrate the attack each threat uses against AutoAttack, side by side.
 
-For every zoo model of a suite and for the ID threat plus two Lp threat shifts, both attacks run
-on the same clean-correct examples in the same process; the table reports each one's robust
-accuracy, the gap (fast minus AutoAttack, in points: positive means the fast attack missed
-adversarial examples) and the wall times.  Targets: mean gap <= 0.3, max gap <= 1.0 point,
-fast attack <= 1/20 of AutoAttack's time.
+For every zoo model of a suite and for the ID threat plus two Lp threat shifts, the threat's own
+attack (``threat.attack`` with the threat's ``attack_args``: what every result of that threat
+uses; a built-in threat keeps the attack of the ID threat it is made from) and AutoAttack run on
+the same clean-correct examples in the same process; the table names each row's attack and
+reports its robust accuracy and AutoAttack's, the gap (attack minus AutoAttack, in points:
+positive means the attack missed adversarial examples) and the wall times.  Targets: mean gap
+<= 0.3, max gap <= 1.0 point, attack <= 1/20 of AutoAttack's time (1/10 for a calibration of L1
+threats only).
 
-    shiftbench calibrate --suite digits [--models PAT] [--n N] [--out FILE.md] [--fast apgd-mm,mm5]
+A randomized model (:class:`..models.defenses.Randomized`) is compared with AutoAttack's ``rand``
+version (APGD-CE and APGD-DLR, 20 EOT samples), the field's reference for such defenses; both
+attacks' outcomes are judged by the model's decision rule (majority of draws).  Its rows have
+their own targets (mean gap <= 0.5, max gap <= 2 points, no time target) and summary line, and
+the exit code needs both groups' targets.
 
-``--fast`` names the fast attacks to compare (the first is the one the targets apply to); each
-extra one gets its own columns and summary line, on the same examples in the same process, so
-``--fast apgd-mm,mm5`` sets our default beside the reference benchmark's MM5.
+    shiftbench calibrate --suite digits [--models PAT] [--threats PAT] [--n N] [--out FILE.md] [--fast apgd-mm,mm5]
+
+``--fast`` instead forces the named attacks on every threat (the first is the one the targets
+apply to; it gets the threat's ``attack_args`` when it is the threat's own attack); each extra
+one gets its own columns and summary line, on the same examples in the same process, so
+``--fast apgd-mm,mm5`` sets apgd-mm beside the reference benchmark's MM5.
 """
 from __future__ import annotations
 
@@ -25,10 +35,13 @@ import torch
 
 from ..registry import Registry, SuiteSpec, ThreatSpec
 
-FAST = "apgd-mm"
+FAST = "apgd-mm"  # a Row's default attack name; calibrate runs each threat's own attack unless --fast says
 DEFAULT_N = 200
 TARGET_MEAN_GAP, TARGET_MAX_GAP, TARGET_TIME_RATIO = 0.3, 1.0, 1 / 20
 TARGET_TIME_RATIO_L1 = 1 / 10  # AutoAttack's L1 is cheaper relative to a strong L1 attack (docs/attacks.md)
+# Randomized models: against AutoAttack-rand, whose own outcomes vary with its draws; no time target
+# (20 EOT samples per step on the reference's side, the threat's eot on ours: not like for like).
+TARGET_MEAN_GAP_RAND, TARGET_MAX_GAP_RAND = 0.5, 2.0
 
 
 def time_target(rows: list["Row"]) -> float:
@@ -50,11 +63,13 @@ class Row:
     aa_s: float
     # further fast attacks on the same examples: (attack, robust accuracy, seconds)
     extra: tuple[tuple[str, float, float], ...] = ()
-    fast_name: str = FAST
+    fast_name: str = FAST  # the attack of this row (the threat's own, or --fast's first)
+    randomized: bool = False  # the model is Randomized: AutoAttack-rand, the randomized targets
+    aa_version: str = "standard"  # the AutoAttack version that ran
 
     @property
     def gap(self) -> float:
-        """Fast minus AutoAttack robust accuracy, in points."""
+        """The row's attack minus AutoAttack, robust accuracy in points."""
         return 100 * (self.fast - self.aa)
 
 
@@ -97,12 +112,17 @@ def _robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tor
 
 def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor,
                     threats: list[ThreatSpec], *, seed: int = 0, fast_args: dict[str, Any] | None = None,
-                    aa_version: str = "standard", fast: tuple[str, ...] = (FAST,)) -> list[Row]:
-    """The fast attacks and AutoAttack on the clean-correct examples of ``x`` for each threat.
-    A fast attack runs with the threat's ``attack_args`` when it is the threat's own attack;
-    ``fast_args`` override the first one's."""
+                    aa_version: str = "standard", fast: tuple[str, ...] | None = None) -> list[Row]:
+    """Each threat's attack (or the ``fast`` attacks) and AutoAttack on the clean-correct examples
+    of ``x``.  An attack runs with the threat's ``attack_args`` when it is the threat's own attack;
+    ``fast_args`` override the row's (first) attack's.  A randomized model gets AutoAttack's
+    ``rand`` version whatever ``aa_version`` says; outcomes are the model's no-gradient decisions
+    (for a randomized model, its majority-of-draws rule) for both attacks."""
     from ..attacks import run_attack
+    from ..models.defenses import randomization
 
+    randomized = randomization(model) is not None
+    version = "rand" if randomized else aa_version
     with torch.no_grad():
         ok = model(x).argmax(1) == y
     xc, yc = x[ok], y[ok]
@@ -110,7 +130,7 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
     rows = []
     for t in threats:
         res = []
-        for i, attack in enumerate(fast):
+        for i, attack in enumerate(fast or (t.attack,)):
             args = dict(t.attack_args) if t.attack == attack else {}
             if i == 0:
                 args.update(fast_args or {})
@@ -118,17 +138,17 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
             xf = run_attack(model, xc, yc, t, seed=seed, attack=attack, **args)
             res.append((attack, float(_robust(model, xf, yc).sum()) / n, time.perf_counter() - t0))
         t1 = time.perf_counter()
-        xa = run_attack(model, xc, yc, t, seed=seed, attack="autoattack", version=aa_version)
+        xa = run_attack(model, xc, yc, t, seed=seed, attack="autoattack", version=version)
         t2 = time.perf_counter()
         rows.append(Row(name, t.id, str(t.norm), float(t.eps), n, float(ok.float().mean()),
                         res[0][1], float(_robust(model, xa, yc).sum()) / n, res[0][2], t2 - t1,
-                        extra=tuple(res[1:]), fast_name=res[0][0]))
+                        extra=tuple(res[1:]), fast_name=res[0][0], randomized=randomized, aa_version=version))
     return rows
 
 
 def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | None, seed: int,
                    fast_args: dict[str, Any] | None, threads: int, threats: str | None = None,
-                   fast: tuple[str, ...] = (FAST,), device: str = "auto") -> list[Row]:
+                   fast: tuple[str, ...] | None = None, device: str = "auto") -> list[Row]:
     """One model's rows, in a fresh process when run by a pool: both attacks of a row run back
     to back in the same process, so their times are comparable whatever else runs.  Model and
     images go to ``device`` (auto: CUDA when available) once."""
@@ -150,10 +170,10 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
 
 def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
         fast_args: dict[str, Any] | None = None, progress: bool = True, workers: int = 1,
-        threads: int = 1, threats: str | None = None, fast: tuple[str, ...] = (FAST,),
+        threads: int = 1, threats: str | None = None, fast: tuple[str, ...] | None = None,
         device: str = "auto") -> list[Row]:
     """Calibration rows for every zoo model of ``suite_id`` matching ``models`` (in model order),
-    ``workers`` models at a time in separate processes."""
+    ``workers`` models at a time in separate processes; ``fast`` None: each threat's own attack."""
     from tqdm.auto import tqdm
 
     suite = reg.suite(suite_id)
@@ -163,7 +183,8 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
                          f"see `shiftbench ls models --suite {suite_id}`")
     seed = suite.seed if seed is None else seed
     calibration_threats(reg, suite, threats)  # a bad pattern fails here, not in a worker
-    jobs = [(reg.location, spec.id, suite_id, n, seed, fast_args, threads, threats, tuple(fast), device)
+    jobs = [(reg.location, spec.id, suite_id, n, seed, fast_args, threads, threats, tuple(fast) if fast else None,
+             device)
             for spec in specs]
     by_model: dict[str, list[Row]] = {}
     bar = tqdm(total=len(jobs), desc="calibrate", unit="model", disable=not progress)
@@ -187,7 +208,7 @@ def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | Non
 
 
 def summary(rows: list[Row], attack: str | None = None) -> dict[str, float]:
-    """Mean and max gap and time ratio of the first fast attack, or of the extra one ``attack``."""
+    """Mean and max gap and time ratio of each row's (first) attack, or of the extra one ``attack``."""
     if attack is None or all(r.fast_name == attack for r in rows):
         pairs = [(r.gap, r.fast_s) for r in rows]
     else:
@@ -205,39 +226,81 @@ def targets_met(s: dict[str, float], time_ratio: float = TARGET_TIME_RATIO) -> b
             and round(s["time_ratio"], 6) <= time_ratio)
 
 
+def targets_met_randomized(s: dict[str, float]) -> bool:
+    """The randomized models' targets (gaps only), with the same rounding as :func:`targets_met`."""
+    return round(s["mean_gap"], 6) <= TARGET_MEAN_GAP_RAND and round(s["max_gap"], 6) <= TARGET_MAX_GAP_RAND
+
+
+def split(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """(deterministic rows, randomized rows): each group has its own targets."""
+    return [r for r in rows if not r.randomized], [r for r in rows if r.randomized]
+
+
+def all_targets_met(rows: list[Row]) -> bool:
+    """Both groups' targets (a group without rows has none to meet); False without any row."""
+    det, rnd = split(rows)
+    return (bool(rows) and (not det or targets_met(summary(det), time_target(det)))
+            and (not rnd or targets_met_randomized(summary(rnd))))
+
+
+def _names(rows: list[Row]) -> str:
+    return ", ".join(dict.fromkeys(r.fast_name for r in rows))
+
+
+def _inverse(ratio: float) -> str:
+    """``1/ratio`` rounded, for the 'time ratio 0.050 = 1/20' text (a zero or missing ratio has none)."""
+    return f"{1 / ratio:.0f}" if ratio and ratio == ratio else "-"
+
+
 def render(rows: list[Row], command: str) -> str:
-    """Markdown table + summary line(s) (what docs/attacks.md shows)."""
-    s = summary(rows)
-    first = rows[0].fast_name if rows else FAST
+    """Markdown table + summary line(s) (what docs/attacks.md shows).  The ``attack`` column names
+    each row's attack; the accuracy and time columns carry its name only when every row shares it."""
+    names = list(dict.fromkeys(r.fast_name for r in rows)) or [FAST]
+    first = names[0] if len(names) == 1 else "attack"
     extras = [name for name, _, _ in rows[0].extra] if rows else []
-    head = f"| model | threat | norm | eps | n | clean % | {first} % | AutoAttack % | gap (pp) | {first} s | AA s |"
-    rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+    head = (f"| model | threat | norm | eps | n | clean % | attack | {first} % | AutoAttack % | AA version | "
+            f"gap (pp) | {first} s | AA s |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for name in extras:
         head += f" {name} % | {name} gap (pp) | {name} s |"
         rule += "---|---|---|"
     lines = [f"<!-- generated by: {command} -->", head, rule]
     for r in rows:
-        line = (f"| {r.model} | {r.threat} | {r.norm} | {r.eps:g} | {r.n} | {100 * r.clean:.1f} | "
-                f"{100 * r.fast:.1f} | {100 * r.aa:.1f} | {r.gap:+.2f} | {r.fast_s:.1f} | {r.aa_s:.1f} |")
+        line = (f"| {r.model} | {r.threat} | {r.norm} | {r.eps:g} | {r.n} | {100 * r.clean:.1f} | {r.fast_name} | "
+                f"{100 * r.fast:.1f} | {100 * r.aa:.1f} | {r.aa_version} | {r.gap:+.2f} | {r.fast_s:.1f} | "
+                f"{r.aa_s:.1f} |")
         for _, rob, sec in r.extra:
             line += f" {100 * rob:.1f} | {100 * (rob - r.aa):+.2f} | {sec:.1f} |"
         lines.append(line)
-    target_t = time_target(rows)
-    ok = targets_met(s, target_t)
-    lines += ["", f"**Summary**: mean gap {s['mean_gap']:+.2f} pp (target <= {TARGET_MEAN_GAP}), "
-                  f"max gap {s['max_gap']:+.2f} pp (target <= {TARGET_MAX_GAP}), "
-                  f"time ratio {s['time_ratio']:.3f} = 1/{1 / s['time_ratio']:.0f} "
-                  f"(target <= 1/{round(1 / target_t)}; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). "
-                  f"Targets {'met' if ok else 'NOT met'}."]
+    det, rnd = split(rows)
+    lines.append("")
+    if det or not rows:
+        s = summary(det)
+        target_t = time_target(det)
+        ok = targets_met(s, target_t)
+        label = "**Summary**" if not rnd else "**Summary (deterministic models)**"
+        lines.append(f"{label} ({_names(det) or FAST} vs AutoAttack): mean gap {s['mean_gap']:+.2f} pp "
+                     f"(target <= {TARGET_MEAN_GAP}), max gap {s['max_gap']:+.2f} pp (target <= {TARGET_MAX_GAP}), "
+                     f"time ratio {s['time_ratio']:.3f} = 1/{_inverse(s['time_ratio'])} "
+                     f"(target <= 1/{round(1 / target_t)}; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). "
+                     f"Targets {'met' if ok else 'NOT met'}.")
+    if rnd:
+        s = summary(rnd)
+        ok = targets_met_randomized(s)
+        lines.append(f"**Summary (randomized models)** ({_names(rnd)} vs AutoAttack-rand, decisions by majority "
+                     f"of draws): mean gap {s['mean_gap']:+.2f} pp (target <= {TARGET_MEAN_GAP_RAND}), max gap "
+                     f"{s['max_gap']:+.2f} pp (target <= {TARGET_MAX_GAP_RAND}), time ratio {s['time_ratio']:.3f} "
+                     f"(no target; {s['fast_s']:.0f} s vs {s['aa_s']:.0f} s). Targets {'met' if ok else 'NOT met'}.")
     for name in extras:
         e = summary(rows, name)
         lines.append(f"**{name}**: mean gap {e['mean_gap']:+.2f} pp, max gap {e['max_gap']:+.2f} pp, time ratio "
-                     f"{e['time_ratio']:.3f} = 1/{1 / e['time_ratio']:.0f} ({e['fast_s']:.0f} s vs {e['aa_s']:.0f} s).")
+                     f"{e['time_ratio']:.3f} = 1/{_inverse(e['time_ratio'])} ({e['fast_s']:.0f} s vs {e['aa_s']:.0f} s).")
     return "\n".join(lines) + "\n"
 
 
 def main(args) -> int:
-    """``shiftbench calibrate``: print the table (and write it to ``--out``); 0 if targets are met."""
+    """``shiftbench calibrate``: print the table (and write it to ``--out``); 0 if the targets of both
+    groups (deterministic and randomized models) are met."""
     import shlex
     import sys
 
@@ -246,10 +309,10 @@ def main(args) -> int:
     threads = getattr(args, "threads", 1)  # small models: more threads only contend
     torch.set_num_threads(threads)
     reg = Registry(args.registry)
-    fast = tuple(a.strip() for a in (getattr(args, "fast", None) or FAST).split(",") if a.strip())
+    fast = tuple(a.strip() for a in (getattr(args, "fast", None) or "").split(",") if a.strip()) or None
     from ..attacks import get_attack
 
-    for name in fast:
+    for name in fast or ():
         try:
             get_attack(name)
         except KeyError as e:
@@ -263,4 +326,4 @@ def main(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
-    return 0 if targets_met(summary(rows), time_target(rows)) else 1
+    return 0 if all_targets_met(rows) else 1
