@@ -32,6 +32,7 @@ BUILTIN_REGISTRY = DEFAULT_REGISTRY
 KINDS = ("models", "shifts", "threats", "suites")
 LP_NORMS = ("Linf", "L2", "L1")
 MODEL_SOURCES = ("builtin", "robustbench", "python", "file")
+PYTHON_ATTACK = "python:"  # a threat's ``attack: python:module:function`` (benchmark.attacks.code_attack)
 # How ImageNet-sized images become a model's 224-ish inputs (a model entry's ``preprocessing``).
 # The first four are robustbench 1.1.1's PREPROCESSINGS (robustbench/data.py); robustbench derives
 # the last from timm's config of the Debenedetti2022Light XCiT models (bicubic, crop_pct 1.0, 224).
@@ -137,7 +138,9 @@ class ThreatSpec:
 
     id: str
     kind: str  # lp | rotation-translation | pixel-flow | brightness-contrast | jpeg | stadv | recolor | lpips
-    attack: str  # name in benchmark.attacks
+    # name in benchmark.attacks, or python:module:function: the user's own attack (a defense author's
+    # adaptive attack), imported only on the code opt-in like python: model sources
+    attack: str
     eps: float = 0.0
     norm: str | None = None  # for kind == lp
     attack_args: Mapping[str, Any] = field(default_factory=FrozenMap)
@@ -331,6 +334,8 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
                 )
         elif spec.norm is not None:
             raise RegistryError(path, "norm", f"only lp threats take a norm, this one is kind '{spec.kind}'")
+        if spec.attack.startswith(PYTHON_ATTACK):  # a plain unknown name fails when the attack is looked up
+            check_python_source(spec.attack[len(PYTHON_ATTACK):], path, "attack", "attack")
     if kind == "models":
         if spec.source_kind not in MODEL_SOURCES or ":" not in spec.source:
             raise RegistryError(
@@ -484,18 +489,37 @@ LINF_MAX = 0.5  # an Linf budget above half the pixel range can turn any image i
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def check_python_source(target: str, path: Path) -> None:
-    """``python:module:factory``: a well-formed module and attribute, and not a standard-library
-    module (``python:os:system`` names a shell, not a model).  Nothing is imported here."""
+def check_python_source(target: str, path: Path | str, key: str | None = "source", kind: str = "model") -> None:
+    """``python:module:factory`` (a model's ``source``) or ``python:module:function`` (a threat's
+    ``attack``, ``kind="attack"``): a well-formed module and attribute, and not a standard-library
+    module (``python:os:system`` names a shell, not a model or an attack).  Nothing is imported here."""
     import sys
 
+    what, noun = ("factory", "source") if kind == "model" else ("function", kind)
     module, _, factory = target.partition(":")
     if not _MODULE.fullmatch(module) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", factory):
-        raise RegistryError(path, "source", f"expected python:<module>:<factory>, got 'python:{target}'")
+        raise RegistryError(path, key, f"expected python:<module>:<{what}>, got 'python:{target}'")
     top = module.split(".", 1)[0]
     if top in sys.stdlib_module_names or top == "builtins":
-        raise RegistryError(path, "source", f"'python:{target}' names the standard-library module '{top}', "
-                            "not model code; a python source must name your own model factory")
+        raise RegistryError(path, key, f"'python:{target}' names the standard-library module '{top}', "
+                            f"not {kind} code; a python {noun} must name your own {kind} {what}")
+
+
+CODE_ENV = "SHIFTBENCH_ALLOW_CODE"  # "1": any module; else comma-separated module prefixes
+
+
+class CodeNotAllowed(RegistryError):
+    """A ``python:`` entry (a model source, a threat's attack) was about to be imported without the
+    user's opt-in."""
+
+
+def allowed_code(suite_prefixes: typing.Sequence[str] = ()) -> bool | tuple[str, ...]:
+    """The opt-in in force: True (any module: ``--allow-code``), or the allowed module prefixes
+    (those of ``$SHIFTBENCH_ALLOW_CODE`` plus a suite's ``allow_code``)."""
+    raw = os.environ.get(CODE_ENV, "").strip()
+    if raw in ("1", "*", "all"):
+        return True
+    return tuple(p.strip() for p in raw.split(",") if p.strip()) + tuple(suite_prefixes)
 
 
 def module_allowed(module: str, prefixes: Any) -> bool:
