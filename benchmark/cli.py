@@ -133,7 +133,9 @@ def cmd_run(args) -> int:
     from .run.evaluate import pending, pending_with_batches, run_grid
 
     refused = _refuse_code(r, suite, cells, args.allow_code)
-    cells = [c for c in cells if c.model.id not in refused]
+    refused_threats = _refuse_attack_code(suite, cells, args.allow_code)
+    refused |= refused_threats
+    cells = [c for c in cells if c.model.id not in refused and c.threat.id not in refused_threats]
     todo = pending(cells, results_dir)
     n_done = len(cells) - len(todo)
     for c in todo:  # a file that exists but failed verification: say so, then recompute it
@@ -465,7 +467,8 @@ def cmd_regress(args) -> int:
                           weights=args.weights, allow_code=args.allow_code, n_examples=args.n, seed=args.seed,
                           data_dir=args.data_dir, model_dir=args.model_dir, progress=not args.no_progress,
                           randomized=_key_values(args.randomized, "--randomized"),
-                          input_transform=_key_values(args.input_transform, "--input-transform"))
+                          input_transform=_key_values(args.input_transform, "--input-transform"),
+                          attack=args.attack)
     print(res.markdown())
     for path in regress.publish(res, args.report):
         print(f"wrote {path}", file=sys.stderr)
@@ -552,8 +555,12 @@ def _add_workflow_parsers(sub) -> None:
                         "through by BPDA (docs/defenses.md)")
     q.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate across cells (default 0.05)")
     q.add_argument("--report", default=None, help="write the Markdown report to this file")
+    q.add_argument("--attack", default=None,
+                   help="run this attack on every cell instead of each threat's: one of ours, or your own "
+                        "python:module:function (with --allow-code); the report says so")
     q.add_argument("--allow-code", action="store_true",
-                   help="allow a python:module:factory model (imports and runs that module)")
+                   help="allow a python:module:factory model or python:module:function attack (imports and runs "
+                        "that module)")
     q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's; must match the baseline)")
     q.add_argument("--seed", type=int, default=None, help="(default: the suite's; must match the baseline)")
     q.add_argument("--threads", type=int, default=1,
@@ -565,7 +572,7 @@ def _add_workflow_parsers(sub) -> None:
 
 
 # --------------------------------------------------------------------------- reliability: verify-results, input checks, code opt-in
-CODE_ENV = "SHIFTBENCH_ALLOW_CODE"  # benchmark.models.load.CODE_ENV (not imported: keeps `ls` light)
+CODE_ENV = reg.CODE_ENV  # "1": any module; else comma-separated module prefixes
 
 
 class UsageError(ValueError):
@@ -626,6 +633,13 @@ def _code_notes(r: reg.Registry) -> list[str]:
         suites = [s.id for s in r.entries["suites"].values() if reg.module_allowed(module, s.allow_code)]
         how = f"allowed by suite(s) {', '.join(suites)} (allow_code)" if suites else "runs only with --allow-code"
         notes.append(f"{m.path}: model '{m.id}' runs code from module '{module}' ({how})")
+    for t in sorted(r.entries["threats"].values(), key=lambda t: t.id):
+        if not t.attack.startswith(reg.PYTHON_ATTACK):
+            continue
+        module = t.attack[len(reg.PYTHON_ATTACK):].partition(":")[0]
+        suites = [s.id for s in r.entries["suites"].values() if reg.module_allowed(module, s.allow_code)]
+        how = f"allowed by suite(s) {', '.join(suites)} (allow_code)" if suites else "runs only with --allow-code"
+        notes.append(f"{t.path}: threat '{t.id}' runs its attack from module '{module}' ({how})")
     return notes
 
 
@@ -643,6 +657,25 @@ def _refuse_code(r: reg.Registry, suite, cells, allow_all: bool) -> set[str]:
         print(f"error: {m.path}: key 'source': model '{m.id}' runs code from module '{module}' ({m.source}); "
               f"its cells are not run and nothing was imported. If you trust it, re-run with --allow-code, or add "
               f"'{module}' to allow_code in {suite.path or 'the suite entry'}", file=sys.stderr)
+    return refused
+
+
+def _refuse_attack_code(suite, cells, allow_all: bool) -> set[str]:
+    """Threat ids whose ``python:`` attack is not allowed: reported (threat file, key ``attack``,
+    how to allow it), their cells not run, nothing imported."""
+    from .attacks import check_code_attack, is_code_attack
+
+    allow = True if allow_all else reg.allowed_code(suite.allow_code)
+    refused = set()
+    for t in {c.threat.id: c.threat for c in cells}.values():
+        if not is_code_attack(t.attack):
+            continue
+        try:
+            check_code_attack(t.attack, allow=allow, path=t.path or f"threat '{t.id}'", key="attack")
+        except reg.CodeNotAllowed as exc:
+            refused.add(t.id)
+            print(f"error: {exc} in {suite.path or 'the suite entry'}; the cells of threat '{t.id}' are not run",
+                  file=sys.stderr)
     return refused
 
 
@@ -881,7 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--results", default=str(RESULTS_ROOT))
     q.add_argument("--out", default=None, help="leaderboard path (with --leaderboard)")
     q.add_argument("--allow-code", action="store_true",
-                   help="let python:module:factory model entries import their module (off by default)")
+                   help="let python:module:factory model entries and python:module:function threat attacks import "
+                        "their module (off by default)")
     _add_device(q)
     _add_common(q)
     _add_data(q)

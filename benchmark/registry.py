@@ -32,6 +32,7 @@ BUILTIN_REGISTRY = DEFAULT_REGISTRY
 KINDS = ("models", "shifts", "threats", "suites")
 LP_NORMS = ("Linf", "L2", "L1")
 MODEL_SOURCES = ("builtin", "robustbench", "python", "file")
+PYTHON_ATTACK = "python:"  # a threat's ``attack: python:module:function`` (benchmark.attacks.code_attack)
 # How ImageNet-sized images become a model's 224-ish inputs (a model entry's ``preprocessing``).
 # The first four are robustbench 1.1.1's PREPROCESSINGS (robustbench/data.py); robustbench derives
 # the last from timm's config of the Debenedetti2022Light XCiT models (bicubic, crop_pct 1.0, 224).
@@ -137,7 +138,9 @@ class ThreatSpec:
 
     id: str
     kind: str  # lp | rotation-translation | pixel-flow | brightness-contrast | jpeg | stadv | recolor | lpips
-    attack: str  # name in benchmark.attacks
+    # name in benchmark.attacks, or python:module:function: the user's own attack (a defense author's
+    # adaptive attack), imported only on the code opt-in like python: model sources
+    attack: str
     eps: float = 0.0
     norm: str | None = None  # for kind == lp
     attack_args: Mapping[str, Any] = field(default_factory=FrozenMap)
@@ -331,6 +334,8 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
                 )
         elif spec.norm is not None:
             raise RegistryError(path, "norm", f"only lp threats take a norm, this one is kind '{spec.kind}'")
+        if spec.attack.startswith(PYTHON_ATTACK):  # a plain unknown name fails when the attack is looked up
+            check_python_source(spec.attack[len(PYTHON_ATTACK):], path, "attack", "attack")
     if kind == "models":
         if spec.source_kind not in MODEL_SOURCES or ":" not in spec.source:
             raise RegistryError(
@@ -354,8 +359,6 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         if spec.meta:
             check_meta(spec.meta, path)
         if spec.randomized or spec.input_transform:
-            from .models.defense_spec import RANDOM_TRANSFORMS, DefenseError, check_randomized, check_transform
-
             try:
                 if spec.randomized:
                     check_randomized(spec.randomized)
@@ -396,6 +399,98 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
         transform = spec.params.get("transform")
         if spec.source.startswith("loader:") and transform is not None and transform not in SHIFT_TRANSFORMS:
             raise RegistryError(path, "params", f"unknown transform {transform!r}; allowed: {', '.join(SHIFT_TRANSFORMS)}")
+
+
+# --------------------------------------------------------------------------- declared defenses
+# A model entry's ``randomized`` and ``input_transform`` (what they do: benchmark/models/defenses.py).
+TRANSFORM_KINDS = ("quantize", "jpeg", "median", "gaussian-noise", "python")
+RANDOM_TRANSFORMS = ("gaussian-noise",)  # transforms whose output is random: need ``randomized``
+DIFFERENTIABLE = ("gaussian-noise",)  # transforms with a useful gradient of their own (bpda: exact)
+BPDA_CHOICES = ("identity", "exact")  # or python:module:function
+RANDOMIZED_KEYS = ("eot", "draws", "seed")
+TRANSFORM_PARAMS = {"quantize": ("bits",), "jpeg": ("quality",), "median": ("size",), "gaussian-noise": ("sigma",),
+                    "python": ("function",)}
+DEFAULT_RANDOMIZED = {"eot": 20, "draws": 5, "seed": 0}  # AutoAttack's rand version: 20 EOT samples
+
+
+class DefenseError(ValueError):
+    """A declaration that cannot be used (unknown kind, bad parameter, code not allowed)."""
+
+
+# --------------------------------------------------------------------------- declarations
+def check_randomized(decl: Mapping[str, Any], where: str = "randomized") -> dict[str, int]:
+    """``{eot, draws, seed}`` with defaults filled in; raises :class:`DefenseError` naming the key."""
+    if not isinstance(decl, Mapping):
+        raise DefenseError(f"{where}: expected a mapping such as {{eot: 20, draws: 5}}, got {decl!r}")
+    for k in decl:
+        if k not in RANDOMIZED_KEYS:
+            raise DefenseError(f"{where}.{k}: unknown key; allowed: {', '.join(RANDOMIZED_KEYS)}")
+    out = {**DEFAULT_RANDOMIZED, **dict(decl)}
+    for k, lo, hi in (("eot", 1, 1000), ("draws", 1, 1001), ("seed", 0, 2 ** 62)):
+        v = out[k]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise DefenseError(f"{where}.{k}: expected a whole number in [{lo}, {hi}], got {v!r}")
+    if out["draws"] % 2 == 0:
+        raise DefenseError(f"{where}.draws: expected an odd number of draws (a majority always exists), got "
+                           f"{out['draws']}")
+    return out
+
+
+def check_transform(decl: Mapping[str, Any], where: str = "input_transform") -> dict[str, Any]:
+    """The transform declaration with its ``bpda`` default filled in; raises naming the key."""
+    if not isinstance(decl, Mapping) or "kind" not in decl:
+        raise DefenseError(f"{where}: expected a mapping with a 'kind' ({', '.join(TRANSFORM_KINDS)}), got {decl!r}")
+    kind = decl["kind"]
+    if kind not in TRANSFORM_KINDS:
+        raise DefenseError(f"{where}.kind: unknown transform {kind!r}; allowed: {', '.join(TRANSFORM_KINDS)}")
+    allowed = ("kind", "bpda", *TRANSFORM_PARAMS[kind])
+    for k in decl:
+        if k not in allowed:
+            raise DefenseError(f"{where}.{k}: unknown key for a {kind} transform; allowed: {', '.join(allowed)}")
+    out = dict(decl)
+    out.setdefault("bpda", "exact" if kind in DIFFERENTIABLE else "identity")
+    p = TRANSFORM_PARAMS[kind][0]
+    if p not in out:
+        raise DefenseError(f"{where}.{p}: missing required key of a {kind} transform")
+    v = out[p]
+    ranges = {"bits": (1, 8), "quality": (1, 100), "size": (3, 9)}
+    if p in ranges and (isinstance(v, bool) or not isinstance(v, int) or not ranges[p][0] <= v <= ranges[p][1]):
+        raise DefenseError(f"{where}.{p}: expected a whole number in {list(ranges[p])}, got {v!r}")
+    if p == "size" and v % 2 == 0:
+        raise DefenseError(f"{where}.size: expected an odd window size, got {v}")
+    if p == "sigma" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 2):
+        raise DefenseError(f"{where}.sigma: expected a noise level in (0, 2], got {v!r}")
+    if p == "function":
+        _check_target(v, f"{where}.function")
+    bpda = out["bpda"]
+    if bpda not in BPDA_CHOICES:
+        if not (isinstance(bpda, str) and bpda.startswith("python:")):
+            raise DefenseError(f"{where}.bpda: expected identity, exact or python:module:function, got {bpda!r}")
+        _check_target(bpda[len("python:"):], f"{where}.bpda")
+    return out
+
+
+def _check_target(target: Any, where: str) -> None:
+    import re
+    import sys
+
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
+        raise DefenseError(f"{where}: expected module:function, got {target!r}")
+    if target.split(".", 1)[0].split(":")[0] in sys.stdlib_module_names:
+        raise DefenseError(f"{where}: {target!r} names a standard-library module, not your transform")
+
+
+def code_targets(transform: Mapping[str, Any] | None) -> list[str]:
+    """The modules a transform declaration would import (its ``function`` and a python ``bpda``)."""
+    if not transform:
+        return []
+    out = []
+    if transform.get("kind") == "python":
+        out.append(str(transform["function"]).split(":")[0])
+    bpda = transform.get("bpda")
+    if isinstance(bpda, str) and bpda.startswith("python:"):
+        out.append(bpda[len("python:"):].split(":")[0])
+    return out
 
 
 CLAIMED_KEYS = ("clean_acc", "robust_acc")  # a model entry's ``claimed``: accuracies as fractions
@@ -484,18 +579,37 @@ LINF_MAX = 0.5  # an Linf budget above half the pixel range can turn any image i
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def check_python_source(target: str, path: Path) -> None:
-    """``python:module:factory``: a well-formed module and attribute, and not a standard-library
-    module (``python:os:system`` names a shell, not a model).  Nothing is imported here."""
+def check_python_source(target: str, path: Path | str, key: str | None = "source", kind: str = "model") -> None:
+    """``python:module:factory`` (a model's ``source``) or ``python:module:function`` (a threat's
+    ``attack``, ``kind="attack"``): a well-formed module and attribute, and not a standard-library
+    module (``python:os:system`` names a shell, not a model or an attack).  Nothing is imported here."""
     import sys
 
+    what, noun = ("factory", "source") if kind == "model" else ("function", kind)
     module, _, factory = target.partition(":")
     if not _MODULE.fullmatch(module) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", factory):
-        raise RegistryError(path, "source", f"expected python:<module>:<factory>, got 'python:{target}'")
+        raise RegistryError(path, key, f"expected python:<module>:<{what}>, got 'python:{target}'")
     top = module.split(".", 1)[0]
     if top in sys.stdlib_module_names or top == "builtins":
-        raise RegistryError(path, "source", f"'python:{target}' names the standard-library module '{top}', "
-                            "not model code; a python source must name your own model factory")
+        raise RegistryError(path, key, f"'python:{target}' names the standard-library module '{top}', "
+                            f"not {kind} code; a python {noun} must name your own {kind} {what}")
+
+
+CODE_ENV = "SHIFTBENCH_ALLOW_CODE"  # "1": any module; else comma-separated module prefixes
+
+
+class CodeNotAllowed(RegistryError):
+    """A ``python:`` entry (a model source, a threat's attack) was about to be imported without the
+    user's opt-in."""
+
+
+def allowed_code(suite_prefixes: typing.Sequence[str] = ()) -> bool | tuple[str, ...]:
+    """The opt-in in force: True (any module: ``--allow-code``), or the allowed module prefixes
+    (those of ``$SHIFTBENCH_ALLOW_CODE`` plus a suite's ``allow_code``)."""
+    raw = os.environ.get(CODE_ENV, "").strip()
+    if raw in ("1", "*", "all"):
+        return True
+    return tuple(p.strip() for p in raw.split(",") if p.strip()) + tuple(suite_prefixes)
 
 
 def module_allowed(module: str, prefixes: Any) -> bool:

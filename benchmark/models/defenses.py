@@ -39,14 +39,12 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .defense_spec import (RANDOM_TRANSFORMS, DefenseError, check_randomized, check_transform,  # noqa: F401
-                           code_targets)
+from ..registry import (RANDOM_TRANSFORMS, DefenseError, allowed_code, check_randomized,  # noqa: F401
+                        check_transform, code_targets, module_allowed)
+from .errors import ModelError
 
 
 def _import(target: str, allow_code: Any, where: str) -> Callable[..., Any]:
-    from ..registry import module_allowed
-    from .load import allowed_code
-
     module, _, name = target.partition(":")
     if not module_allowed(module, allowed_code() if allow_code is None else allow_code):
         raise DefenseError(f"{where}: runs code from module '{module}'; not imported. If you trust it, re-run with "
@@ -295,8 +293,6 @@ def require_declared(model: nn.Module, x: torch.Tensor, where: str = "the model"
         return
     diff = changes_between_calls(model, x[:8])
     if diff:
-        from .load import ModelError
-
         raise ModelError(
             f"{where}: two identical calls in eval mode gave different outputs (max difference {diff:.3g}): a "
             "randomized model cannot be evaluated as if it were deterministic. Declare it: in its entry "

@@ -25,8 +25,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..registry import ModelSpec, Registry, RegistryError, module_allowed
+from ..registry import (CODE_ENV, CodeNotAllowed, ModelSpec, Registry, RegistryError, allowed_code,  # noqa: F401
+                        module_allowed)  # (CodeNotAllowed, allowed_code: part of this module's API)
 from . import architectures
+from .errors import ModelError  # noqa: F401  (part of this module's API)
 from .weights import WeightsError, verified_state_dict  # noqa: F401  (WeightsError: part of this module's API)
 
 
@@ -39,16 +41,7 @@ def fast_layout(model: nn.Module) -> nn.Module:
     return model
 
 
-CODE_ENV = "SHIFTBENCH_ALLOW_CODE"  # "1": any module; else comma-separated module prefixes
 INPUT_SHAPES = {"digits": (1, 16, 16), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
-
-
-class CodeNotAllowed(RegistryError):
-    """A ``python:`` entry was about to be imported without the user's opt-in."""
-
-
-class ModelError(RuntimeError):
-    """A model's outputs cannot be used (wrong shape or dtype, NaN/inf logits)."""
 
 
 class ModelWarning(UserWarning):
@@ -58,15 +51,6 @@ class ModelWarning(UserWarning):
 def code_module(spec: ModelSpec) -> str | None:
     """The module a ``python:`` entry imports (None for every other source)."""
     return spec.source_target.partition(":")[0] if spec.source_kind == "python" else None
-
-
-def allowed_code(suite_prefixes: Sequence[str] = ()) -> bool | tuple[str, ...]:
-    """The opt-in in force: True (any module: ``--allow-code``), or the allowed module prefixes
-    (those of ``$SHIFTBENCH_ALLOW_CODE`` plus a suite's ``allow_code``)."""
-    raw = os.environ.get(CODE_ENV, "").strip()
-    if raw in ("1", "*", "all"):
-        return True
-    return tuple(p.strip() for p in raw.split(",") if p.strip()) + tuple(suite_prefixes)
 
 
 @contextlib.contextmanager

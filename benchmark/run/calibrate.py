@@ -154,6 +154,7 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     images go to ``device`` (auto: CUDA when available) once."""
     from ..data import datasets
     from ..models.load import allowed_code, load_model
+    from ..attacks import suite_code
     from ..attacks.batching import fixed_batch
     from .evaluate import resolve_device
 
@@ -164,8 +165,9 @@ def _calibrate_one(registry_root: str, model_id: str, suite_id: str, n: int | No
     idx = torch.from_numpy(datasets.subset(min(n or DEFAULT_N, len(x_all)), len(x_all), seed))
     dev = resolve_device(device)
     model = load_model(reg.model(model_id), reg, allow_code=allowed_code(suite.allow_code)).to(dev)
-    return calibrate_model(fixed_batch(model), model_id, x_all[idx].to(dev), y_all[idx].to(dev),
-                           calibration_threats(reg, suite, threats), seed=seed, fast_args=fast_args, fast=fast)
+    with suite_code(suite.allow_code):  # a python: attack in --fast under the suite's allow_code
+        return calibrate_model(fixed_batch(model), model_id, x_all[idx].to(dev), y_all[idx].to(dev),
+                               calibration_threats(reg, suite, threats), seed=seed, fast_args=fast_args, fast=fast)
 
 
 def run(reg: Registry, suite_id: str, *, models: str | None = None, n: int | None = None, seed: int | None = None,
@@ -311,10 +313,12 @@ def main(args) -> int:
     reg = Registry(args.registry)
     fast = tuple(a.strip() for a in (getattr(args, "fast", None) or "").split(",") if a.strip()) or None
     from ..attacks import get_attack
+    from ..registry import allowed_code
 
+    allow = allowed_code(reg.suite(args.suite).allow_code)  # a python: attack: the suite's allow_code, --allow-code
     for name in fast or ():
         try:
-            get_attack(name)
+            get_attack(name, allow=allow, path="--fast")
         except KeyError as e:
             raise SystemExit(f"calibrate: --fast: {e.args[0]}")
     rows = run(reg, args.suite, models=args.models, n=args.n, fast_args=getattr(args, "fast_args", None),

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import datasets
 from . import store, trust
-from ..attacks import HARNESS_VERSION, run_attack
+from ..attacks import HARNESS_VERSION, is_code_attack, run_attack, suite_code
 from ..attacks.batching import current_size, fixed_batch
 from .plan import Cell
 from ..registry import ModelSpec, Registry, ThreatSpec, canonical
@@ -261,8 +261,9 @@ def check_batch(batch: Sequence[Cell], prepared: Sequence[tuple[nn.Module, torch
 def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = "cpu",
                    batch_size: int = DEFAULT_BATCH, model: nn.Module | None = None) -> dict[str, Any]:
     """The result JSON of one cell.  ``batch_size`` is stored only where it can change the
-    number: attacks that run pyautoattack on whole batches (ours draw per example), and every
-    attack on a randomized model (an attack step's draws depend on its batch).  ``model``: the
+    number: attacks that run pyautoattack on whole batches (ours draw per example), a user's
+    ``python:`` attack (nothing says it draws per example), and every attack on a randomized
+    model (an attack step's draws depend on its batch).  ``model``: the
     evaluated model, whose declared defenses (EOT, draws, BPDA) are stored under ``defense``."""
     from ..models.defenses import randomization, record
     n = len(out.clean_correct)
@@ -306,7 +307,8 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
         "mask_logits": bool(cell.shift.mask_logits) if cell.shift is not None else False,
         "preprocessing": cell_preprocessing(cell),
     }
-    if attack_name in BATCH_DEPENDENT or (model is not None and randomization(model) is not None):
+    if attack_name in BATCH_DEPENDENT or is_code_attack(attack_name) or (model is not None and
+                                                                         randomization(model) is not None):
         payload["batch_size"] = int(batch_size)
     defense = record(model, attack_name) if model is not None else None
     if defense is not None:  # only for declared defenses: other results keep their bytes
@@ -376,7 +378,9 @@ def _run_chunk(chunk: list[tuple[Cell, ...]], registry_root: str, results_dir: s
         try:
             model = _model(registry_root, batch[0].model.id, batch[0].model.sha256, model_dir, batch[0].suite,
                            device)
-            done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
+            suite = _registry(registry_root).entries["suites"].get(batch[0].suite)
+            with suite_code(suite.allow_code if suite is not None else ()):  # its python: attacks may load
+                done += run_batch(batch, model, Path(results_dir), data_dir=data_dir, batch_size=batch_size)
         except (store.StoreError, KeyboardInterrupt):
             raise  # nothing more can be written: stop the sweep
         except Exception as exc:  # a broken entry or model fails its cells, the sweep goes on

@@ -9,8 +9,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..analysis.stats import wilson
+from ..attacks import get_attack, is_code_attack, load_code_attacks, suite_code
 from ..data.loaders import model_preprocessing as check_preprocessing
-from ..registry import ModelSpec, Registry, default_registry_root
+from ..models.load import code_opt_in
+from ..registry import ModelSpec, Registry, allowed_code, default_registry_root
 from ..run.evaluate import DEFAULT_BATCH, batch_outcomes, resolve_device
 from ..run.plan import ID_SHIFT, Cell, batches
 
@@ -35,6 +37,8 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
     ``shiftbench_randomized`` / ``shiftbench_input_transform`` attributes do the same.  A model
     whose output changes between identical calls and declares nothing is refused.  ``allow_code``
     lets a ``python`` transform or BPDA approximation import its module.
+    ``attack`` (or a threat's entry) may name ``python:module:function``, your own attack; it is
+    imported only with ``allow_code=True`` (or ``$SHIFTBENCH_ALLOW_CODE``, or the suite's ``allow_code``).
     """
     from ..models.defenses import defend, randomization, transformation
 
@@ -59,13 +63,19 @@ def evaluate(model: nn.Module, suite: str = "digits", shifts: list[str] | None =
         sh = reg.shift(sid)
         cells += [Cell(s.id, spec, sh, sev, id_threat, "dataset", n_shift, seed) for sev in (sh.severities or (None,))]
     cells += [Cell(s.id, spec, None, None, reg.threat(t), "threat", n, seed) for t in threat_ids]
+    # user attacks: refused without the opt-in, imported and checked before any cell runs
+    load_code_attacks([c.threat for c in cells], attack, allow=True if allow_code else allowed_code(s.allow_code),
+                      override="evaluate(attack=...)")
+    if attack is not None and not is_code_attack(attack):
+        get_attack(attack)  # an unknown name: a KeyError with a "did you mean", before any cell runs
     model = model.eval().to(resolve_device(device))
     rows = []
     outcomes = []
     bar = tqdm(total=len(cells), disable=not progress, desc="cells")
-    for batch in batches(cells):
-        outcomes += batch_outcomes(batch, model, data_dir=data_dir, attack=attack, batch_size=batch_size)
-        bar.update(len(batch))
+    with code_opt_in(allow_code), suite_code(s.allow_code):
+        for batch in batches(cells):
+            outcomes += batch_outcomes(batch, model, data_dir=data_dir, attack=attack, batch_size=batch_size)
+            bar.update(len(batch))
     bar.close()
     for cell, out in outcomes:
         k_clean, k_rob, m = int(out.clean_correct.sum()), int(out.robust_correct.sum()), len(out.clean_correct)

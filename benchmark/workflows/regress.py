@@ -2,7 +2,7 @@
 
     shiftbench export-baseline --suite S --model ID --out baseline.json
     shiftbench regress --model ENTRY.yaml|ID|python:module:factory --baseline baseline.json
-                       [--quick] [--alpha 0.05] [--report FILE]
+                       [--quick] [--alpha 0.05] [--report FILE] [--attack NAME|python:module:function]
 
 A baseline holds the per-example outcomes of one model's stored cells and everything that must
 match for a comparison to mean something: suite, harness version, n and seed of every cell, and
@@ -10,6 +10,11 @@ the full threat and shift entries.  ``regress`` evaluates a model on the same ce
 images, in the same order) and compares each cell with the baseline by an exact one-sided
 McNemar test on the paired robust outcomes, Holm-corrected across cells.  A baseline made with
 other settings is refused with what differs, never compared.
+
+``--attack`` runs one attack on every cell instead of each threat's own: one of ours, or the
+defense author's adaptive attack ``python:module:function`` (imported only with ``--allow-code``).
+The report says so, and names the baseline's attacks where they differ: a change may then come
+from the attack, not the model.
 """
 from __future__ import annotations
 
@@ -26,8 +31,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..analysis.stats import discordant, holm, mcnemar_exact
-from ..attacks import HARNESS_VERSION
-from ..registry import ModelSpec, Registry, canonical
+from ..attacks import HARNESS_VERSION, get_attack, is_code_attack, load_code_attacks, suite_code
+from ..models.load import code_opt_in
+from ..registry import ModelSpec, Registry, allowed_code, canonical
 from ..run import plan as planner
 from ..run import store
 from ..run.evaluate import DEFAULT_BATCH, batch_outcomes, package_versions
@@ -221,6 +227,8 @@ class RegressResult:
     alpha: float
     quick: bool
     seconds: float
+    attack: str | None = None  # the attack run on every cell instead of each threat's (--attack)
+    baseline_attacks: tuple[str, ...] = ()  # the attacks the compared baseline cells were made with
 
     @property
     def worse(self) -> list[str]:
@@ -238,10 +246,15 @@ class RegressResult:
         lines = [f"### shiftbench regress: `{self.model}` vs baseline `{self.baseline_model}` ({self.suite})", "",
                  f"{head}; exact one-sided McNemar test per cell on the paired robust outcomes, Holm-corrected "
                  f"across cells, alpha {self.alpha:g}" + ("; quick subset" if self.quick else "")
-                 + f"; {self.seconds:.1f} s.", "",
-                 "| Data | Threat | n | Robust baseline | Robust now | Change (pp) | Lost / gained | p | p (Holm) "
-                 "| Clean baseline -> now | Verdict |",
-                 "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
+                 + f"; {self.seconds:.1f} s.", ""]
+        if self.attack is not None:
+            other = [a for a in self.baseline_attacks if a != self.attack]
+            lines += [f"Attack: `{self.attack}` on every cell, instead of each threat's own"
+                      + (f"; the baseline's cells were made with {', '.join(f'`{a}`' for a in other)}, so a change "
+                         "may come from the attack, not the model" if other else "") + ".", ""]
+        lines += ["| Data | Threat | n | Robust baseline | Robust now | Change (pp) | Lost / gained | p | p (Holm) "
+                  "| Clean baseline -> now | Verdict |",
+                  "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
         for r in self.cells.itertuples():
             verdict = "**worse**" if r.verdict == "worse" else r.verdict
             lines.append(f"| {r.data} | {r.threat} | {r.n} | {100 * r.robust_baseline:.1f} | {100 * r.robust_now:.1f} | "
@@ -257,11 +270,14 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
             allow_code: bool = False, n_examples: int | None = None, seed: int | None = None,
             data_dir: str | Path | None = None, model_dir: str | Path | None = None,
             batch_size: int = DEFAULT_BATCH, progress: bool = False, randomized: dict | None = None,
-            input_transform: dict | None = None) -> RegressResult:
+            input_transform: dict | None = None,
+            attack: str | None = None) -> RegressResult:
     """Evaluate ``model`` (an entry file, a registry id, ``python:module:factory`` with
     ``weights``, or an ``nn.Module``) on the baseline's cells and compare them (see module doc).
     ``randomized``/``input_transform`` declare a defense the model (an entry's own declaration
     wins) has: attacks then use EOT/BPDA and outcomes a majority of draws (docs/defenses.md).
+    ``attack``: run this attack on every cell instead of each threat's (a ``python:module:function``
+    attack, like a ``python:`` model, needs ``allow_code``).
     Raises BaselineError when the baseline was made with other settings."""
     t0 = time.perf_counter()
     if not 0 < alpha < 1:
@@ -273,6 +289,11 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
     chosen = quick_subset(data["cells"], registry, suite.id) if quick else list(data["cells"])
     cells = check_settings({**data, "cells": chosen}, registry, n_examples=n_examples, seed=seed, where=where)
     resolved = entries.resolve(model, registry, dataset=suite.dataset, weights=weights, allow_code=allow_code)
+    # user attacks (--attack, or the threats'): refused without the opt-in, imported before any cell runs
+    load_code_attacks([c.threat for c in cells], attack,
+                      allow=True if allow_code else allowed_code(suite.allow_code))
+    if attack is not None and not is_code_attack(attack):
+        get_attack(attack)  # an unknown name: a KeyError with a "did you mean", before any cell runs
     net = entries.load(resolved, registry, model_dir=model_dir, allow_code=allow_code)
     if randomized or input_transform:
         from ..models.defenses import defend, randomization, transformation
@@ -292,12 +313,13 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
     outcomes: dict[tuple[str, str], Any] = {}
     todo = planner.batches(cells)
     bar = tqdm(total=len(todo), desc="regress", unit="batch", disable=not progress, dynamic_ncols=True)
-    for batch in todo:
-        bar.set_postfix_str(batch[0].describe(), refresh=False)
-        for cell, out in batch_outcomes(batch, net, data_dir=data_dir, batch_size=batch_size):
-            if (cell.data_name, cell.threat.id) in wanted:
-                outcomes[(cell.data_name, cell.threat.id)] = out
-        bar.update(1)
+    with code_opt_in(allow_code), suite_code(suite.allow_code):
+        for batch in todo:
+            bar.set_postfix_str(batch[0].describe(), refresh=False)
+            for cell, out in batch_outcomes(batch, net, data_dir=data_dir, batch_size=batch_size, attack=attack):
+                if (cell.data_name, cell.threat.id) in wanted:
+                    outcomes[(cell.data_name, cell.threat.id)] = out
+            bar.update(1)
     bar.close()
     rows = []
     for c in chosen:
@@ -313,7 +335,9 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
                                      "clean_now", "lost", "gained", "p"])
     df["p_holm"] = holm(df["p"].tolist()) if len(df) else []
     df["verdict"] = ["worse" if p < alpha else "ok" for p in df["p_holm"]]
-    return RegressResult(suite.id, data["model"], spec.id, df, alpha, quick, time.perf_counter() - t0)
+    used = tuple(sorted({str(c["attack"]) for c in chosen if c.get("attack")}))
+    return RegressResult(suite.id, data["model"], spec.id, df, alpha, quick, time.perf_counter() - t0,
+                         attack=attack, baseline_attacks=used)
 
 
 def _default_location() -> str:

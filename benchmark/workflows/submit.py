@@ -22,7 +22,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..registry import PACKAGED_REGISTRY, ModelSpec, Registry, RegistryError, build_spec, load_yaml, sha256_file
+from ..attacks import load_code_attacks
+from ..registry import (PACKAGED_REGISTRY, ModelSpec, Registry, RegistryError, allowed_code, build_spec, load_yaml,
+                        sha256_file)
 from ..report import leaderboard
 from ..run import plan as planner
 from ..models.load import code_opt_in
@@ -196,6 +198,9 @@ def submit(entry: str | Path, *, registry: Registry, suite: str = "digits", weig
     if spec.dataset != s.dataset:
         raise RegistryError(entry, "dataset", f"the model is for '{spec.dataset}', suite '{suite}' is on '{s.dataset}'")
     entries.check_code_allowed(spec, allow_code, str(entry))
+    # the suite's threats may name a user's python: attack: refused without the opt-in, before anything is written
+    load_code_attacks([registry.threat(t) for t in (s.id_threat, *s.threat_shifts)],
+                      allow=True if allow_code else allowed_code(s.allow_code))
     root = _target_root(registry)
     replaced = None
     old = registry.entries["models"].get(spec.id)

@@ -21,8 +21,23 @@ ID_THREAT = DEFAULT_REGISTRY / "threats" / "digits" / "digits-linf.yaml"
 TINY = {"hidden": 8, "depth": 1}
 
 
-def _entries():
+def _all_entries():
     return [build_spec("models", load_yaml(p), p) for p in sorted(DIGITS_MODELS.glob("*.yaml"))]
+
+
+def _entries():
+    """The trained zoo: entries with a recipe (a declared defense reuses its twin's weights)."""
+    return [s for s in _all_entries() if s.train]
+
+
+def test_every_untrained_entry_is_a_defense_on_a_trained_twin():
+    trained = {s.sha256: s for s in _entries()}
+    others = [s for s in _all_entries() if not s.train]
+    assert len(others) >= 3
+    for s in others:
+        assert s.randomized or s.input_transform, f"{s.path}: no train recipe and no declared defense"
+        twin = trained.get(s.sha256)
+        assert twin is not None and (twin.source, dict(twin.arch_args)) == (s.source, dict(s.arch_args)), s.path
 
 
 @pytest.fixture(scope="module")
