@@ -297,5 +297,5 @@ def require_declared(model: nn.Module, x: torch.Tensor, where: str = "the model"
             f"{where}: two identical calls in eval mode gave different outputs (max difference {diff:.3g}): a "
             "randomized model cannot be evaluated as if it were deterministic. Declare it: in its entry "
             "'randomized: {eot: 20, draws: 5}', in Python benchmark.evaluate(..., randomized={'eot': 20, 'draws': 5}) "
-            "or an attribute shiftbench_randomized on the module, on the command line regress --randomized 20,5 "
+            "or an attribute shiftbench_randomized on the module, on the command line regress --randomized eot=20,draws=5 "
             "(see docs/defenses.md)")

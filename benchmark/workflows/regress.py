@@ -294,14 +294,18 @@ def regress(model: str | nn.Module | ModelSpec, baseline: str | Path | dict[str,
                       allow=True if allow_code else allowed_code(suite.allow_code))
     if attack is not None and not is_code_attack(attack):
         get_attack(attack)  # an unknown name: a KeyError with a "did you mean", before any cell runs
-    net = entries.load(resolved, registry, model_dir=model_dir, allow_code=allow_code)
-    if randomized or input_transform:
-        from ..models.defenses import defend, randomization, transformation
+    if isinstance(resolved, ModelSpec):  # the declarations go into the spec (an entry's own win): load applies them
+        from ..registry import FrozenMap
 
-        if (randomized and randomization(net) is None) or (input_transform and transformation(net) is None):
-            net = defend(net, randomized=randomized if randomization(net) is None else None,
-                         input_transform=input_transform if transformation(net) is None else None,
-                         allow_code=True if allow_code else None, where=f"--model {model}").eval()
+        resolved = dataclasses.replace(
+            resolved, randomized=resolved.randomized or FrozenMap(randomized or {}),
+            input_transform=resolved.input_transform or FrozenMap(input_transform or {}))
+    net = entries.load(resolved, registry, model_dir=model_dir, allow_code=allow_code)
+    if isinstance(resolved, nn.Module) and (randomized or input_transform):
+        from ..models.defenses import defend
+
+        net = defend(net, randomized=randomized, input_transform=input_transform,
+                     allow_code=True if allow_code else None, where="the model").eval()
     if isinstance(resolved, nn.Module):
         name = getattr(net, "shiftbench_name", type(net).__name__)
         spec = ModelSpec(id=name, source="python:<in-memory>:model", dataset=suite.dataset,
