@@ -154,9 +154,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--threats", default="digits-linf,digits-l2")
-    ap.add_argument("--models", default=None, help="defended zoo models (default: all of digits-defenses)")
+    ap.add_argument("--models", default=None, help="defended zoo models (default: all of digits-defenses; "
+                    "'none': only --variants)")
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--skip-user", action="store_true", help="only the zoo entries")
+    ap.add_argument("--variants", default="", help="more randomized models, not in the zoo: comma-separated "
+                    "MODEL:SIGMA (a zoo network with Gaussian noise of SIGMA at inference, EOT 20, 5 draws)")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args()
 
@@ -183,6 +186,13 @@ def main() -> int:
     print(f"zoo defenses ({len(models)}), n={args.n}:", flush=True)
     for spec in models:
         rows += compare(spec.id, load_model(spec, reg), x, y, threats, suite.seed)
+
+    for item in filter(None, args.variants.split(",")):
+        mid, _, sigma = item.partition(":")
+        net = load_model(reg.model(mid), reg)
+        model = defend(net, randomized={"eot": 20, "draws": 5},
+                       input_transform={"kind": "gaussian-noise", "sigma": float(sigma)})
+        rows += compare(f"{mid} + noise {sigma}", model, x, y, threats, suite.seed)
 
     if not args.skip_user:
         tmp = Path(tempfile.mkdtemp(prefix="userdefense-"))
@@ -217,10 +227,10 @@ def main() -> int:
 
     print("\ntwins: stored cells of digits-defenses against the same cells of digits")
     plans = {s: {(c.model.id, c.data_name, c.threat.id): c for c in plan_suite(reg, s)} for s in ("digits", "digits-defenses")}
-    for spec in models:
-        twin = twin_of(spec, reg.suite_models(suite))
+    twins = {t.id: t for t in (twin_of(spec, reg.suite_models(suite)) for spec in models) if t is not None}
+    for twin in twins.values():
         for key, c in plans["digits-defenses"].items():
-            if twin is None or key[0] != twin.id or key not in plans["digits"]:
+            if key[0] != twin.id or key not in plans["digits"]:
                 continue
             a = store.read_json(Path(args.results) / "digits-defenses" / c.filename)
             b = store.read_json(Path(args.results) / "digits" / plans["digits"][key].filename)

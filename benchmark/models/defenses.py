@@ -206,31 +206,31 @@ def judge(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return r.decision_logits(x) if r is not None else model(x)
 
 
+def _wrapper(model: nn.Module, cls: type) -> Any:
+    """The first ``cls`` among ``model`` and the modules it wraps (through ``.inner``)."""
+    for _ in range(8):
+        if isinstance(model, cls):
+            return model
+        model = getattr(model, "inner", None)
+        if not isinstance(model, nn.Module):
+            return None
+    return None
+
+
 def randomization(model: nn.Module) -> Randomized | None:
     """The :class:`Randomized` wrapper of ``model`` (outermost, or under the evaluator's wrappers)."""
-    seen = 0
-    while model is not None and seen < 8:
-        if isinstance(model, Randomized):
-            return model
-        model = getattr(model, "inner", None) if isinstance(getattr(model, "inner", None), nn.Module) else None
-        seen += 1
-    return None
+    return _wrapper(model, Randomized)
+
+
+def transformation(model: nn.Module) -> Transformed | None:
+    """The :class:`Transformed` wrapper of ``model``, if it declares an input transform."""
+    return _wrapper(model, Transformed)
 
 
 def eot_samples(model: nn.Module) -> int:
     """How many samples an EOT attack averages on ``model``: 1 for a deterministic model."""
     r = randomization(model)
     return r.eot if r is not None else 1
-
-
-def transformation(model: nn.Module) -> Transformed | None:
-    seen = 0
-    while model is not None and seen < 8:
-        if isinstance(model, Transformed):
-            return model
-        model = getattr(model, "inner", None) if isinstance(getattr(model, "inner", None), nn.Module) else None
-        seen += 1
-    return None
 
 
 def defend(model: nn.Module, *, randomized: Mapping[str, Any] | None = None,
