@@ -106,8 +106,11 @@ def calibration_threats(reg: Registry, suite: SuiteSpec, patterns: str | None = 
 
 
 def _robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x_adv).argmax(1) == y
+    """The model's verdict on ``x_adv``: for a randomized model the majority of its draws, drawn
+    apart from what the attacks queried (an attack's luck with the draws it saw does not count)."""
+    from ..models.defenses import judge
+
+    return judge(model, x_adv).argmax(1) == y
 
 
 def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor,
@@ -123,8 +126,7 @@ def calibrate_model(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch
 
     randomized = randomization(model) is not None
     version = "rand" if randomized else aa_version
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
+    ok = _robust(model, x, y)  # clean verdicts, by the same rule
     xc, yc = x[ok], y[ok]
     n = len(y)
     rows = []

@@ -263,7 +263,7 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
     """The result JSON of one cell.  ``batch_size`` is stored only where it can change the
     number: attacks that run pyautoattack on whole batches (ours draw per example), a user's
     ``python:`` attack (nothing says it draws per example), and every attack on a randomized
-    model (an attack step's draws depend on its batch).  ``model``: the
+    model (a single-draw attack's noise comes from the global generator over its batch).  ``model``: the
     evaluated model, whose declared defenses (EOT, draws, BPDA) are stored under ``defense``."""
     from ..models.defenses import randomization, record
     n = len(out.clean_correct)
