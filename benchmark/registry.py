@@ -471,26 +471,14 @@ def check_transform(decl: Mapping[str, Any], where: str = "input_transform") -> 
 
 
 def _check_target(target: Any, where: str) -> None:
-    import re
-    import sys
-
-    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", target):
+    """A transform's ``module:function`` (or a BPDA approximation's): the check of every python
+    target (:func:`check_python_source`), as a :class:`DefenseError` naming ``where``."""
+    if not isinstance(target, str):
         raise DefenseError(f"{where}: expected module:function, got {target!r}")
-    if target.split(".", 1)[0].split(":")[0] in sys.stdlib_module_names:
-        raise DefenseError(f"{where}: {target!r} names a standard-library module, not your transform")
-
-
-def code_targets(transform: Mapping[str, Any] | None) -> list[str]:
-    """The modules a transform declaration would import (its ``function`` and a python ``bpda``)."""
-    if not transform:
-        return []
-    out = []
-    if transform.get("kind") == "python":
-        out.append(str(transform["function"]).split(":")[0])
-    bpda = transform.get("bpda")
-    if isinstance(bpda, str) and bpda.startswith("python:"):
-        out.append(bpda[len("python:"):].split(":")[0])
-    return out
+    try:
+        check_python_source(target, "", None, kind="transform")
+    except RegistryError as exc:
+        raise DefenseError(f"{where}: {str(exc).removeprefix(': ')}") from None
 
 
 CLAIMED_KEYS = ("clean_acc", "robust_acc")  # a model entry's ``claimed``: accuracies as fractions

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..registry import (RANDOM_TRANSFORMS, DefenseError, allowed_code, check_randomized,  # noqa: F401
-                        check_transform, code_targets, module_allowed)
+                        check_transform, module_allowed)
 from .errors import ModelError
 
 
