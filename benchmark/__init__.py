@@ -1,11 +1,17 @@
 """shiftbench: adversarial robustness under distribution shift.
 
 Importing ``benchmark`` makes ``robustbench`` importable: robustbench 1.1.1 imports a module
-named ``autoattack``, while the AutoAttack wheel on PyPI installs ``pyautoattack``.
+named ``autoattack``, while the AutoAttack wheel on PyPI installs ``pyautoattack``.  It also makes
+MKL's strict reproducibility mode the process's default (``MKL_CBWR=AUTO,STRICT`` unless the user
+set it; :mod:`benchmark._numerics`), so an example's numbers never depend on its place in a batch.
 """
 from __future__ import annotations
 
-from ._compat import install_autoattack_alias
+from ._numerics import install as _install_numerics
+
+_install_numerics()  # first: before anything can start MKL
+
+from ._compat import install_autoattack_alias  # noqa: E402
 
 install_autoattack_alias()
 

@@ -55,12 +55,13 @@ print(" | ".join(out))
 def what_changes() -> None:
     """Which of the three variables changes which computation here (hash of logits+gradients)."""
     env0 = cpus.profile_env("native")
-    cases = [("native", {})] + [(f"{k}={v}", {k: v}) for k, v in cpus.PROFILES["avx2"].items()] + \
+    cases = [("native", {}), ("MKL_CBWR=BRANCH_OFF (MKL's own default)", {"MKL_CBWR": "BRANCH_OFF"})] + \
+            [(f"{k}={v}", {k: v}) for k, v in cpus.PROFILES["avx2"].items()] + \
             [(f"{k}={v}", {k: v}) for k, v in cpus.PROFILES["default"].items()]
     for name, extra in cases:
         r = subprocess.run([sys.executable, "-c", WHAT], env={**env0, **extra}, capture_output=True, text=True,
                            cwd=ROOT)
-        print(f"{name:32s} {r.stdout.strip() or r.stderr.strip()[-300:]}")
+        print(f"{name:40s} {r.stdout.strip() or r.stderr.strip()[-300:]}")
 
 
 def run_profile(profile: str, out: Path, args) -> float:

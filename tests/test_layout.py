@@ -15,6 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "benchmark"
 # Lower number = lower layer.  A module may import from its own layer or below, never above.
 LAYERS = {
     "benchmark._compat": 0,
+    "benchmark._numerics": 0,
     "benchmark.registry": 0,
     "benchmark.attacks": 0,
     "benchmark.data": 1,

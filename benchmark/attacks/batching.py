@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .. import _numerics
+
 MICRO_BATCH = 32  # rows per call on a CPU; a harness constant (part of HARNESS_VERSION): it changes last bits
 DEVICE_MICRO_BATCH = {"cpu": MICRO_BATCH, "cuda": 256}  # a GPU is slow on small calls; its numbers differ anyway
 _UNSET = object()
@@ -99,7 +101,9 @@ class FixedBatch(nn.Module):
 def fixed_batch(model: nn.Module) -> nn.Module:
     """``model`` wrapped in :class:`FixedBatch` (itself when it already is).  A randomized model
     (:class:`..models.defenses.Randomized`) stays outermost, with the micro-batches inside it:
-    its draws and votes are made per row and its network still sees fixed-shape calls."""
+    its draws and votes are made per row and its network still sees fixed-shape calls.  Warns once
+    per process when MKL runs in a mode where rows are not independent (:func:`.._numerics.check`)."""
+    _numerics.check()
     if getattr(model, "stays_outermost", False):  # defenses.Randomized: its inner network gets the micro-batches
         return model if isinstance(model.inner, FixedBatch) else model.with_inner(FixedBatch(model.inner))
     return model if isinstance(model, FixedBatch) else FixedBatch(model)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.run import cpus
 
@@ -38,7 +39,8 @@ th = reg.threat("digits-ppgd")
 net = load_network(th.params["network"], th.path)
 fns = {m: fixed_batch(load_model(reg.model(m), reg)) for m in sys.argv[1:]}
 fns["lpips"] = lambda z: normalized_features(net, z)
-out = {"capability": torch.backends.cpu.get_cpu_capability()}
+from benchmark import _numerics
+out = {"capability": torch.backends.cpu.get_cpu_capability(), "mkl": _numerics.mkl_mode()}
 for name, fn in fns.items():
     rows = []
     for order in (torch.arange(len(x)), torch.arange(len(x)).flip(0), torch.randperm(len(x), generator=torch.Generator().manual_seed(1))):
@@ -122,6 +124,9 @@ def test_a_row_does_not_depend_on_its_micro_batch(positions, profile):
     """Logits and input gradients of every example, bit for bit, whatever the order of the batch
     (so its position and neighbours in a micro-batch) and when it is called alone."""
     got = positions[profile]
+    # the design's guarantee on Intel's MKL (which this CPU may not have): the mode is in force
+    if torch.backends.mkl.is_available():
+        assert got["mkl"] == ("COMPATIBLE" if profile == "default" else "AUTO,STRICT"), got["mkl"]
     if profile == "default":
         assert got["capability"] == "DEFAULT"
     elif profile == "avx2":
