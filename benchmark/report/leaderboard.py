@@ -179,7 +179,9 @@ def reference_sentence(board: Board) -> str | None:
     if not board.reference:
         return None
     return (f"{REFERENCE_LABEL}: mean robust accuracy over the {len(board.reference)} threat shift(s) that stand for "
-            f"OODRobustBench's six ({', '.join(board.reference)}), comparable with its OOD-T; OOD-T robust averages "
+            f"OODRobustBench's six ({', '.join(board.reference)}), comparable with its OOD-T in kind, not number by "
+            f"number: our non-Lp attacks are checked for convergence, while the reference's LPA loses about half of "
+            f"its successes, so its published LPA numbers sit far above ours (docs/threats.md); OOD-T robust averages "
             f"all {len(board.suite.threat_shifts)} of the suite's threat shifts. Same interval as OOD-T; no value "
             f"for a model missing any of these cells (its flag names them).")
 
