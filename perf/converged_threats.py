@@ -4,8 +4,9 @@ accuracy and CPU seconds per model, and the convergence check's cost.
 For every zoo model and threat, on the suite's ID test images, as the evaluator runs a cell
 (:func:`benchmark.run.evaluate.attack_outcome`, fixed micro-batches): the threat at its harness-6
 settings (``BEFORE``; run by the current code, so StAdv already has the reference's geometry) without
-deep checks, then the entry as it is with every trust check, the ``convergence`` check and its
-escalation included.  CPU seconds (``time.process_time``, one thread: comparable on a busy
+deep checks, then the entry as it is (robust accuracy of its attack alone), then every trust check, the
+``convergence`` check and its escalation included (robust accuracy once they acted: where the
+cell was escalated, what the stronger run finds on every example the attack left robust).  CPU seconds (``time.process_time``, one thread: comparable on a busy
 machine, where wall time is not), summed per threat at the end.
 
     .venv/bin/python perf/converged_threats.py                       # the whole zoo, 600 images
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     x, y = x[idx], y[idx]
     specs = reg.suite_models(suite, a.models)
     sums = {t.id: [0.0, 0.0, 0.0, 0, 0.0, 0.0] for t in threats}  # before s, after s, check s, escalated, acc b/a
-    print("| model | threat | robust before | robust after | before CPU s | after CPU s | check CPU s | escalated |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | threat | robust before | robust after (attack) | robust after (checks acted) | before CPU s | "
+          "after CPU s | check CPU s | escalated |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for spec in tqdm(specs, desc="models", unit="model", file=sys.stderr):
         model = load_model(spec, reg).eval()
         for t in threats:
@@ -77,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             done = checked(model, x, y, t, after, deep=True, seed=suite.seed)
             check_s = time.process_time() - c
             s = sums[t.id]
-            rb, ra = before.robust_correct.mean(), done.robust_correct.mean()
+            rb, rattack, ra = before.robust_correct.mean(), after.robust_correct.mean(), done.robust_correct.mean()
             s[0] += before_s
             s[1] += after_s
             s[2] += check_s
             s[3] += done.escalation is not None
             s[4] += rb / len(specs)
             s[5] += ra / len(specs)
-            print(f"| {spec.id} | {t.id} | {rb:.3f} | {ra:.3f} | {before_s:.2f} | {after_s:.2f} | {check_s:.2f} | "
+            print(f"| {spec.id} | {t.id} | {rb:.3f} | {rattack:.3f} | {ra:.3f} | {before_s:.2f} | {after_s:.2f} | {check_s:.2f} | "
                   f"{'yes' if done.escalation else 'no'} |", flush=True)
     print("\n| threat | mean robust before | mean robust after | attack CPU s before | attack CPU s after | "
           "convergence check CPU s | cells escalated |")
