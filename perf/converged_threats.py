@@ -14,7 +14,6 @@ machine, where wall time is not), summed per threat at the end.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -39,16 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmark.data import datasets
     from benchmark.models.load import load_model
-    from benchmark.registry import FrozenMap, Registry, default_registry_root
+    from benchmark.registry import FrozenMap, Registry
     from benchmark.run.evaluate import attack_outcome, checked
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threats", default="digits-ppgd,digits-lpa,digits-stadv,digits-recolor")
-    p.add_argument("--suite", default="digits")
-    p.add_argument("--models", default=None, help="patterns over the suite's models (default: all)")
-    p.add_argument("--n", type=int, default=None, help="test images (default: the suite's n_examples)")
-    p.add_argument("--registry", default=str(default_registry_root()))
-    a = p.parse_args(argv)
+    from threat_cost import zoo_parser  # this folder's sibling script
+
+    a = zoo_parser(__doc__.split("\n")[0], "digits-ppgd,digits-lpa,digits-stadv,digits-recolor",
+                   "test images, the suite's subset").parse_args(argv)
     torch.set_num_threads(1)
     reg = Registry(a.registry)
     suite = reg.suite(a.suite)
