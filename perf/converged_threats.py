@@ -3,11 +3,12 @@ accuracy and CPU seconds per model, and the convergence check's cost.
 
 For every zoo model and threat, on the suite's ID test images, as the evaluator runs a cell
 (:func:`benchmark.run.evaluate.attack_outcome`, fixed micro-batches): the threat at its harness-6
-settings (``BEFORE``; run by the current code, so StAdv already has the reference's geometry) without
-deep checks, then the entry as it is (robust accuracy of its attack alone), then every trust check, the
-``convergence`` check and its escalation included (robust accuracy once they acted: where the
-cell was escalated, what the stronger run finds on every example the attack left robust).  CPU seconds (``time.process_time``, one thread: comparable on a busy
-machine, where wall time is not), summed per threat at the end.
+settings (``BEFORE``; run by the current code, so StAdv already has the reference's geometry)
+without deep checks; then the entry as it is (robust accuracy of its attack alone), then every
+trust check, the ``convergence`` check and its escalation included (robust accuracy once they
+acted: where the cell was escalated, what the stronger run finds on every example the attack
+left robust).  CPU seconds (``time.process_time``, one thread: comparable on a busy machine,
+where wall time is not), summed per threat at the end.
 
     .venv/bin/python perf/converged_threats.py                       # the whole zoo, 600 images
     .venv/bin/python perf/converged_threats.py --models 'cnn-pgd-0.10,cnn-standard' --n 200
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             s[3] += done.escalation is not None
             s[4] += rb / len(specs)
             s[5] += ra / len(specs)
-            print(f"| {spec.id} | {t.id} | {rb:.3f} | {rattack:.3f} | {ra:.3f} | {before_s:.2f} | {after_s:.2f} | {check_s:.2f} | "
-                  f"{'yes' if done.escalation else 'no'} |", flush=True)
+            print(f"| {spec.id} | {t.id} | {rb:.3f} | {rattack:.3f} | {ra:.3f} | {before_s:.2f} | {after_s:.2f} | "
+                  f"{check_s:.2f} | {'yes' if done.escalation else 'no'} |", flush=True)
     print("\n| threat | mean robust before | mean robust after | attack CPU s before | attack CPU s after | "
           "convergence check CPU s | cells escalated |")
     print("|---|---|---|---|---|---|---|")

@@ -189,7 +189,7 @@ def _versus_stronger(model: torch.nn.Module, name: str, xc: torch.Tensor, yc: to
     # the reference counts an example robust when neither run broke it: the gap is the share of the
     # examples the threat's attack left robust that the stronger run breaks (what the convergence check tests)
     timed = [(float(robust[0].sum()) / n, secs[0]), (float((robust[0] & robust[1]).sum()) / n, secs[1])]
-    budget = next((float(v) for k, v in t.params.items() if k in BUDGET_KEYS), float("nan")) if t.params else float("nan")
+    budget = next((float(v) for k, v in (t.params or {}).items() if k in BUDGET_KEYS), float("nan"))
     return Row(name, t.id, t.kind, budget, n, clean, timed[0][0], timed[1][0], timed[0][1], timed[1][1],
                fast_name=attack, aa_version=STRONGER)
 

@@ -73,8 +73,8 @@ def deep_checks(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: 
                 square_queries: int = SQUARE_QUERIES,
                 bounds: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
     """The checks that re-attack a seeded sample of the examples the cell's attack left robust:
-    ``budget_monotone`` and ``black_box`` for Lp threats, ``convergence`` for the others.  Only those examples can tell
-    anything: an example the attack broke cannot be broken again.  The evaluator runs them once
+    ``budget_monotone`` and ``black_box`` for Lp threats, ``convergence`` for the others.  Only
+    those examples can tell anything: an example the attack broke cannot be broken again.  The evaluator runs them once
     per batch of cells (the severities of a dataset shift share one sample, drawn evenly over
     the cells: ``bounds``, each cell's ``(start, stop)`` in the batch) and gives each cell its
     part (:func:`part_of`)."""
@@ -312,7 +312,8 @@ def zero_gradient(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) ->
 
 def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.ndarray, robust_correct: np.ndarray,
            checks: dict[str, Any], *, attack: str, seed: int, queries: int = ESCALATION_QUERIES,
-           chunk: int = ESCALATION_CHUNK, attack_arg: str | None = None) -> tuple[np.ndarray, dict[str, list[int]], dict[str, Any] | None]:
+           chunk: int = ESCALATION_CHUNK, attack_arg: str | None = None
+           ) -> tuple[np.ndarray, dict[str, list[int]], dict[str, Any] | None]:
     """Act on the checks of one cell: returns ``(robust_correct, broken_by, escalation)``.
 
     - the examples a check's attack broke (``budget_monotone``'s eps/2 re-attack: inside the
@@ -325,8 +326,10 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
       ``eps/2-rerun``, ``square-check``, ``square-escalation``; ``stronger-check``,
       ``stronger-escalation`` for the others), so the best-of-attacks number is traceable;
     - other threats: when ``convergence`` failed, every still-robust example is attacked by the
-      stronger run it names (``attack_arg``: the run's attack override, None for the threat's);  ``escalation`` records why, on how many examples, and what it broke (None when
-      nothing was escalated)."""
+      stronger run it names (``attack_arg``: the run's attack override, None for the threat's).
+
+    ``escalation`` records why, on how many examples, and what it broke (None when nothing was
+    escalated)."""
     robust = robust_correct.astype(bool).copy()
     broken_by: dict[str, list[int]] = {attack: [int(i) for i in np.flatnonzero(clean_correct.astype(bool) & ~robust)]}
     for check, name in (("budget_monotone", "eps/2-rerun"), ("black_box", "square-check"),
@@ -340,8 +343,8 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
     if conv.get("ok") is False and conv.get("stronger_args") is not None and robust.any():
         ii = np.flatnonzero(robust)
         t = torch.from_numpy(ii).to(x.device)
-        rob = _attack_sample(model, x[t], y[t], threat, seed=seed, attack=attack_arg, attack_args=conv["stronger_args"],
-                             index=ii)
+        rob = _attack_sample(model, x[t], y[t], threat, seed=seed, attack=attack_arg,
+                             attack_args=conv["stronger_args"], index=ii)
         broken = [int(i) for i in ii[~rob.astype(bool)]]
         robust[broken] = False
         if broken:
