@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .. import registry as reg
+from ..data.fetch import MIRROR_ENV
 from .common import (CODE_ENV, RESULTS_ROOT, UsageError, add_common, add_data, add_device, add_filters,
                      check_data_dir, check_patterns, check_run_flags, device_or_exit, registry_of)
 
@@ -56,6 +57,10 @@ def cmd_run(args) -> int:
     device = device_or_exit(args.device)
     if device is None:
         return 2
+    if args.fetch and todo:  # what the cells to run need, fetched first
+        rc = fetch_and_check(r, args.suite, todo, args, device)
+        if rc:
+            return rc
     if suite.dataset != "digits" and todo and not args.no_preflight:  # every file the cells need, before the first
         from ..run import preflight
 
@@ -150,6 +155,9 @@ def add_run_parser(sub) -> None:
     q.add_argument("--no-preflight", action="store_true",
                    help="real suites: skip the check that every file the cells need is here and matches its checksum "
                         "(e.g. when the data is only on a cluster's nodes)")
+    q.add_argument("--fetch", action="store_true",
+                   help="first download what the cells to run need and is missing (as `shiftbench fetch`)")
+    q.add_argument("--mirror", default=None, help="with --fetch: as `shiftbench fetch --mirror`")
     q.add_argument("--no-progress", action="store_true")
     q.add_argument("--leaderboard", action="store_true", help="regenerate the leaderboard afterwards")
     q.add_argument("--results", default=str(RESULTS_ROOT))
@@ -281,6 +289,97 @@ def add_preflight_parser(sub) -> None:
     q.set_defaults(fn=cmd_preflight)
 
 
+def cmd_fetch(args) -> int:
+    """Download what the planned cells need and is missing; exit 0 only when preflight then passes."""
+    from ..run import plan
+    from ..run.fetch import plan as fetch_plan
+    from ..run.preflight import environment_model_dir
+
+    r = registry_of(args)
+    suite = r.suite(args.suite)
+    check_patterns(r, suite, args)
+    if args.jobs < 1 or args.retries_fetch < 0 or not args.timeout > 0:
+        raise UsageError(f"--jobs must be at least 1, --retries at least 0 and --timeout positive; got {args.jobs}, "
+                         f"{args.retries_fetch}, {args.timeout}")
+    if args.from_dir is not None and not Path(args.from_dir).is_dir():
+        raise UsageError(f"--from-dir {args.from_dir}: no such folder")
+    environment_model_dir(args.model_dir)
+    cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
+                            model_dir=args.model_dir, record_pins=False)
+    if not cells:
+        raise UsageError(f"no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
+                         f"threats={args.threats})")
+    if args.dry_run:
+        from ..data.fetch import mirror_from_env
+
+        print(fetch_plan(r, args.suite, cells, data_dir=args.data_dir, model_dir=args.model_dir)
+              .text(mirror_from_env(args.mirror)))
+        return 0
+    device = device_or_exit("auto")
+    return fetch_and_check(r, args.suite, cells, args, device or "cpu")
+
+
+def fetch_and_check(r: reg.Registry, suite_id: str, cells, args, device: str) -> int:
+    """``fetch`` and ``run --fetch``: download what is missing, pin what has no published checksum,
+    then preflight; 0 when every file the cells need is there and verified."""
+    from ..data.fetch import FetchError, human, mirror_from_env
+    from ..run import preflight
+    from ..run.fetch import execute, pin_models, plan
+
+    the_plan = plan(r, suite_id, cells, data_dir=args.data_dir, model_dir=args.model_dir)
+    for m in the_plan.manual:
+        print(f"not downloaded (licence, login or no public file): {m.describe()}", file=sys.stderr)
+    print(f"fetch: {len(the_plan.jobs)} download(s), {human(the_plan.size)}; {the_plan.present} item(s) already "
+          "present", file=sys.stderr)
+    try:
+        out = execute(the_plan, jobs=getattr(args, "jobs", 1), mirror=mirror_from_env(args.mirror),
+                      from_dir=getattr(args, "from_dir", None), retries=getattr(args, "retries_fetch", 3),
+                      timeout=getattr(args, "timeout", 60.0), progress=not args.no_progress)
+        if out.ok:
+            pin_models(r, list({c.model.id: c.model for c in cells}.values()), args.model_dir, out.placed)
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not out.ok:
+        print(f"error: {len(out.failed)} download(s) failed" + (f", {len(out.skipped)} not started" if out.skipped
+              else "") + "; nothing partial was left in place. Check the network (or give --mirror, or --from-dir "
+              "with the files), then run the same command: what is in place is skipped", file=sys.stderr)
+        return 1
+    rep = preflight.preflight(r, suite_id, cells, data_dir=args.data_dir, model_dir=args.model_dir,
+                              results_dir=Path(args.results) / suite_id, measure=False, device=device)
+    if not rep.ok:
+        print(f"error: still missing or wrong after fetch ({len(rep.problems)}):", file=sys.stderr)
+        for n in rep.problems:
+            print(f"  {n.describe()}", file=sys.stderr)
+        return 1
+    print(f"ready: every file the {len(cells)} planned cells need is present and verified", file=sys.stderr)
+    return 0
+
+
+def add_fetch_parser(sub) -> None:
+    q = sub.add_parser("fetch", help="download what a suite needs and is missing (datasets, checkpoints, LPIPS "
+                                     "networks), checked; exit 0 when the suite is ready")
+    q.add_argument("--suite", default="digits")
+    add_filters(q)
+    q.add_argument("--dry-run", action="store_true",
+                   help="list each download with its URL and size, and the total (no network)")
+    q.add_argument("--jobs", type=int, default=1, help="downloads at a time (default 1)")
+    q.add_argument("--mirror", default=None,
+                   help=f"rewrite every https://HOST/PATH to MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
+    q.add_argument("--from-dir", default=None,
+                   help="a folder holding files already downloaded (archives, checkpoints): verified and used "
+                        "instead of downloading")
+    q.add_argument("--retries", dest="retries_fetch", type=int, default=3,
+                   help="attempts after the first for a failing download, waiting longer each time (default 3)")
+    q.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds without data before a server counts as stalled (default 60)")
+    q.add_argument("--results", default=str(RESULTS_ROOT), help="where results go (for preflight's disk check)")
+    q.add_argument("--no-progress", action="store_true")
+    add_common(q)
+    add_data(q)
+    q.set_defaults(fn=cmd_fetch)
+
+
 def cmd_calibrate(args) -> int:
     from ..run import calibrate
 
@@ -328,4 +427,5 @@ def add_parsers(sub) -> None:
     """This family's commands, in the order `shiftbench --help` lists them."""
     add_run_parser(sub)
     add_preflight_parser(sub)
+    add_fetch_parser(sub)
     add_calibrate_parser(sub)

@@ -536,3 +536,32 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def checkpoint_sources(spec: ModelSpec, registry: Registry | None,
+                       model_dir: str | Path | None = None) -> list[tuple[Path, dict[str, Any]]] | str:
+    """Where ``shiftbench fetch`` gets each checkpoint of a ``robustbench:`` entry: ``(target, how)``
+    per file, ``how`` holding ``url`` and ``gdrive_id`` (robustbench's Google Drive id, downloaded by
+    its own ``download_gdrive_new`` into the path its ``load_model`` uses) or ``sha256_prefix``
+    (torchvision's file); a sentence instead when there is no public file to download."""
+    entry, name, threat = _zoo_entry(spec)
+    path = expected_path(spec, registry, model_dir)
+    tv = TORCHVISION_WEIGHTS.get((spec.dataset, threat, name))
+    if tv is not None:
+        import re
+
+        import torchvision.models as tvm
+
+        url = getattr(tvm, tv[1])[tv[2]].url
+        prefix = re.search(r"-([a-f0-9]{8,})\.", url.rsplit("/", 1)[-1]).group(1)
+        return [(path, {"url": url, "sha256_prefix": prefix})]
+    if timm_name_known(name, spec.dataset, threat):
+        tname = timm_name(name, spec.dataset, threat)
+        return (f"its weights are timm's '{tname}' on the Hugging Face hub, not a file robustbench downloads: "
+                f"torch.save(timm.create_model('{tname}', pretrained=True).state_dict(), '{path}')")
+    gid = entry.get("gdrive_id")
+    if not gid:
+        return "it has no checkpoint of its own (robustbench's constructor downloads weights)"
+    ids = gid if isinstance(gid, list) else [gid]
+    targets = [Path(f"{path}_m{i}.pt") for i in range(len(ids))] if isinstance(gid, list) else [path]
+    return [(t, {"url": f"https://drive.google.com/uc?id={g}", "gdrive_id": g}) for t, g in zip(targets, ids)]
