@@ -22,7 +22,8 @@ def cmd_run(args) -> int:
     suite = r.suite(args.suite)
     check_run_flags(args)
     check_patterns(r, suite, args)
-    check_data_dir(suite, args.data_dir)
+    if not args.fetch:  # an empty data root is fetch's to fill
+        check_data_dir(suite, args.data_dir)
     environment_model_dir(args.model_dir)  # LPIPS networks are looked up there too
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
                             n_examples=args.n, seed=args.seed, model_dir=args.model_dir)

@@ -347,3 +347,15 @@ def test_preflight_says_whether_fetch_gets_each_missing_item(tmp_path, monkeypat
     line = next(ln for ln in out.splitlines() if "CINIC-10" in ln and "missing" in ln)
     assert "fetch cannot get it" in line and "datashare.ed.ac.uk" in line
     assert "`shiftbench fetch --suite cifar10-linf`" in out and "gets 1 of them" in out
+
+
+def test_run_fetch_gets_what_the_cells_need_then_runs_them(tmp_path, monkeypatch, server, capsys):
+    w = _world(tmp_path, monkeypatch, server)
+    rc = cli.main(["run", "--suite", "cifar10-linf", "--registry", str(w["registry"]), "--models", "autoattack-resnet18",
+                   "--shifts", "id", "--threats", "cifar10-jpeg", "--n", "4", "--data-dir", str(w["data"]),
+                   "--model-dir", str(w["models"]), "--results", str(tmp_path / "res"), "--no-progress", "--fetch",
+                   "--mirror", w["mirror"]])
+    assert rc == 0, capsys.readouterr().err
+    assert downloads(server) == [P_CIFAR]  # only what the cells to run need
+    (result,) = (tmp_path / "res" / "cifar10-linf").rglob("*.json")
+    assert json.loads(result.read_text())["threat"] == "cifar10-jpeg"
