@@ -323,15 +323,14 @@ def cmd_fetch(args) -> int:
 def fetch_and_check(r: reg.Registry, suite_id: str, cells, args, device: str) -> int:
     """``fetch`` and ``run --fetch``: download what is missing, pin what has no published checksum,
     then preflight; 0 when every file the cells need is there and verified."""
-    from ..data.fetch import FetchError, human, mirror_from_env
+    from ..data.fetch import FetchError, mirror_from_env
     from ..run import preflight
     from ..run.fetch import execute, pin_models, plan
 
     the_plan = plan(r, suite_id, cells, data_dir=args.data_dir, model_dir=args.model_dir)
     for m in the_plan.manual:
         print(f"not downloaded (licence, login or no public file): {m.describe()}", file=sys.stderr)
-    print(f"fetch: {len(the_plan.jobs)} download(s), {human(the_plan.size)}; {the_plan.present} item(s) already "
-          "present", file=sys.stderr)
+    print(f"fetch: {the_plan.total()}", file=sys.stderr)
     try:
         out = execute(the_plan, jobs=getattr(args, "jobs", 1), mirror=mirror_from_env(args.mirror),
                       from_dir=getattr(args, "from_dir", None), retries=getattr(args, "retries_fetch", 3),
@@ -368,9 +367,9 @@ def add_fetch_parser(sub) -> None:
     q.add_argument("--mirror", default=None,
                    help=f"rewrite every https://HOST/PATH to MIRROR/HOST/PATH (default: ${MIRROR_ENV})")
     q.add_argument("--from-dir", default=None,
-                   help="a folder holding files already downloaded (archives, checkpoints): verified and used "
-                        "instead of downloading")
-    q.add_argument("--retries", dest="retries_fetch", type=int, default=3,
+                   help="a folder holding files already downloaded, by their published names (e.g. "
+                        "CIFAR-10-C.tar): verified like a download, then used (never deleted)")
+    q.add_argument("--retries", dest="retries_fetch", metavar="N", type=int, default=3,
                    help="attempts after the first for a failing download, waiting longer each time (default 3)")
     q.add_argument("--timeout", type=float, default=60.0,
                    help="seconds without data before a server counts as stalled (default 60)")

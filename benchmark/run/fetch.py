@@ -31,6 +31,11 @@ class Plan:
     def size(self) -> int:
         return sum(j.download.size or 0 for j in self.jobs)
 
+    def total(self) -> str:
+        unknown = sum(1 for j in self.jobs if j.download.size is None)
+        return (f"{len(self.jobs)} download(s), {human(self.size)}" + (f" and {unknown} of unknown size" if unknown else "")
+                + f"; {self.present} item(s) already present")
+
     def text(self, mirror: str | None = None) -> str:
         from ..data.fetch import mirror_url
 
@@ -39,10 +44,7 @@ class Plan:
             dest = ", ".join(str(t) for t in j.targets[:2]) + (f" and {len(j.targets) - 2} more" if len(j.targets) > 2 else "")
             out.append(f"{human(j.download.size):>12}  {mirror_url(j.download.url, mirror)}  -> {dest}  "
                        f"({j.download.checked}; for {', '.join(j.what[:3])}{' ...' if len(j.what) > 3 else ''})")
-        unknown = sum(1 for j in self.jobs if j.download.size is None)
-        out.append(f"total: {len(self.jobs)} download(s), {human(self.size)}"
-                   + (f" and {unknown} of unknown size" if unknown else "")
-                   + f"; {self.present} item(s) already present")
+        out.append("total: " + self.total())
         for m in self.manual:
             out.append(f"not downloaded: {m.describe()}")
         return "\n".join(out)

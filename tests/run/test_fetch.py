@@ -333,6 +333,11 @@ def test_dry_run_lists_urls_sizes_and_total_without_network(tmp_path, monkeypatc
     assert server.log == [] and leftovers(w["data"]) == []
     assert f"{w['mirror']}{P_CIFAR}" in out and f"{w['mirror']}{P_C}" in out and f"{w['mirror']}{P_ZIP}" in out
     assert "total: 3 download(s)" in out and "not downloaded: cinic10" in out
+    monkeypatch.setenv("SHIFTBENCH_MIRROR", "http://mirror.example/cache")  # the environment's mirror
+    assert cli.main(["fetch", "--suite", "cifar10-linf", "--registry", str(w["registry"]), "--models",
+                     "autoattack-resnet18", "--shifts", "id", "--threats", "cifar10-linf-8", "--data-dir",
+                     str(w["data"]), "--dry-run"]) == 0
+    assert f"http://mirror.example/cache{P_CIFAR}" in capsys.readouterr().out
 
 
 def test_preflight_says_whether_fetch_gets_each_missing_item(tmp_path, monkeypatch, server, capsys):
