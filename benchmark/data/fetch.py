@@ -380,8 +380,16 @@ def build_cifar10_r(job: Job, archive: Path) -> list[Path]:
             raise FetchError(f"{archive} lacks {len(wanted)} of the {len(lines)} ImageNet-R images CIFAR-10-R is made "
                              f"of, e.g. {next(iter(wanted))}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-        return [target]
+        if not target.exists():
+            os.replace(staging, target)
+            return [target]
+        placed = []  # a folder with some images already: the built ones join it
+        for f in sorted(staging.rglob("*.png")):
+            dest = target / f.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+            placed.append(dest)
+        return placed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
