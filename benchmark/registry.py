@@ -729,20 +729,33 @@ UNHASHED_FIELDS = ("path", "caveat", "claimed", "reference_set", "meta")  # wher
 HASHED_WHEN_SET = ("randomized", "input_transform")
 
 
-def canonical(obj: Any) -> Any:
-    """A JSON-able, order-stable form of a spec or mapping (for hashing and storage)."""
+# A RobustBench entry's words, generated from RobustBench's model_info (``python -m
+# benchmark.models.metadata robustbench``) and its zoo (``python -m benchmark.models.robustbench
+# generate``): its numbers are fixed by the RobustBench name, dataset, threat model and
+# preprocessing, and the checkpoint's sha256 (the entry's, or the weights lock's pin, also in the
+# cell key), so rewording them leaves every cell key as it was.  Other entries keep these fields
+# in the hash, as their stored results were keyed with them.
+DESCRIPTIVE_FIELDS = ("architecture", "training", "reference", "notes")
+
+
+def canonical(obj: Any, *, hashing: bool = False) -> Any:
+    """A JSON-able, order-stable form of a spec or mapping (for storage; ``hashing``: the form a
+    content hash covers, without :data:`DESCRIPTIVE_FIELDS` of RobustBench entries)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.name not in UNHASHED_FIELDS and (f.name not in HASHED_WHEN_SET or getattr(obj, f.name))}
+        skip = UNHASHED_FIELDS
+        if hashing and isinstance(obj, ModelSpec) and obj.source_kind == "robustbench":
+            skip = UNHASHED_FIELDS + DESCRIPTIVE_FIELDS
+        return {f.name: canonical(getattr(obj, f.name), hashing=hashing) for f in dataclasses.fields(obj)
+                if f.name not in skip and (f.name not in HASHED_WHEN_SET or getattr(obj, f.name))}
     if isinstance(obj, Mapping):
-        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): canonical(v, hashing=hashing) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
-        return [canonical(v) for v in obj]
+        return [canonical(v, hashing=hashing) for v in obj]
     return obj
 
 
 def content_hash(obj: Any, length: int = 16) -> str:
-    blob = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(canonical(obj, hashing=True), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 

@@ -96,6 +96,9 @@ def test_no_upward_import(mod):
     assert not up, f"{mod} (layer {layer(mod)}) imports from a layer above it: {up}"
 
 
+CLI_OWN = ("benchmark.cli.common", "benchmark.cli.__main__")  # not families of commands
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """A cycle of the import graph, or None.  Package -> its own submodule edges are left out:
     ``pkg/__init__`` importing ``pkg.x`` while ``pkg.x`` imports ``pkg``'s siblings is Python's
@@ -121,6 +124,20 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if m not in state and (c := visit(m)):
             return c
     return None
+
+
+def test_cli_families_stand_apart():
+    """The command line is a package: each family module (``benchmark/cli/run.py``, ...) imports the
+    shared ``common`` module and the stages below, never another family nor the package that assembles
+    them; ``__init__`` assembles every family (``__main__`` only calls it)."""
+    families = sorted(m for m in MODULES if m.startswith("benchmark.cli.") and m not in CLI_OWN)
+    assert "benchmark.cli.run" in families and "benchmark.cli.common" in MODULES
+    for mod in [*families, "benchmark.cli.common"]:
+        inside = sorted(t for t in GRAPH[mod] if (t == "benchmark.cli" or t.startswith("benchmark.cli."))
+                        and t != "benchmark.cli.common")
+        assert not inside, f"{mod} imports {inside}: a family stands alone; what families share goes in cli/common.py"
+    assert set(families) <= GRAPH["benchmark.cli"], "benchmark/cli/__init__.py must assemble every family"
+    assert GRAPH["benchmark.cli.__main__"] == {"benchmark.cli"}
 
 
 def test_no_import_cycle():

@@ -25,6 +25,7 @@ sha256 before ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -238,6 +239,21 @@ def weights_candidates(weights: str, entry_path: str) -> list[Path]:
     return out
 
 
+NETWORK_LOCK = "networks.lock"  # beside the networks: sha256 pinned by `shiftbench fetch` (trust on first use)
+
+
+def pinned_sha256(path: str | Path) -> str | None:
+    """The sha256 ``shiftbench fetch`` pinned on first download for a network published without a
+    checksum (``networks.lock`` beside it, the lock-file format of ``data/pins.py``), else None."""
+    lock = Path(path).parent / NETWORK_LOCK
+    if not lock.is_file():
+        return None
+    try:
+        return str(json.loads(lock.read_text())["models"][Path(path).name][Path(path).name])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def check_network(spec: Any, where: str) -> dict[str, Any]:
     """Validate a threat's ``params.network`` mapping; errors name the file and the key."""
     if not isinstance(spec, Mapping):
@@ -273,7 +289,10 @@ def load_network(spec: Mapping[str, Any], entry_path: str = "") -> FeatureNet:
             f"looked for {' and '.join(str(p) for p in cands)}. Nothing is downloaded at run time: get the file "
             f"from {source} and put it at {cands[-1]} (or point $SHIFTBENCH_MODELS at the folder holding "
             f"{net['weights']}).")
-    return _load_verified(str(found), net["arch"], net.get("sha256"), net.get("sha256_prefix"), where, source)
+    sha, prefix = net.get("sha256"), net.get("sha256_prefix")
+    if sha is None and prefix is None:
+        sha = pinned_sha256(found)
+    return _load_verified(str(found), net["arch"], sha, prefix, where, source)
 
 
 @functools.lru_cache(maxsize=4)
@@ -282,7 +301,8 @@ def _load_verified(path: str, arch: str, sha256: str | None, prefix: str | None,
     if sha256 is None and prefix is None:
         raise FeatureNetError(
             f"{where}: key 'params.network.sha256': no checksum is pinned for {path} (sha256 {got}). Check that "
-            f"the file is the one published at {source}, then write its sha256 into the entry.")
+            f"the file is the one published at {source}, then write its sha256 into the entry (`shiftbench fetch` "
+            f"pins it in {Path(path).parent / NETWORK_LOCK} when it downloads it).")
     if sha256 is not None and got != sha256:
         raise FeatureNetError(f"{where}: key 'params.network.sha256': {path} has sha256 {got}, the entry says "
                               f"{sha256}; the file is corrupt or different: get it again from {source}")

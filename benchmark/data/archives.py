@@ -23,7 +23,10 @@ from ..registry import Registry, SuiteSpec
 ID_ARCHIVES: dict[str, tuple[Mapping[str, Any], ...]] = {
     "cifar10": ({
         "name": "cifar-10-python.tar.gz", "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "md5": "c58f30108f718f92721af3b95e74349a", "source": "md5: torchvision.datasets.CIFAR10.tgz_md5",
+        "size": 170498071, "md5": "c58f30108f718f92721af3b95e74349a",
+        "source": "md5: torchvision.datasets.CIFAR10.tgz_md5; size: the byte count its downloaders report "
+                  "('Successfully downloaded cifar-10-python.tar.gz 170498071 bytes', TensorFlow models' "
+                  "download_and_convert_cifar10)",
     },),
     "cifar100": ({
         "name": "cifar-100-python.tar.gz", "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",

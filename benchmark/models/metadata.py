@@ -16,7 +16,10 @@
   ``additional_data`` and the footnote give the extra data (:func:`extra_data`).  model_info has
   no training-method field: the family is ``standard`` for RobustBench's ``Standard*`` models,
   ``trades`` where the paper is TRADES itself, ``certified`` for a verifiably trained model, and
-  ``adversarial-training`` (some robust-training method, see the reference) otherwise.  The
+  ``pgd-at`` for the papers whose method is PGD-AT itself, and ``adversarial-training`` (a robust
+  training method model_info does not name) otherwise.  The
+  entry's ``training:`` text is written from the same record: the paper's title, first author, venue
+  and year, the family and extra data in words, and RobustBench's footnote.  The
   parameter count is the one the generated ``architecture`` field states (robustbench 1.1.1's
   model built on the meta device by ``python -m benchmark.models.robustbench generate``), to 0.1M.
 
@@ -83,8 +86,18 @@ def extra_data(info: Mapping[str, Any]) -> str:
     return "external" if additional else "none"
 
 
+# Papers whose method is PGD adversarial training as Madry et al. define it: the paper itself and
+# Rice et al.'s early-stopped PGD-AT.
+PGD_AT_TITLES = ("towards deep learning models resistant to adversarial attacks",
+                 "overfitting in adversarially robust deep learning")
+
+
 def training_family(name: str, info: Mapping[str, Any]) -> str:
-    title = str(info.get("name") or "").lower()
+    """The training family where model_info names the method: ``standard``, ``certified``,
+    ``trades``, ``pgd-at`` (:data:`PGD_AT_TITLES`); otherwise ``adversarial-training``, which the
+    source does support (RobustBench lists a model under a threat model only as robust to it) and
+    which the registry defines as a robust-training method the source does not name."""
+    title = " ".join(str(info.get("name") or "").lower().split())
     foot = str(info.get("footnote") or "").lower()
     if name.startswith("Standard"):
         return "standard"
@@ -92,7 +105,29 @@ def training_family(name: str, info: Mapping[str, Any]) -> str:
         return "certified"
     if "trade-off between robustness and accuracy" in title:  # TRADES (Zhang et al. 2019) itself
         return "trades"
+    if title in PGD_AT_TITLES:
+        return "pgd-at"
     return "adversarial-training"
+
+
+FAMILY_WORDS = {"standard": "standard training (no robust training)", "certified": "verifiably robust (certified) training",
+                "trades": "TRADES", "pgd-at": "PGD adversarial training",
+                "adversarial-training": "robust training (RobustBench's model_info names no method)"}
+
+
+def robustbench_training(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """An entry's ``training:`` text from its model_info record: the paper (title, first author,
+    venue and year), the training family and extra data as ``meta`` has them, the footnote."""
+    title = " ".join(str(info.get("name") or "").split()) or "untitled"
+    authors = [a.strip() for a in str(info.get("authors") or "").split(",") if a.strip()]
+    who = f"{authors[0]}{' et al.' if len(authors) > 1 else ''}, " if authors else ""
+    when = " ".join(str(v) for v in (meta.get("venue"), meta.get("year")) if v is not None) or "venue not stated"
+    text = f'{title} ({who}{when}): {FAMILY_WORDS[meta["training_family"]]}'
+    if meta.get("extra_data") not in (None, "none"):
+        text += f"; extra data: {meta['extra_data']}"
+    foot = re.sub(r"\\\(\s*\\ell_\{?\\infty\}?\s*\\\)", "Linf", str(info.get("footnote") or ""))  # MathJax \(\ell_{\infty} \)
+    foot = " ".join(re.sub(r"<br\s*/?>", " ", foot).split())
+    return text + (f". RobustBench's note: {foot}" if foot else "")
 
 
 def venue_year(text: str) -> tuple[str | None, int | None]:
@@ -206,6 +241,22 @@ def write_meta(entry: Path, meta: Mapping[str, Any], command: str) -> bool:
     return True
 
 
+def write_training(entry: Path, text: str) -> bool:
+    """Replace an entry's one-line ``training:`` with ``text`` (words only: not part of a RobustBench
+    entry's cell key, see ``registry.DESCRIPTIVE_FIELDS``); True when the file changed."""
+    old = entry.read_text(encoding="utf-8")
+    line = "training: " + json.dumps(text, ensure_ascii=False)
+    new, n = re.subn(r"(?m)^training: .*$", lambda _: line, old, count=1)
+    if n != 1:
+        raise RegistryError(entry, "training", "no one-line training: key to rewrite")
+    if yaml.safe_load(new).get("training") != text:
+        raise RegistryError(entry, "training", "the written text does not read back as generated")
+    if new == old:
+        return False
+    entry.write_text(new, encoding="utf-8")
+    return True
+
+
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
@@ -248,7 +299,8 @@ def generate_robustbench(registry: Registry, repo: Path, *, out: Any = None) -> 
         params = int(round(float(m.group(1)) * 1e6)) if m else None
         meta = robustbench_meta(spec.source_target, spec.dataset, spec.threat_model or "", info, commit=commit,
                                 params=params)
-        changed += write_meta(Path(spec.path), meta, "python -m benchmark.models.metadata robustbench")
+        text_changed = write_training(Path(spec.path), robustbench_training(info, meta))
+        changed += write_meta(Path(spec.path), meta, "python -m benchmark.models.metadata robustbench") or text_changed
     print(f"robustbench: {changed} entries changed (model_info at {RB_REPO}@{commit})", file=out or sys.stdout)
     return changed
 

@@ -9,14 +9,18 @@ process).  What each changes on an AVX-512 machine, measured on the digits zoo
 - ``ATEN_CPU_CAPABILITY``: torch's own vectorised kernels (element-wise ops, reductions such as
   ``sum`` and ``norm``): the attacks' arithmetic;
 - ``ONEDNN_MAX_CPU_ISA``: oneDNN's convolutions and pooling: every conv net's logits and gradients;
-- ``MKL_ENABLE_INSTRUCTIONS``: MKL's GEMM (linear layers) on Intel CPUs; on AMD CPUs MKL runs
-  its own kernels whatever this says, so it changes nothing there;
+- ``MKL_ENABLE_INSTRUCTIONS``: MKL's GEMM (linear layers) on Intel CPUs (measured on an Intel
+  Xeon with AVX-512 and AMX: ``AVX2`` and ``SSE4_2`` each change every model's logits); on AMD
+  CPUs MKL runs its own kernels whatever this says, so it changes nothing there;
 - ``MKL_CBWR=COMPATIBLE``: MKL's most portable GEMM kernels, on any CPU: the one way to give the
   linear layers other last bits on an AMD machine (what an Intel machine's MKL does to them).
 
-``native`` is the machine as it is; ``avx2`` caps every library at AVX2 (an AVX2-only CPU);
-``default`` takes the most basic path of each (torch without vector extensions, MKL's
-compatible kernels, oneDNN at SSE4.1).
+``native`` is the machine as it is; ``avx2`` caps every library at AVX2 (on an Intel CPU, what an
+AVX2-only Intel CPU computes; on an AMD CPU, MKL's part cannot be imitated); ``default`` takes the
+most basic path of each (torch without vector extensions, MKL's compatible kernels, oneDNN at
+SSE4.1).  ``native`` and ``avx2`` leave ``MKL_CBWR`` unset, so the process runs MKL in the strict
+mode that ``import benchmark`` sets (:mod:`benchmark._numerics`), as a user's run does;
+``default`` sets its own (``COMPATIBLE``, also row-independent).
 """
 from __future__ import annotations
 

@@ -45,13 +45,19 @@ class Need:
     path: str
     status: str  # one of OK, PINNED, UNPINNED, NOTE, MISSING, MISMATCH, REFUSED
     detail: str = ""
+    fetch: str = ""  # for a missing item: whether `shiftbench fetch` can get it, and from where
+
+    @property
+    def fetchable(self) -> bool:
+        return self.fetch.startswith("fetch gets it")
 
     @property
     def problem(self) -> bool:
         return self.status in PROBLEMS
 
     def describe(self) -> str:
-        return f"{self.status:<8} {self.kind:<7} {self.owner}: {self.path}" + (f" ({self.detail})" if self.detail else "")
+        return (f"{self.status:<8} {self.kind:<7} {self.owner}: {self.path}" + (f" ({self.detail})" if self.detail else "")
+                + (f" [{self.fetch}]" if self.fetch else ""))
 
 
 @dataclass(frozen=True)
@@ -141,9 +147,11 @@ class Report:
                        "free")
         out += [f"note: {n}" for n in notes]
         if self.problems:
+            n_fetch = sum(n.fetchable for n in self.problems)
             out.append(f"NOT READY: {len(self.problems)} problem(s) above ({', '.join(sorted({n.status for n in self.problems}))}); "
-                       "missing dataset files: see docs/real-suites.md for where to get each one; missing weights: "
-                       "see the model entry's notes and docs/real-suites.md (nothing is downloaded at run time)")
+                       f"`shiftbench fetch --suite {self.suite}` (same --models/--shifts/--threats, --data-dir, "
+                       f"--model-dir) gets {n_fetch} of them; for the others see the note on each and "
+                       "docs/real-suites.md (nothing is downloaded at run time)")
         else:
             out.append("ready: every file the planned cells need is present and matches its checksum or pin")
         return "\n".join(out)
@@ -332,7 +340,7 @@ def weights_needs(models: Iterable[ModelSpec], registry: Registry, model_dir: st
 def network_needs(threats: Iterable[ThreatSpec], model_dir: str | Path | None = None, *,
                   checksums: bool = True) -> list[Need]:
     """The LPIPS feature network of each perceptual threat, with its sha256 or sha256 prefix."""
-    from ..attacks.lpips import check_network, weights_candidates
+    from ..attacks.lpips import NETWORK_LOCK, check_network, pinned_sha256, weights_candidates
     from ..registry import sha256_file
 
     needs = []
@@ -350,17 +358,21 @@ def network_needs(threats: Iterable[ThreatSpec], model_dir: str | Path | None = 
                               f"the {net['arch']} LPIPS network: {' '.join(str(net.get('source', '')).split())}"))
             continue
         sha, prefix = net.get("sha256"), net.get("sha256_prefix")
-        if sha is None and prefix is None:
+        pin = pinned_sha256(found) if sha is None and prefix is None else None
+        if sha is None and prefix is None and pin is None:
             needs.append(Need("network", t.id, str(found), REFUSED,
                               f"no checksum pinned: check the file, then write its sha256 into params.network.sha256 "
-                              f"of {t.path or t.id} (the run stops otherwise)"))
+                              f"of {t.path or t.id} (the run stops otherwise); `shiftbench fetch` pins the file it "
+                              f"downloads in {found.parent / NETWORK_LOCK}"))
             continue
         got = sha256_file(found) if checksums else None
-        if got is not None and ((sha and got != sha) or (prefix and not got.startswith(prefix))):
+        want = sha or pin
+        if got is not None and ((want and got != want) or (prefix and not got.startswith(prefix))):
             needs.append(Need("network", t.id, str(found), MISMATCH, f"sha256 {got} does not match "
-                              f"{'the entry' if sha else 'the prefix ' + prefix}"))
+                              f"{'the entry' if sha else 'its pin in ' + NETWORK_LOCK if pin else 'the prefix ' + str(prefix)}"))
         else:
-            needs.append(Need("network", t.id, str(found), OK, "sha256 verified" if got else "present"))
+            needs.append(Need("network", t.id, str(found), PINNED if pin else OK,
+                              ("sha256 verified" if got else "present") + (f" (pinned in {NETWORK_LOCK})" if pin else "")))
     return needs
 
 
@@ -548,6 +560,7 @@ def preflight(registry: Registry, suite_id: str, cells: Sequence[Any], *, data_d
         if CUDA_ONLY_NOTE in (m.notes or "") and not str(device).startswith("cuda"):
             needs.append(Need("weights", m.id, m.source, REFUSED, f"{CUDA_ONLY_NOTE} Run it with --device cuda"))
     needs += network_needs(threats.values(), model_dir, checksums=checksums)
+    needs = fetch_notes(registry, needs, root, model_dir)
     lines = cost_lines(cells, root, clean_acc)
     disk_needed = sum(RESULT_BYTES + 2 * _images(c, root) for c in cells)
     where = Path(results_dir).resolve()
@@ -575,6 +588,23 @@ def preflight(registry: Registry, suite_id: str, cells: Sequence[Any], *, data_d
         notes.append("perceptual threats (PPGD, LPA) also run their LPIPS network at every step: not counted in passes")
     return Report(suite_id, needs, len(cells), len(models), lines, rate, rate_note, free, disk_needed,
                   time.perf_counter() - t0, notes)
+
+
+def fetch_notes(registry: Registry, needs: Sequence[Need], root: Path, model_dir: str | Path | None) -> list[Need]:
+    """Each missing item with whether ``shiftbench fetch`` can get it (``run/sources.py``)."""
+    import dataclasses
+
+    from .sources import fetch_note, source_of
+
+    out = []
+    for n in needs:
+        if n.status == MISSING:
+            try:
+                n = dataclasses.replace(n, fetch=fetch_note(source_of(registry, n, root, model_dir)))
+            except Exception as exc:  # an entry fetch cannot map: say so, the report stands
+                n = dataclasses.replace(n, fetch=f"fetch cannot get it ({type(exc).__name__}: {exc})")
+        out.append(n)
+    return out
 
 
 def environment_model_dir(model_dir: str | None) -> None:

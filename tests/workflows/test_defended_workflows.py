@@ -12,6 +12,7 @@ import torch
 
 import benchmark
 from benchmark import cli
+from benchmark.cli import workflows as cli_workflows
 from benchmark.models.load import ModelError
 from benchmark.registry import DEFAULT_REGISTRY, Registry
 
@@ -121,8 +122,8 @@ def test_regress_of_the_users_defense_against_the_zoo_entry(userpkg, tmp_path, c
 
 
 def test_key_values_parse_and_name_the_option():
-    assert cli._key_values("eot=20,draws=5", "--randomized") == {"eot": 20, "draws": 5}
-    assert cli._key_values("kind=gaussian-noise,sigma=0.25", "--input-transform") == {"kind": "gaussian-noise",
+    assert cli_workflows.key_values("eot=20,draws=5", "--randomized") == {"eot": 20, "draws": 5}
+    assert cli_workflows.key_values("kind=gaussian-noise,sigma=0.25", "--input-transform") == {"kind": "gaussian-noise",
                                                                                       "sigma": 0.25}
     with pytest.raises(SystemExit, match="--randomized: expected key=value"):
-        cli._key_values("eot20", "--randomized")
+        cli_workflows.key_values("eot20", "--randomized")
