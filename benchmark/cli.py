@@ -53,6 +53,12 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threats", default=None, help="patterns over threat ids")
 
 
+def _add_protocol(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=("lean", "reference"), default=None,
+                   help="design of the dataset-shift cells (default: the suite's): lean shares the test images out "
+                        "among the corruptions, reference attacks every image under every one (OODRobustBench's)")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="root of real datasets (default: $SHIFTBENCH_DATA or ./data)")
     p.add_argument("--model-dir", default=None, help="robustbench weights cache (default: $SHIFTBENCH_MODELS or ./models)")
@@ -123,7 +129,7 @@ def cmd_run(args) -> int:
     _check_data_dir(suite, args.data_dir)
     environment_model_dir(args.model_dir)  # LPIPS networks are looked up there too
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
+                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir, protocol=args.protocol)
     if not cells:
         print(f"error: no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
               f"threats={args.threats}); see `shiftbench ls models --suite {args.suite}`", file=sys.stderr)
@@ -215,16 +221,19 @@ def cmd_preflight(args) -> int:
         raise UsageError(f"--clean-acc must lie in (0, 1], got {args.clean_acc}")
     environment_model_dir(args.model_dir)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, model_dir=args.model_dir, record_pins=False)
+                            n_examples=args.n, model_dir=args.model_dir, record_pins=False, protocol=args.protocol)
     if not cells:
         raise UsageError(f"no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
                          f"threats={args.threats})")
     device = _device_or_exit(args.device)
     if device is None:
         return 2
+    designs = plan.both_protocols(r, cells, args.suite, args.protocol or suite.protocol, models=args.models,
+                                  shifts=args.shifts, threats=args.threats, n_examples=args.n,
+                                  model_dir=args.model_dir, record_pins=False)
     rep = preflight(r, args.suite, cells, data_dir=args.data_dir, model_dir=args.model_dir,
                     results_dir=Path(args.results) / args.suite, rate=args.rate, measure=not args.no_measure,
-                    checksums=not args.no_checksums, clean_acc=args.clean_acc, device=device)
+                    checksums=not args.no_checksums, clean_acc=args.clean_acc, device=device, designs=designs)
     print(rep.text(verbose=args.verbose))
     return 0 if rep.ok else 1
 
@@ -319,11 +328,12 @@ def cmd_leaderboard(args) -> int:
     from .report import leaderboard
 
     r = _registry(args)
-    res = aggregate.load(r, args.suite, Path(args.results))  # to name excluded files (cheap next to the fits)
+    res = aggregate.load(r, args.suite, Path(args.results), args.protocol)  # to name excluded files (cheap next to the fits)
     for v in res.corrupt:
         print(f"warning: excluded {v.describe()} (`shiftbench run --suite {args.suite}` recomputes it)",
               file=sys.stderr)
-    path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
+    path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None,
+                             protocol=args.protocol)
     print(f"wrote {path} ({leaderboard.integrity_text(res)})", file=sys.stderr)
     return 0
 
@@ -901,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=None, help="run at most N pending cells")
     q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's)")
     q.add_argument("--seed", type=int, default=None)
+    _add_protocol(q)
     q.add_argument("--shard", default=None, help="run slice i/N of the grid (for any scheduler)")
     q.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: one per visible GPU, else 1)")
@@ -929,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rate", type=float, default=None,
                    help="forward+backward passes per second of your device (default: measured here on one planned "
                         "model's architecture with random weights)")
+    _add_protocol(q)
     q.add_argument("--no-measure", action="store_true", help="do not measure a rate (no hours without --rate)")
     q.add_argument("--no-checksums", action="store_true", help="check presence only (no hashing)")
     q.add_argument("--clean-acc", type=float, default=1.0,
@@ -944,6 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--suite", default="digits")
     q.add_argument("--results", default=str(RESULTS_ROOT))
     q.add_argument("--out", default=None, help="output markdown (default: ./leaderboard.md for digits)")
+    _add_protocol(q)
     _add_common(q)
     q.set_defaults(fn=cmd_leaderboard)
 
