@@ -50,9 +50,9 @@ def design(registry, protocol: str, seed: int, folders: list[Path], stored: Path
     return res, summ, analyse(registry, res, summ)
 
 
-def cost(res) -> tuple[int, float]:
+def cost(res, models: list[str]) -> tuple[int, float]:
     """Attacked images (clean-correct) and seconds (attack + checks) of the dataset cells per model."""
-    d = res.cells[res.cells["role"] == "dataset"]
+    d = res.cells[(res.cells["role"] == "dataset") & res.cells["model"].isin(models)]
     seconds = 0.0
     for p in d["path"]:
         t = json.loads(Path(p).read_text())["timing"]
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lean", required=True, help="results folder (suite folder inside) of the lean design")
     p.add_argument("--other-seed", type=int, default=1)
     p.add_argument("--models", default=None, help="patterns over the zoo (default: the whole zoo)")
+    p.add_argument("--cost-models", default=None,
+                   help="patterns over the models whose cells' seconds are compared (default: all; leave out "
+                        "models whose two runs did not run side by side)")
     a = p.parse_args(argv)
     r = Registry()
     stored = Path(a.stored)
@@ -140,9 +143,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{n[0]}-{n[-1]} (each at every severity)")
     print("\nCost of the dataset-shift cells per model (clean-correct images attacked; seconds of the cells' "
           "attack, checks and clean pass as their results record them):\n")
+    import fnmatch
+
+    priced = [n for n in models if not a.cost_models
+              or any(fnmatch.fnmatchcase(n, q.strip()) for q in a.cost_models.split(","))]
+    spent = {}
     for k in ("full", "full-s1", "lean"):
-        images, seconds = cost(runs[k][0])
-        print(f"- {k}: {images:,} images, {seconds:.1f} s")
+        images, spent[k] = cost(runs[k][0], priced)
+        print(f"- {k}: {images:,} images, {spent[k]:.1f} s")
+    print(f"- lean / full seed 1 seconds ({len(priced)} models: {', '.join(priced)}): "
+          f"{spent['lean'] / spent['full-s1']:.2f}")
     print("\n(full: computed with the stored results; full seed 1 and lean: computed side by side on one machine, "
           "so their seconds compare with each other, not with full's)")
     return 0
