@@ -54,7 +54,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def _add_protocol(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", choices=("lean", "reference"), default=None,
+    p.add_argument("--protocol", choices=reg.PROTOCOLS, default=None,
                    help="design of the dataset-shift cells (default: the suite's): lean shares the test images out "
                         "among the corruptions, reference attacks every image under every one (OODRobustBench's)")
 
