@@ -156,8 +156,12 @@ def both_protocols(registry: reg.Registry, cells: list[Cell], suite_id: str, pro
                    **filters) -> dict[str, list[Cell]]:
     """protocol -> the grid's cells under it (``cells``: under ``protocol``; the other planned with
     the same ``filters``), for setting their costs side by side; empty where the suite has no
-    shift the protocols treat differently."""
-    other = plan_suite(registry, suite_id, protocol=OTHER_PROTOCOL[protocol], **filters)
+    shift the protocols treat differently, or where the other cannot be planned (too few images
+    for the lean design)."""
+    try:
+        other = plan_suite(registry, suite_id, protocol=OTHER_PROTOCOL[protocol], **filters)
+    except ValueError:
+        return {}
     if [c.key for c in other] == [c.key for c in cells]:
         return {}
     return {protocol: cells, OTHER_PROTOCOL[protocol]: other}
@@ -178,6 +182,11 @@ def lean_designs(registry: reg.Registry, suite: reg.SuiteSpec, n: int, protocol:
         raise reg.RegistryError(Path(suite.path or suite.id), "shifts_per_image",
                                 f"{suite.shifts_per_image} shifts per image, but only {len(groups)} of the suite's "
                                 "dataset shifts corrupt the test images one by one; lower it")
+    if groups and n * suite.shifts_per_image < len(groups):
+        need = -(-len(groups) // suite.shifts_per_image)
+        raise ValueError(f"suite {suite.id}: the lean design shares {n} test image(s) among {len(groups)} dataset "
+                         f"shifts ({suite.shifts_per_image} per image), so some shifts would attack none; use --n "
+                         f"{need} or more, or --protocol reference")
     return {s: Design(groups, g, suite.shifts_per_image, n) for g, s in enumerate(groups)}
 
 

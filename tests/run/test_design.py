@@ -63,6 +63,16 @@ def _two_shift_registry(root: Path, protocol: str | None, **extra) -> Registry:
     return Registry(root)
 
 
+def test_too_few_images_for_the_lean_design_is_refused_with_the_way_out(tiny_registry):
+    """Two aligned shifts need two images under lean: one is refused (a shift would attack none,
+    and its cell would have nothing to average), naming --n and --protocol reference."""
+    r = _two_shift_registry(tiny_registry, "lean")
+    with pytest.raises(ValueError, match=r"use --n 2 or more, or --protocol reference"):
+        planner.plan_suite(r, "tiny", n_examples=1)
+    assert planner.plan_suite(r, "tiny", n_examples=1, protocol="reference")
+    assert planner.plan_suite(r, "tiny", n_examples=2)
+
+
 def test_lean_changes_only_the_keys_of_the_shared_out_shifts(tiny_registry):
     default = {c.key for c in planner.plan_suite(_two_shift_registry(tiny_registry, None), "tiny")}
     r = _two_shift_registry(tiny_registry, "lean")
