@@ -143,6 +143,8 @@ def plan_suite(
                 d = designs.get(sid)
                 for sev in s.severities or (None,):
                     if keep(s.id, shifts) or (sev is not None and keep(f"{s.id}-{sev}", shifts)):
+                        if d is not None:
+                            _check_lean_share(suite, d)
                         cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n if d else n_shift, sd, w, d))
         if keep(ID_SHIFT, shifts):
             for tid in suite.threat_shifts:
@@ -182,12 +184,17 @@ def lean_designs(registry: reg.Registry, suite: reg.SuiteSpec, n: int, protocol:
         raise reg.RegistryError(Path(suite.path or suite.id), "shifts_per_image",
                                 f"{suite.shifts_per_image} shifts per image, but only {len(groups)} of the suite's "
                                 "dataset shifts corrupt the test images one by one; lower it")
-    if groups and n * suite.shifts_per_image < len(groups):
-        need = -(-len(groups) // suite.shifts_per_image)
-        raise ValueError(f"suite {suite.id}: the lean design shares {n} test image(s) among {len(groups)} dataset "
-                         f"shifts ({suite.shifts_per_image} per image), so some shifts would attack none; use --n "
-                         f"{need} or more, or --protocol reference")
     return {s: Design(groups, g, suite.shifts_per_image, n) for g, s in enumerate(groups)}
+
+
+def _check_lean_share(suite: reg.SuiteSpec, design: Design) -> None:
+    """A planned lean cell needs images: with fewer than one image per shift, some shifts would
+    attack none (and have no mean), so such a grid is refused with the way out."""
+    if design.pool * design.per_image < len(design.groups):
+        need = -(-len(design.groups) // design.per_image)
+        raise ValueError(f"suite {suite.id}: the lean design shares {design.pool} test image(s) among "
+                         f"{len(design.groups)} dataset shifts ({design.per_image} per image), so some shifts would "
+                         f"attack none; use --n {need} or more, or --protocol reference")
 
 
 def _pinned_weights(registry: reg.Registry, model: reg.ModelSpec, model_dir: str | None, record: bool = True):
