@@ -162,7 +162,7 @@ def both_protocols(registry: reg.Registry, cells: list[Cell], suite_id: str, pro
     for the lean design)."""
     try:
         other = plan_suite(registry, suite_id, protocol=OTHER_PROTOCOL[protocol], **filters)
-    except ValueError:
+    except TooFewImages:
         return {}
     if [c.key for c in other] == [c.key for c in cells]:
         return {}
@@ -187,12 +187,16 @@ def lean_designs(registry: reg.Registry, suite: reg.SuiteSpec, n: int, protocol:
     return {s: Design(groups, g, suite.shifts_per_image, n) for g, s in enumerate(groups)}
 
 
+class TooFewImages(ValueError):
+    """A lean grid with fewer test images than its shifts need (one at least each)."""
+
+
 def _check_lean_share(suite: reg.SuiteSpec, design: Design) -> None:
     """A planned lean cell needs images: with fewer than one image per shift, some shifts would
     attack none (and have no mean), so such a grid is refused with the way out."""
     if design.pool * design.per_image < len(design.groups):
         need = -(-len(design.groups) // design.per_image)
-        raise ValueError(f"suite {suite.id}: the lean design shares {design.pool} test image(s) among "
+        raise TooFewImages(f"suite {suite.id}: the lean design shares {design.pool} test image(s) among "
                          f"{len(design.groups)} dataset shifts ({design.per_image} per image), so some shifts would "
                          f"attack none; use --n {need} or more, or --protocol reference")
 
