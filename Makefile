@@ -51,8 +51,12 @@ defenses: $(STAMP)
 	$(BIN)/shiftbench run --suite digits-defenses --workers $(WORKERS)
 	$(BIN)/shiftbench leaderboard --suite digits
 
+# the tests run on one worker process per core (pytest-xdist; at most 4: each holds torch and its
+# own models), each test sent to the next free worker but those marked xdist_group(name), which
+# share one (the local Ray clusters)
+TEST_WORKERS ?= auto
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup --durations 25
 
 leaderboard: $(STAMP)
 	$(BIN)/shiftbench leaderboard --suite digits

@@ -30,6 +30,7 @@ DEFAULT_REGISTRY = PACKAGED_REGISTRY if PACKAGED_REGISTRY.is_dir() else REPO_ROO
 BUILTIN_REGISTRY = DEFAULT_REGISTRY
 
 KINDS = ("models", "shifts", "threats", "suites")
+PROTOCOLS = ("lean", "reference")  # a suite's designs of its dataset-shift cells (benchmark/run/design.py)
 LP_NORMS = ("Linf", "L2", "L1")
 MODEL_SOURCES = ("builtin", "robustbench", "python", "file")
 PYTHON_ATTACK = "python:"  # a threat's ``attack: python:module:function`` (benchmark.attacks.code_attack)
@@ -177,6 +178,11 @@ class SuiteSpec:
     n_examples: int = 1000
     n_shift_examples: int | None = None  # per dataset-shift cell (one severity); default n_examples
     seed: int = 0
+    # the design of the dataset-shift cells (benchmark/run/design.py): "lean" attacks each ID test
+    # image under ``shifts_per_image`` of the shifts that corrupt the ID test set image by image
+    # (at all their severities); "reference" under every one of them, as OODRobustBench does
+    protocol: str = "reference"
+    shifts_per_image: int = 1
     description: str = ""
     # module prefixes whose ``python:`` model entries this suite may import without --allow-code
     allow_code: tuple[str, ...] = ()
@@ -386,6 +392,10 @@ def _check_semantics(kind: str, spec: Any, path: Path) -> None:
             raise RegistryError(path, "n_examples", "must be positive")
         if spec.n_shift_examples is not None and spec.n_shift_examples <= 0:
             raise RegistryError(path, "n_shift_examples", "must be positive")
+        if spec.protocol not in PROTOCOLS:
+            raise RegistryError(path, "protocol", f"unknown protocol {spec.protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+        if isinstance(spec.shifts_per_image, bool) or spec.shifts_per_image < 1:
+            raise RegistryError(path, "shifts_per_image", f"expected a whole number >= 1, got {spec.shifts_per_image!r}")
         for prefix in spec.allow_code:
             if not _MODULE.fullmatch(prefix):
                 raise RegistryError(path, "allow_code", f"{prefix!r}: expected a module prefix such as 'mypkg.models'")

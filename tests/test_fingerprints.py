@@ -37,7 +37,9 @@ from benchmark.registry import DEFAULT_REGISTRY, Registry
 GOLDEN = Path(__file__).parent / "golden" / "fingerprints.json"
 N, SEED, MODEL = 32, 0, "mlp-standard"
 EXTRA = {"pgd": "digits-linf", "apgd-ce": "digits-l2", "apgd-mm": "digits-l1"}  # attacks not used by a digits threat, on a digits budget
-REL_TOL = 1e-4  # float noise across CPUs; a real change moves the total perturbation far more
+# float noise across CPUs (digits-pixel-flow's total moved by 3.5e-4, its outcomes not, under the avx2
+# profile on an Intel Xeon); a real change moves the total perturbation far more
+REL_TOL = 1e-3
 
 
 def _registry() -> Registry:

@@ -24,6 +24,12 @@ Summary per model (accuracies are fractions; each has ``_lo``/``_hi`` 95% bounds
   accuracy (:mod:`benchmark.analysis.published`); a failed check is the first of the model's flags.
 Means over cells get the paired normal-approximation interval of
 :func:`benchmark.analysis.stats.weighted_mean_interval`.
+
+A suite's results are read under one protocol (the suite's, or ``protocol``): the plan of a
+protocol holds only its own dataset-shift cells (a lean cell's key covers its design), so a lean
+and a reference cell never meet in one mean; the other protocol's files are counted apart
+(``other_protocol``), neither stale nor used.  A lean cell's row carries the test images it
+holds (``images``), which its intervals follow.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..run import plan as planner
@@ -43,7 +50,7 @@ from .stats import bootstrap_weighted_means, weighted_mean_interval, wilson
 METRICS = ("id_clean", "id_robust", "ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust")
 REFERENCE_METRIC = "ood_t_ref_robust"  # OOD-T over the reference set; a column only where the suite has one
 CELL_COLUMNS = ("key", "model", "role", "data", "shift", "severity", "threat", "attack", "n", "clean_acc",
-                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path", "versions", "checks")
+                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path", "versions", "checks", "images")
 
 
 @dataclass
@@ -57,6 +64,8 @@ class SuiteResults:
     corrupt: list[store.Verdict] = field(default_factory=list)  # planned cells whose file failed verification
     n_verified: int = 0  # present cells whose digest matched
     n_unsigned: int = 0  # present cells without a digest (written before digests; still checked for consistency)
+    protocol: str = "reference"  # the design of the dataset-shift cells read (benchmark/run/design.py)
+    other_protocol: list[Path] = field(default_factory=list)  # files of the other protocol's cells: not used
 
     @property
     def n_planned(self) -> int:
@@ -115,8 +124,15 @@ def _row(path: Path, payload: dict[str, Any], planned: dict[str, Any]) -> dict[s
         robust = store.unbits(payload["robust_correct"])
         row = {c: planned[c] for c in ("key", "model", "role", "data", "shift", "severity", "threat")}
         row["attack"] = str(payload["attack"])
+        design = payload.get("design")
+        images = None if design is None else np.asarray(design["images"], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not a shiftbench result ({exc!r}); delete it and re-run `shiftbench run`") from None
+    if (design is not None) != planned["lean"] or (images is not None and images.size != n):
+        raise ValueError(f"{path}: key 'design' says {'lean' if design else 'reference'} protocol"
+                         f"{'' if images is None else f' over {images.size} images'} for a "
+                         f"{'lean' if planned['lean'] else 'reference'} cell of {n} outcomes; "
+                         "delete the file and re-run `shiftbench run`")
     if clean.size != n or robust.size != n:
         raise ValueError(f"{path}: key 'clean_correct'/'robust_correct' hold {clean.size}/{robust.size} outcomes, "
                          f"'n' says {n}; delete the file and re-run `shiftbench run`")
@@ -124,21 +140,26 @@ def _row(path: Path, payload: dict[str, Any], planned: dict[str, Any]) -> dict[s
                robust_acc=float(robust.mean()) if n else float("nan"), clean_correct=clean,
                robust_correct=robust, failed_checks=_failed_checks(payload.get("checks")), path=str(path),
                versions=tuple(sorted((str(k), str(v)) for k, v in (payload.get("versions") or {}).items())),
-               checks=tuple(sorted(payload.get("checks") or {})))
+               checks=tuple(sorted(payload.get("checks") or {})), images=images)
     return row
 
 
-def load(registry: Registry, suite_id: str, results_root: Path) -> SuiteResults:
-    """Read ``results_root/<suite>/`` against the suite's current plan."""
+def load(registry: Registry, suite_id: str, results_root: Path, protocol: str | None = None) -> SuiteResults:
+    """Read ``results_root/<suite>/`` against the suite's current plan under ``protocol``
+    (default: the suite's)."""
     suite = registry.suite(suite_id)
-    cells = planner.plan_suite(registry, suite_id)
+    protocol = protocol or suite.protocol
+    cells = planner.plan_suite(registry, suite_id, protocol=protocol)
     folder = Path(results_root) / suite_id
     files = _scan(folder)
     # Cell.key hashes the whole spec: compute it once per cell (via the file name)
     names = [c.filename for c in cells]
     keys = [store.key_of_name(n) for n in names]
     planned_keys = set(keys)
-    stale = sorted(p for k, ps in files.items() if k not in planned_keys for p in ps)
+    other = set()
+    if any(k not in planned_keys for k in files):  # the other protocol's files are not stale
+        other = {c.key for c in planner.plan_suite(registry, suite_id, protocol=planner.OTHER_PROTOCOL[protocol])} - planned_keys
+    stale = sorted(p for k, ps in files.items() if k not in planned_keys and k not in other for p in ps)
     rows, plan_rows = [], []
     corrupt: list[store.Verdict] = []
     counted = {store.VERIFIED: 0, store.UNSIGNED: 0}
@@ -146,9 +167,7 @@ def load(registry: Registry, suite_id: str, results_root: Path) -> SuiteResults:
         expected = folder / name
         found = sorted(files.get(key, []))
         path = expected if expected in found else (found[0] if found else None)
-        plan_rows.append({"key": key, "model": c.model.id, "role": c.role, "data": c.data_name,
-                          "shift": c.shift_id, "severity": c.severity, "threat": c.threat.id,
-                          "present": path is not None})
+        plan_rows.append(_plan_row(c, key, path is not None))
         if path is None:
             continue
         verdict = store.check_result(path, expected_key=key)
@@ -160,13 +179,44 @@ def load(registry: Registry, suite_id: str, results_root: Path) -> SuiteResults:
         rows.append(_row(path, verdict.payload, plan_rows[-1]))
     return SuiteResults(suite, pd.DataFrame(rows, columns=list(CELL_COLUMNS)),
                         pd.DataFrame(plan_rows, columns=["key", "model", "role", "data", "shift", "severity",
-                                                         "threat", "present"]), sorted(stale), corrupt,
-                        counted[store.VERIFIED], counted[store.UNSIGNED])
+                                                         "threat", "present", "lean"]), sorted(stale), corrupt,
+                        counted[store.VERIFIED], counted[store.UNSIGNED], protocol,
+                        sorted(p for k in other for p in files.get(k, [])))
+
+
+
+def _plan_row(c: planner.Cell, key: str, present: bool) -> dict[str, Any]:
+    return {"key": key, "model": c.model.id, "role": c.role, "data": c.data_name, "shift": c.shift_id,
+            "severity": c.severity, "threat": c.threat.id, "present": present, "lean": c.design is not None}
+
+
+def from_files(suite: SuiteSpec, cells: list[planner.Cell], folders: list[Path], protocol: str) -> SuiteResults:
+    """``cells`` read from the first of ``folders`` (each a suite's results folder) that holds
+    each, verified as :func:`load` does: a grid assembled from several runs (perf/design_comparison.py
+    sets designs computed into separate folders beside the stored ID and threat cells)."""
+    rows, plan_rows = [], []
+    for c in cells:
+        path = next((Path(f) / c.filename for f in folders if (Path(f) / c.filename).is_file()), None)
+        plan_rows.append(_plan_row(c, c.key, path is not None))
+        if path is None:
+            continue
+        verdict = store.check_result(path, expected_key=c.key)
+        if not verdict.ok:
+            raise ValueError(f"{verdict.describe()}: delete it and re-run `shiftbench run`")
+        rows.append(_row(path, verdict.payload, plan_rows[-1]))
+    return SuiteResults(suite, pd.DataFrame(rows, columns=list(CELL_COLUMNS)), pd.DataFrame(plan_rows),
+                        n_verified=len(rows), protocol=protocol)
 
 
 # --------------------------------------------------------------------------- summary
 def _mean(rows: list[dict[str, Any]], weights: list[float], col: str) -> tuple[float, float, float]:
-    return weighted_mean_interval([r[col] for r in rows], weights)
+    return weighted_mean_interval([r[col] for r in rows], weights, images=[_images(r) for r in rows])
+
+
+def _images(row: dict[str, Any]) -> np.ndarray | None:
+    """A lean cell's test images (None for a reference cell, whose outcomes pair by index)."""
+    im = row.get("images")
+    return im if isinstance(im, np.ndarray) else None
 
 
 def _id_metric(row: dict[str, Any] | None, col: str) -> tuple[float, float, float]:
@@ -356,7 +406,7 @@ def example_bootstrap(results: SuiteResults, summary: Summary, *, n_boot: int, s
         mp = metric_parts(by_model.get(m, []), results.suite)
         for name in metrics:
             g, w = mp[name]
-            parts.append(([r[_COLUMN[name]] for r in g], w))
+            parts.append(([r[_COLUMN[name]] for r in g], w, [_images(r) for r in g]))
     values = bootstrap_weighted_means(parts, n_boot=n_boot, seed=seed)
     n_models, k = len(summary.models), len(metrics)
     return {name: values[:, i::k] if n_models else values[:, :0] for i, name in enumerate(metrics)}

@@ -45,6 +45,12 @@ def add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threats", default=None, help="patterns over threat ids")
 
 
+def add_protocol(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=reg.PROTOCOLS, default=None,
+                   help="design of the dataset-shift cells (default: the suite's): lean shares the test images out "
+                        "among the corruptions, reference attacks every image under every one (OODRobustBench's)")
+
+
 def add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="root of real datasets (default: $SHIFTBENCH_DATA or ./data)")
     p.add_argument("--model-dir", default=None, help="robustbench weights cache (default: $SHIFTBENCH_MODELS or ./models)")

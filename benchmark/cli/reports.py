@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import registry as reg
-from .common import RESULTS_ROOT, UsageError, add_common, registry_of
+from .common import RESULTS_ROOT, UsageError, add_common, add_protocol, registry_of
 
 
 def cmd_verify_results(args) -> int:
@@ -70,11 +70,12 @@ def cmd_leaderboard(args) -> int:
     from ..report import leaderboard
 
     r = registry_of(args)
-    res = aggregate.load(r, args.suite, Path(args.results))  # to name excluded files (cheap next to the fits)
+    res = aggregate.load(r, args.suite, Path(args.results), args.protocol)  # to name excluded files (cheap next to the fits)
     for v in res.corrupt:
         print(f"warning: excluded {v.describe()} (`shiftbench run --suite {args.suite}` recomputes it)",
               file=sys.stderr)
-    path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None)
+    path = leaderboard.write(r, args.suite, Path(args.results), Path(args.out) if args.out else None,
+                             protocol=args.protocol)
     print(f"wrote {path} ({leaderboard.integrity_text(res)})", file=sys.stderr)
     return 0
 
@@ -84,6 +85,7 @@ def add_leaderboard_parser(sub) -> None:
     q.add_argument("--suite", default="digits")
     q.add_argument("--results", default=str(RESULTS_ROOT))
     q.add_argument("--out", default=None, help="output markdown (default: ./leaderboard.md for digits)")
+    add_protocol(q)
     add_common(q)
     q.set_defaults(fn=cmd_leaderboard)
 

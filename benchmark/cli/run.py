@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import registry as reg
 from ..data.fetch import MIRROR_ENV
 from .common import (CODE_ENV, RESULTS_ROOT, UsageError, add_common, add_data, add_device, add_filters,
-                     check_data_dir, check_patterns, check_run_flags, device_or_exit, registry_of)
+                     add_protocol, check_data_dir, check_patterns, check_run_flags, device_or_exit, registry_of)
 
 
 def cmd_run(args) -> int:
@@ -26,7 +26,7 @@ def cmd_run(args) -> int:
         check_data_dir(suite, args.data_dir)
     environment_model_dir(args.model_dir)  # LPIPS networks are looked up there too
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir)
+                            n_examples=args.n, seed=args.seed, model_dir=args.model_dir, protocol=args.protocol)
     if not cells:
         print(f"error: no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
               f"threats={args.threats}); see `shiftbench ls models --suite {args.suite}`", file=sys.stderr)
@@ -148,6 +148,7 @@ def add_run_parser(sub) -> None:
     q.add_argument("--limit", type=int, default=None, help="run at most N pending cells")
     q.add_argument("--n", type=int, default=None, help="examples per cell (default: the suite's)")
     q.add_argument("--seed", type=int, default=None)
+    add_protocol(q)
     q.add_argument("--shard", default=None, help="run slice i/N of the grid (for any scheduler)")
     q.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: one per visible GPU, else 1)")
@@ -256,16 +257,19 @@ def cmd_preflight(args) -> int:
         raise UsageError(f"--clean-acc must lie in (0, 1], got {args.clean_acc}")
     environment_model_dir(args.model_dir)
     cells = plan.plan_suite(r, args.suite, models=args.models, shifts=args.shifts, threats=args.threats,
-                            n_examples=args.n, model_dir=args.model_dir, record_pins=False)
+                            n_examples=args.n, model_dir=args.model_dir, record_pins=False, protocol=args.protocol)
     if not cells:
         raise UsageError(f"no cells match (suite {args.suite}, models={args.models}, shifts={args.shifts}, "
                          f"threats={args.threats})")
     device = device_or_exit(args.device)
     if device is None:
         return 2
+    designs = plan.both_protocols(r, cells, args.suite, args.protocol or suite.protocol, models=args.models,
+                                  shifts=args.shifts, threats=args.threats, n_examples=args.n,
+                                  model_dir=args.model_dir, record_pins=False)
     rep = preflight(r, args.suite, cells, data_dir=args.data_dir, model_dir=args.model_dir,
                     results_dir=Path(args.results) / args.suite, rate=args.rate, measure=not args.no_measure,
-                    checksums=not args.no_checksums, clean_acc=args.clean_acc, device=device)
+                    checksums=not args.no_checksums, clean_acc=args.clean_acc, device=device, designs=designs)
     print(rep.text(verbose=args.verbose))
     return 0 if rep.ok else 1
 
@@ -278,6 +282,7 @@ def add_preflight_parser(sub) -> None:
     q.add_argument("--rate", type=float, default=None,
                    help="forward+backward passes per second of your device (default: measured here on one planned "
                         "model's architecture with random weights)")
+    add_protocol(q)
     q.add_argument("--no-measure", action="store_true", help="do not measure a rate (no hours without --rate)")
     q.add_argument("--no-checksums", action="store_true", help="check presence only (no hashing)")
     q.add_argument("--clean-acc", type=float, default=1.0,

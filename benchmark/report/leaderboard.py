@@ -342,6 +342,27 @@ def beats_section(board: Board) -> list[str]:
 
 
 # --------------------------------------------------------------------------- markdown
+def design_sentence(suite: SuiteSpec, res: aggregate.SuiteResults) -> str:
+    """What design made the dataset-shift cells, where the suite has a choice (none for a suite
+    whose protocol is the reference one, read as such)."""
+    if res.protocol == suite.protocol == "reference":
+        return ""
+    other = f"{len(res.other_protocol)} result file(s) of the other protocol not used. " if res.other_protocol else ""
+    if res.protocol == "reference":
+        return ("Dataset-shift design: **reference** (`--protocol reference`; the suite's own is lean): every test "
+                "image attacked under every shift at every severity, as OODRobustBench does. " + other).strip()
+    lean = res.planned[res.planned["lean"]] if len(res.planned) else res.planned
+    groups = sorted(set(lean["shift"])) if len(lean) else []
+    sizes = sorted({int(n) for n, im in zip(res.cells["n"], res.cells["images"]) if isinstance(im, np.ndarray)}) \
+        if len(res.cells) else []
+    per = f" ({sizes[0]}-{sizes[-1]} images each)" if sizes else ""
+    return (f"Dataset-shift design: **lean** (`protocol: lean`): the {suite.n_examples:,} test images are shared out "
+            f"among the {len(groups)} shifts that corrupt them{per}, each image attacked under "
+            f"{suite.shifts_per_image} of them at every severity, stratified by class, fixed by seed {suite.seed}; "
+            "per-shift intervals follow each shift's own images; `--protocol reference` attacks every image under "
+            "every shift, as OODRobustBench does. " + other).strip()
+
+
 def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, summ: aggregate.Summary,
            fits: dict[str, trends.Trend], *, command: str, png_ref: str | None,
            board: Board | None = None, plot_refs: dict[str, str] | None = None,
@@ -380,6 +401,9 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
         f"{res.n_present} of {res.n_planned} cells present, {res.n_missing} missing, "
         f"{res.n_stale} stale result file(s) ignored. " + integrity_text(res)
     )
+    design = design_sentence(suite, res)
+    if design:
+        lines += ["", design]
     mixed = versions_sentence(board.mixed)
     if mixed:
         lines += ["", mixed]
@@ -712,9 +736,10 @@ def build(registry: Registry, suite_id: str, results_root: Path):
     return board.res, board.summ, board.fits
 
 
-def build_board(registry: Registry, suite_id: str, results_root: Path) -> Board:
-    """Load, summarise and analyse a suite's results."""
-    res = aggregate.load(registry, suite_id, Path(results_root))
+def build_board(registry: Registry, suite_id: str, results_root: Path, protocol: str | None = None) -> Board:
+    """Load, summarise and analyse a suite's results (its dataset-shift cells under ``protocol``,
+    default the suite's)."""
+    res = aggregate.load(registry, suite_id, Path(results_root), protocol)
     summ = aggregate.summarize(registry, res)
     return analyse(registry, res, summ)
 
@@ -737,10 +762,10 @@ def plots(board: Board) -> dict[str, bytes]:
 
 
 def write(registry: Registry, suite_id: str, results_root: Path, out: Path | None = None, *,
-          command: str | None = None) -> Path:
+          command: str | None = None, protocol: str | None = None) -> Path:
     """Regenerate a suite's leaderboard markdown (and its PNGs); return the markdown path."""
     out = Path(out) if out is not None else default_out(suite_id)
-    board = build_board(registry, suite_id, results_root)
+    board = build_board(registry, suite_id, results_root, protocol)
     res = board.res
     if res.n_present == 0:
         raise FileNotFoundError(f"no current results for suite '{suite_id}' under {Path(results_root) / suite_id} "
@@ -750,7 +775,7 @@ def write(registry: Registry, suite_id: str, results_root: Path, out: Path | Non
     paths = {k: plot_path(out, suite_id) if k == "trend" else out.parent / "docs" / f"{suite_id}-{k}.png"
              for k in pngs}
     refs = {k: os.path.relpath(p, out.parent).replace(os.sep, "/") for k, p in paths.items()}
-    command = command or f"shiftbench leaderboard --suite {suite_id}"
+    command = command or f"shiftbench leaderboard --suite {suite_id}" + (f" --protocol {protocol}" if protocol else "")
     from . import defenses
 
     text = render(registry, res.suite, res, board.summ, board.fits, command=command, png_ref=refs["trend"],

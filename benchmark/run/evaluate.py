@@ -78,8 +78,25 @@ def cell_data(cell: Cell, data_dir: str | Path | None = None) -> tuple[torch.Ten
         x, y = _id_data(cell.model.dataset, root, prep)
     else:
         x, y = load_shift(cell.shift, cell.severity, seed=cell.seed, data_dir=data_dir, preprocessing=prep)
-    idx = torch.from_numpy(datasets.subset(cell.n, len(x), cell.seed))
+    idx = cell_images(cell, y)
+    if cell.design is not None:  # kept for its result (result_payload), which records them
+        _LEAN_IMAGES[cell.key] = idx
+    idx = torch.from_numpy(idx)
     return x[idx], y[idx]
+
+
+_LEAN_IMAGES: dict[str, np.ndarray] = {}  # lean cell key -> its images, from cell_data to result_payload
+
+
+def cell_images(cell: Cell, labels: torch.Tensor) -> np.ndarray:
+    """Indices of the images a cell attacks in its data of ``len(labels)``: the seeded subset of
+    n, and under the lean protocol the share of it that the cell's design gives its shift."""
+    idx = datasets.subset(cell.n, len(labels), cell.seed)
+    if cell.design is not None:
+        from .design import share
+
+        idx = idx[share(cell.design, labels.numpy()[idx], cell.seed)]
+    return idx
 
 
 def prepare(cell: Cell, model: nn.Module, data_dir=None) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -310,6 +327,12 @@ def result_payload(cell: Cell, out: Outcome, attack_name: str, *, device: str = 
     if attack_name in BATCH_DEPENDENT or is_code_attack(attack_name) or (model is not None and
                                                                          randomization(model) is not None):
         payload["batch_size"] = int(batch_size)
+    if cell.design is not None:  # a lean cell: its design and the test images its outcomes follow
+        images = _LEAN_IMAGES.pop(cell.key, None)
+        if images is None or len(images) != n:
+            raise RuntimeError(f"{cell.describe()}: the images of a lean cell are recorded when its data is read "
+                               "(cell_data); read it before writing its result")
+        payload["design"] = cell.design.record(images)
     defense = record(model, attack_name) if model is not None else None
     if defense is not None:  # only for declared defenses: other results keep their bytes
         payload["defense"] = defense

@@ -11,10 +11,12 @@ import dataclasses
 import fnmatch
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from .. import registry as reg
 from ..attacks import HARNESS_VERSION
+from .design import Design, aligned
 
 ID_SHIFT = "id"  # the name of the in-distribution "shift" in cells and results
 
@@ -32,6 +34,9 @@ class Cell:
     # checksums of the model's checkpoints from the registry's lock file, for entries that do not
     # pin them with their own sha256 (the RobustBench zoo): ((file name, sha256), ...)
     weights: tuple[tuple[str, str], ...] | None = None
+    # the lean protocol's share of the test images (benchmark/run/design.py); None: the cell
+    # attacks the seeded subset of n, as under the reference protocol (and as before protocols)
+    design: Design | None = None
 
     @property
     def shift_id(self) -> str:
@@ -58,6 +63,8 @@ class Cell:
         }
         if self.weights is not None:
             what["weights"] = [list(w) for w in self.weights]
+        if self.design is not None:  # only where it changes the images: reference cells keep their keys
+            what["design"] = self.design
         return reg.content_hash(what)
 
     @property
@@ -99,6 +106,7 @@ def plan_suite(
     seed: int | None = None,
     model_dir: str | None = None,
     record_pins: bool = True,
+    protocol: str | None = None,
 ) -> list[Cell]:
     """All cells of a suite, filtered by comma-separated glob patterns.
 
@@ -107,7 +115,9 @@ def plan_suite(
     (the ID threat's id included).  A RobustBench model whose entry has no sha256 gets its
     checkpoints' checksums from the registry's lock file in its cells' keys (recorded on first
     use from the files under ``model_dir``; not with ``record_pins=False``, which only reads the
-    lock), so a replaced checkpoint never serves stale results.
+    lock), so a replaced checkpoint never serves stale results.  ``protocol`` (default: the
+    suite's): ``lean`` shares the test images out among the shifts that corrupt them
+    (:mod:`benchmark.run.design`), ``reference`` attacks every image under every shift.
     """
     suite = registry.suite(suite_id)
     n = n_examples or suite.n_examples
@@ -115,6 +125,7 @@ def plan_suite(
     sd = suite.seed if seed is None else seed
     model_specs = registry.suite_models(suite, models)
     id_threat = registry.threat(suite.id_threat)
+    designs = lean_designs(registry, suite, n, protocol or suite.protocol)
 
     def keep(name: str, pats: str | None) -> bool:
         if not pats:
@@ -129,15 +140,65 @@ def plan_suite(
         if keep(id_threat.id, threats):
             for sid in suite.dataset_shifts:
                 s = registry.shift(sid)
+                d = designs.get(sid)
                 for sev in s.severities or (None,):
                     if keep(s.id, shifts) or (sev is not None and keep(f"{s.id}-{sev}", shifts)):
-                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n_shift, sd, w))
+                        if d is not None:
+                            _check_lean_share(suite, d)
+                        cells.append(Cell(suite.id, m, s, sev, id_threat, "dataset", n if d else n_shift, sd, w, d))
         if keep(ID_SHIFT, shifts):
             for tid in suite.threat_shifts:
                 t = registry.threat(tid)
                 if keep(t.id, threats):
                     cells.append(Cell(suite.id, m, None, None, t, "threat", n, sd, w))
     return cells
+
+
+def both_protocols(registry: reg.Registry, cells: list[Cell], suite_id: str, protocol: str,
+                   **filters) -> dict[str, list[Cell]]:
+    """protocol -> the grid's cells under it (``cells``: under ``protocol``; the other planned with
+    the same ``filters``), for setting their costs side by side; empty where the suite has no
+    shift the protocols treat differently, or where the other cannot be planned (too few images
+    for the lean design)."""
+    try:
+        other = plan_suite(registry, suite_id, protocol=OTHER_PROTOCOL[protocol], **filters)
+    except TooFewImages:
+        return {}
+    if [c.key for c in other] == [c.key for c in cells]:
+        return {}
+    return {protocol: cells, OTHER_PROTOCOL[protocol]: other}
+
+
+OTHER_PROTOCOL = {"lean": "reference", "reference": "lean"}
+
+
+def lean_designs(registry: reg.Registry, suite: reg.SuiteSpec, n: int, protocol: str) -> dict[str, Design]:
+    """shift id -> its :class:`Design` under ``protocol`` (none under ``reference``): the suite's
+    aligned shifts share out the seeded subset of ``n`` test images."""
+    if protocol not in reg.PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(reg.PROTOCOLS)}")
+    if protocol == "reference":
+        return {}
+    groups = tuple(s for s in suite.dataset_shifts if aligned(registry.shift(s)))
+    if groups and suite.shifts_per_image > len(groups):
+        raise reg.RegistryError(Path(suite.path or suite.id), "shifts_per_image",
+                                f"{suite.shifts_per_image} shifts per image, but only {len(groups)} of the suite's "
+                                "dataset shifts corrupt the test images one by one; lower it")
+    return {s: Design(groups, g, suite.shifts_per_image, n) for g, s in enumerate(groups)}
+
+
+class TooFewImages(ValueError):
+    """A lean grid with fewer test images than its shifts need (one at least each)."""
+
+
+def _check_lean_share(suite: reg.SuiteSpec, design: Design) -> None:
+    """A planned lean cell needs images: with fewer than one image per shift, some shifts would
+    attack none (and have no mean), so such a grid is refused with the way out."""
+    if design.pool * design.per_image < len(design.groups):
+        need = -(-len(design.groups) // design.per_image)
+        raise TooFewImages(f"suite {suite.id}: the lean design shares {design.pool} test image(s) among "
+                         f"{len(design.groups)} dataset shifts ({design.per_image} per image), so some shifts would "
+                         f"attack none; use --n {need} or more, or --protocol reference")
 
 
 def _pinned_weights(registry: reg.Registry, model: reg.ModelSpec, model_dir: str | None, record: bool = True):

@@ -96,6 +96,7 @@ class Report:
     disk_needed: int
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    designs: list["DesignLine"] = field(default_factory=list)  # the cost under each protocol, where they differ
 
     @property
     def ok(self) -> bool:
@@ -142,6 +143,13 @@ class Report:
                        f"({self.hours / 24:,.1f} days) on one device")
         else:
             out.append(f"hours: unknown ({self.rate_note}); give --rate PASSES_PER_S")
+        if self.designs:
+            out += ["", "| protocol (dataset-shift design) | cells | attacked images (at most) | passes: dataset "
+                    "shifts | passes: ID and threat shifts | passes (upper bound) | hours |", "|---|---:|---:|---:|---:|---:|---:|"]
+            for d in self.designs:
+                hours = f"{d.passes / self.rate / 3600:,.1f}" if self.rate else "?"
+                out.append(f"| {d.protocol}{' (this run)' if d.this_run else ''} | {d.cells} | {d.images:,} | "
+                           f"{d.dataset_passes:.3g} | {d.passes - d.dataset_passes:.3g} | {d.passes:.3g} | {hours} |")
         if self.disk_free is not None:
             out.append(f"results: about {self.disk_needed / 2**20:,.0f} MiB needed, {self.disk_free / 2**30:,.1f} GiB "
                        "free")
@@ -257,7 +265,13 @@ def data_needs(cells: Sequence[Any], root: Path, *, checksums: bool = True) -> l
 
 def _images(c: Any, root: Path) -> int:
     """Images a cell evaluates, at most: its n, capped by what its data holds where that is
-    known without reading it (``.npy`` headers, ``limit``, the 5,000-image lists)."""
+    known without reading it (``.npy`` headers, ``limit``, the 5,000-image lists); a lean cell's
+    share of them (:mod:`benchmark.run.design`)."""
+    n = _available(c, root)
+    return n if c.design is None else c.design.images_at_most(n)
+
+
+def _available(c: Any, root: Path) -> int:
     import numpy as np
 
     from ..data import loaders
@@ -489,6 +503,25 @@ def cost_lines(cells: Sequence[Any], root: Path, clean_acc: float = 1.0) -> list
     return list(lines.values())
 
 
+@dataclass(frozen=True)
+class DesignLine:
+    """One protocol's cost for the same models and filters (preflight prints both)."""
+
+    protocol: str
+    this_run: bool
+    cells: int
+    images: int
+    passes: float
+    dataset_passes: float
+
+
+def design_line(protocol: str, this_run: bool, cells: Sequence[Any], root: Path, clean_acc: float = 1.0) -> DesignLine:
+    lines = cost_lines(cells, root, clean_acc)
+    dataset = cost_lines([c for c in cells if c.role == "dataset"], root, clean_acc)
+    return DesignLine(protocol, this_run, len(cells), sum(t.images for t in lines), sum(t.passes for t in lines),
+                      sum(t.passes for t in dataset))
+
+
 # --------------------------------------------------------------------------- rate
 INPUT_SIZE = {"Crop288": 288}
 
@@ -541,8 +574,11 @@ def measure_rate(spec: ModelSpec, registry: Registry, *, device: str = "cpu", ba
 # --------------------------------------------------------------------------- all together
 def preflight(registry: Registry, suite_id: str, cells: Sequence[Any], *, data_dir: str | Path | None = None,
               model_dir: str | Path | None = None, results_dir: str | Path = "results", rate: float | None = None,
-              measure: bool = True, checksums: bool = True, clean_acc: float = 1.0, device: str = "cpu") -> Report:
-    """Check what ``cells`` need and plan their cost (see the module docstring)."""
+              measure: bool = True, checksums: bool = True, clean_acc: float = 1.0, device: str = "cpu",
+              designs: Mapping[str, Sequence[Any]] | None = None) -> Report:
+    """Check what ``cells`` need and plan their cost (see the module docstring).  ``designs``:
+    protocol -> the same grid's cells under it, whose costs are set side by side (the one whose
+    cells are ``cells`` marked as this run's)."""
     from ..data import datasets
 
     t0 = time.perf_counter()
@@ -586,8 +622,9 @@ def preflight(registry: Registry, suite_id: str, cells: Sequence[Any], *, data_d
         notes.append("models differ in size: hours assume every model runs at the rate of the one measured")
     if any(t.kind == "lpips" for t in threats.values()):
         notes.append("perceptual threats (PPGD, LPA) also run their LPIPS network at every step: not counted in passes")
+    compared = [design_line(p, cs is cells, cs, root, clean_acc) for p, cs in (designs or {}).items()]
     return Report(suite_id, needs, len(cells), len(models), lines, rate, rate_note, free, disk_needed,
-                  time.perf_counter() - t0, notes)
+                  time.perf_counter() - t0, notes, compared)
 
 
 def fetch_notes(registry: Registry, needs: Sequence[Need], root: Path, model_dir: str | Path | None) -> list[Need]:
@@ -614,5 +651,5 @@ def environment_model_dir(model_dir: str | None) -> None:
         os.environ["SHIFTBENCH_MODELS"] = str(Path(model_dir).expanduser())
 
 
-__all__ = ["Need", "Cost", "Report", "PassCounter", "attack_cost", "data_needs", "weights_needs", "network_needs", "measure_rate",
+__all__ = ["Need", "Cost", "Report", "DesignLine", "design_line", "PassCounter", "attack_cost", "data_needs", "weights_needs", "network_needs", "measure_rate",
            "preflight", "environment_model_dir"]

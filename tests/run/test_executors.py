@@ -65,6 +65,7 @@ def assert_same_outcomes(expected: Path, got: Path, cells) -> None:
         assert a["checks"] == b["checks"], c.describe()
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time on the machine
 def test_ray_matches_local_and_reports_a_failing_cell(digits_slice, serial_results, tmp_path, capsys):
     import ray
 
@@ -102,6 +103,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time on the machine
 def test_cli_ray_joins_a_running_cluster_and_returns_results(tiny_registry, tmp_path, capsys):
     """--ray-address joins a cluster started elsewhere (here: another process on this machine);
     --ray-return-results has the driver write the results."""

@@ -16,6 +16,7 @@ import pytest
 
 import rehearsal
 from benchmark import cli
+from benchmark.attacks.batching import micro_batch_size
 from benchmark.run import store, trust
 from benchmark.run.plan import plan_suite
 
@@ -26,7 +27,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:
 def rehearse(world: rehearsal.World, capsys, *, shifts: str | None = None, threats: str | None = None) -> dict:
     """`shiftbench preflight`, `run` and `verify-results` on the world; fails naming every cell
     without a verified result, with the errors `run` printed."""
+    # every planned cell on 2 images: the reference design (the lean one shares 2 images out among
+    # the corruptions, so most would attack none, which plan_suite refuses)
     common = ["--suite", world.suite, "--registry", str(world.registry), "--models", world.model, "--n", "2",
+              "--protocol", "reference",
               "--data-dir", str(world.data), "--model-dir", str(world.models), "--results", str(world.results)]
     common += (["--shifts", shifts] if shifts else []) + (["--threats", threats] if threats else [])
     rc = cli.main(["preflight", *common, "--no-measure"])
@@ -37,7 +41,7 @@ def rehearse(world: rehearsal.World, capsys, *, shifts: str | None = None, threa
     run = capsys.readouterr()
     seconds = time.perf_counter() - t0
     cells = plan_suite(world.registry_obj, world.suite, models=world.model, shifts=shifts, threats=threats,
-                       n_examples=2)
+                       n_examples=2, protocol="reference")
     folder = world.results / world.suite
     bad = [c.describe() for c in cells if not store.is_done(folder / c.filename, c.key)]
     errors = [line for line in run.err.splitlines() if line.startswith("error")]
@@ -78,7 +82,12 @@ def test_rehearsal_fast(suite, world_env, capsys, monkeypatch):
     monkeypatch.setattr(trust, "DEEP_SAMPLE", 2)
     w = world_env(suite, fast=True)
     shifts, threats = rehearsal.fast_cells(suite)
-    out = rehearse(w, capsys, shifts=shifts, threats=threats)
+    # cells of 2 images: micro-batches of 2 rows instead of the harness's 32 run the same code path
+    # (a call of one still-robust image is padded) at a sixteenth of the cost (the grid runs in this
+    # process)
+    with micro_batch_size(2):
+        out = rehearse(w, capsys, shifts=shifts, threats=threats)
+    assert {r["micro_batch"] for r in out["results"]} == {2}
     kinds = {r["threat_kind"] for r in out["results"]}
     assert kinds == {w.registry_obj.threat(t).kind for t in threats.split(",")}
     roles = {r["role"] for r in out["results"]}
@@ -91,7 +100,7 @@ def test_rehearsal_full(suite, world_env, capsys):
     """Every planned cell of the suite's real architecture at the suite's own attack settings."""
     w = world_env(suite, fast=False)
     out = rehearse(w, capsys)
-    plan = plan_suite(w.registry_obj, suite, models=w.model)
+    plan = plan_suite(w.registry_obj, suite, models=w.model, protocol="reference")
     assert out["cells"] == len(plan)
     print(f"{suite}: {out['cells']} cells of {w.model} in {out['seconds']:.0f} s; Square escalation in "
           f"{len(out['escalated'])}: {out['escalated']}")

@@ -71,8 +71,8 @@ def test_evaluate_refuses_undeclared_randomness_and_repeats_declared(userpkg):
     assert (frames[0]["robust_acc"] <= frames[0]["clean_acc"]).all() and (frames[0]["clean_acc"] > 0.8).all()
     # the attribute declares it too, and gives the same numbers as the argument with the same settings
     by_attr = benchmark.evaluate(userpkg.declared_noisy(), suite="digits-defenses", shifts=[], threats=[],
-                                 n_examples=40)
-    by_arg = benchmark.evaluate(userpkg.noisy(), suite="digits-defenses", shifts=[], threats=[], n_examples=40,
+                                 n_examples=20)
+    by_arg = benchmark.evaluate(userpkg.noisy(), suite="digits-defenses", shifts=[], threats=[], n_examples=20,
                                 randomized={"eot": 20, "draws": 5})
     assert by_attr[cols].equals(by_arg[cols])
 
@@ -100,24 +100,24 @@ def test_regress_of_the_users_defense_against_the_zoo_entry(userpkg, tmp_path, c
     without its declaration it is refused."""
     results, base = tmp_path / "results", tmp_path / "baseline.json"
     assert cli.main(["run", "--suite", "digits-defenses", "--models", "mlp-noise-0.4-def-noise", "--threats",
-                     "digits-linf", "--n", "40", "--results", str(results), "--no-progress"]) == 0
+                     "digits-linf", "--n", "20", "--results", str(results), "--no-progress"]) == 0
     assert cli.main(["export-baseline", "--suite", "digits-defenses", "--model", "mlp-noise-0.4-def-noise",
-                     "--n", "40", "--results", str(results), "--out", str(base)]) == 0
+                     "--n", "20", "--results", str(results), "--out", str(base)]) == 0
     stored = json.loads(base.read_text())["cells"][0]
     report = tmp_path / "report.md"
     with pytest.raises(ModelError, match="randomized"):
-        cli.main(["regress", "--model", "python:userdef.models:noisy", "--baseline", str(base), "--n", "40",
+        cli.main(["regress", "--model", "python:userdef.models:noisy", "--baseline", str(base), "--n", "20",
                   "--allow-code", "--no-progress"])
-    assert cli.main(["regress", "--model", "python:userdef.models:noisy", "--baseline", str(base), "--n", "40",
+    assert cli.main(["regress", "--model", "python:userdef.models:noisy", "--baseline", str(base), "--n", "20",
                      "--allow-code", "--randomized", "eot=20,draws=5", "--report", str(report),
                      "--no-progress"]) == 0
-    res = benchmark.regress("python:userdef.models:noisy", str(base), allow_code=True, n_examples=40,
+    res = benchmark.regress("python:userdef.models:noisy", str(base), allow_code=True, n_examples=20,
                             randomized={"eot": 20, "draws": 5})
     row = res.cells.iloc[0]
     assert (row["lost"], row["gained"]) == (0, 0) and row["verdict"] == "ok"
     assert row["robust_now"] == pytest.approx(stored["robust_acc"])
     # the entry's own declaration wins over the command line's: --randomized with other draws changes nothing
-    again = benchmark.regress("mlp-noise-0.4-def-noise", str(base), n_examples=40, randomized={"eot": 1, "draws": 3})
+    again = benchmark.regress("mlp-noise-0.4-def-noise", str(base), n_examples=20, randomized={"eot": 1, "draws": 3})
     assert (again.cells.iloc[0]["lost"], again.cells.iloc[0]["gained"]) == (0, 0)
 
 
