@@ -341,16 +341,23 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
     escalation = None
     conv = checks.get("convergence") or {}
     if conv.get("ok") is False and conv.get("stronger_args") is not None and robust.any():
-        ii = np.flatnonzero(robust)
-        t = torch.from_numpy(ii).to(x.device)
-        rob = _attack_sample(model, x[t], y[t], threat, seed=seed, attack=attack_arg,
-                             attack_args=conv["stronger_args"], index=ii)
-        broken = [int(i) for i in ii[~rob.astype(bool)]]
+        # the check's sample already had the stronger run (same seed, same positions: the same outcome, as
+        # every example's numbers are its own), so only the rest of the still-robust examples are attacked
+        checked_already = np.zeros(len(robust), bool)
+        checked_already[np.asarray(conv.get("sample", []), dtype=np.int64)] = True
+        ii = np.flatnonzero(robust & ~checked_already)
+        broken = []
+        if len(ii):
+            t = torch.from_numpy(ii).to(x.device)
+            rob = _attack_sample(model, x[t], y[t], threat, seed=seed, attack=attack_arg,
+                                 attack_args=conv["stronger_args"], index=ii)
+            broken = [int(i) for i in ii[~rob.astype(bool)]]
         robust[broken] = False
         if broken:
             broken_by["stronger-escalation"] = broken
         escalation = {"reasons": ["convergence"], "attack": conv["attack"], "attack_args": conv["stronger_args"],
-                      "n": int(len(ii)), "broken": len(broken),
+                      "n": int(len(ii)), "n_checked": int(checked_already.sum()),
+                      "broken": len(broken),
                       "robust_acc_before": round(float(robust_correct.mean()), 4),
                       "robust_acc_after": round(float(robust.mean()), 4)}
     if threat.kind == "lp" and threat.eps > 0 and robust.any():

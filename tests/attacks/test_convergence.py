@@ -106,6 +106,16 @@ def test_convergence_check_escalates_an_under_iterated_threat_and_not_a_converge
     assert out.escalation and out.escalation["reasons"] == ["convergence"]
     assert out.robust_correct.sum() < robust(model, run_attack(model, x, y, under, seed=0), y).sum()
     assert set(out.broken_by) >= {"test-own-stadv", "stronger-check"}
+    # the escalation skips the check's sample (already run): the stored outcome is exactly the
+    # stronger run on every example the cell's attack left robust
+    first = robust(model, run_attack(model, x, y, under, seed=0), y)
+    left = np.flatnonzero(first)
+    strong = robust(model, run_attack(model, x[left], y[left], under, seed=0, index=left.tolist(),
+                                      **conv["stronger_args"]), y[left])
+    expected = first.copy()
+    expected[left[~strong]] = False
+    assert np.array_equal(out.robust_correct.astype(bool), expected)
+    assert out.escalation["n"] + out.escalation["n_checked"] == conv["of_robust"]
 
     converged = dataclasses_replace(under, id="test-converged", attack="stadv",
                                     attack_args=FrozenMap({"steps": 30, "restarts": 2}))
