@@ -14,10 +14,10 @@ h = 1e-3; see "Same numbers on every CPU" below).  The step is scaled so its LPI
 ``||J d||`` is eta = 2 bound / steps, clipped to [0, 1], then projected onto the LPIPS ball.
 
 **LPA** (Lagrangian perceptual attack).  Minimises ``-L(x') + lambda max(0, LPIPS(x, x') - bound)``
-by normalised gradient steps whose LPIPS length is ``step`` (bound, decayed by 10x over the
-steps), estimated by a finite difference (h = 0.1); ``lambda`` starts at 0.01 and is multiplied
-by 10 after each of ``binary_steps`` (5) rounds for the examples still outside the ball.  The
-result is projected onto the ball.
+by normalised gradient steps whose LPIPS length is ``step`` (bound, decayed geometrically by
+``decay``, 10x, over each round's steps), estimated by a finite difference (h = 0.1); ``lambda``
+starts at 0.01 and is multiplied by 10 after each of ``binary_steps`` (5) rounds for the
+examples still outside the ball.  The result is projected onto the ball.
 
 **Projection** (Newton's method, as the reference): while LPIPS(x, x') > bound, step along the
 LPIPS gradient by (LPIPS - bound + 0.1) (1.1) / |grad|^2 (at most 10 times); examples still
@@ -192,12 +192,12 @@ def ppgd(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tens
 def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.5,
         steps: int = 40, binary_steps: int = 5, step: float | None = None, h: float = 0.1,
         lam0: float = 0.01, lam_growth: float = 10.0, project_fooled: bool = False,
-        start: torch.Tensor | None = None) -> torch.Tensor:
+        start: torch.Tensor | None = None, decay: float = 0.1) -> torch.Tensor:
     """Lagrangian perceptual attack; see the module docstring.  ``lam0`` and ``lam_growth``: the
     penalty weight of the first round and its factor per round (for the examples still outside
     the ball); ``project_fooled``: an iterate that fools the model outside the ball is projected
     onto it at once and kept if it still fools (a success is never left for later);
-    ``start``: the first iterate (default ``x``)."""
+    ``start``: the first iterate (default ``x``); ``decay``: see :func:`lpa_attack`."""
     out = x.detach().clone()
     if bound == 0 or steps == 0 or len(x) == 0:
         return out
@@ -215,7 +215,7 @@ def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tenso
             ii = live.nonzero().squeeze(1)
             if len(ii) == 0:
                 break
-            size = step * 0.1 ** (it / steps)
+            size = step * decay ** (it / steps)
             cur = adv[ii].requires_grad_(True)
             with torch.enable_grad():
                 logits = model(cur)
@@ -308,11 +308,13 @@ def ppgd_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 
 @register("lpa")
 def lpa_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 40, binary_steps: int = 5,
                step: float | None = None, h: float = 0.1, lam0: float = 0.01, lam_growth: float = 10.0,
-               project_fooled: bool = False, restarts: int = 1) -> torch.Tensor:
+               project_fooled: bool = False, restarts: int = 1, decay: float = 0.1) -> torch.Tensor:
     """Budget as :func:`ppgd_attack`.  Settings: ``steps`` per round (40 as the reference),
     ``binary_steps`` rounds of the penalty weight (5), ``step`` (default bound), ``h``, ``lam0``
     and ``lam_growth`` (the first round's penalty weight and its factor per round: 0.01 and 10 as
-    the reference), ``project_fooled`` (see :func:`lpa`), ``restarts`` (as :func:`ppgd_attack`)."""
+    the reference), ``project_fooled`` (see :func:`lpa`), ``restarts`` (as :func:`ppgd_attack`),
+    ``decay`` (the last step's length over the first's in each round, geometric in between: 0.1 as
+    the reference)."""
     bound, net = _setup(threat)
     if bound == 0:
         return x.detach().clone()
@@ -321,6 +323,6 @@ def lpa_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 4
     def attempt(active: torch.Tensor, r: int) -> torch.Tensor:
         start = _random_start(net, x, bound, seed, index, active, r) if r else None
         return lpa(model, net, x[active], y[active], bound=bound, steps=steps, binary_steps=binary_steps, step=step,
-                   h=h, lam0=lam0, lam_growth=lam_growth, project_fooled=project_fooled, start=start)
+                   h=h, lam0=lam0, lam_growth=lam_growth, project_fooled=project_fooled, start=start, decay=decay)
 
     return with_restarts(model, x, y, attempt, restarts)
