@@ -186,6 +186,23 @@ def reference_sentence(board: Board) -> str | None:
             f"for a model missing any of these cells (its flag names them).")
 
 
+def escalation_sentence(res: aggregate.SuiteResults) -> str | None:
+    """Per threat, how many of its cells failed the convergence check and store what the stronger
+    run of their attack finds (None when none did)."""
+    cells = res.cells
+    if not len(cells) or "escalated" not in cells:
+        return None
+    hit = cells[[("convergence" in e) for e in cells["escalated"]]]
+    if not len(hit):
+        return None
+    total = cells.groupby("threat").size()
+    parts = [f"`{t}` {n} of {int(total[t])}" for t, n in hit.groupby("threat").size().items()]
+    return ("Escalated to the stronger run (its attack's iterations x4, 2 runs), the cell storing what neither broke, "
+            "because the stronger run broke significantly more of a sample of the examples the attack left robust "
+            f"(the convergence check; docs/attacks.md): {', '.join(parts)} cells. The attack stopped short, not the "
+            "model: no flag.")
+
+
 def target_label(name: str, suite: SuiteSpec) -> str:
     """``OOD-D``, ``noise (family)``, ``gaussian_noise (D)``, ``digits-l2 (T)``."""
     if name in trends.AGGREGATES:
@@ -450,6 +467,9 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
     ref = reference_sentence(board)
     if ref:
         lines += ["", ref]
+    escalated = escalation_sentence(res)
+    if escalated:
+        lines += ["", escalated]
     if board.incomplete:
         lines += ["", "### Not ranked: incomplete models", ""]
         irows = []
