@@ -340,7 +340,9 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
             broken_by[name] = found
     escalation = None
     conv = checks.get("convergence") or {}
-    if conv.get("ok") is False and conv.get("stronger_args") is not None and robust.any():
+    # escalated even when the check's sample held every still-robust example (the stronger run then ran on all of
+    # them already): the cell stores the stronger run's number either way
+    if conv.get("ok") is False and conv.get("stronger_args") is not None:
         # the check's sample already had the stronger run (same seed, same positions: the same outcome, as
         # every example's numbers are its own), so only the rest of the still-robust examples are attacked
         checked_already = np.zeros(len(robust), bool)

@@ -143,3 +143,20 @@ def test_calibrate_sets_a_non_lp_threat_beside_its_stronger_run(setup):
     ok = calibrate.Row("m", "u", "stadv", 0.05, 600, 0.9, 0.501, 0.5, 1.0, 8.0, fast_name="stadv",
                        aa_version=calibrate.STRONGER)
     assert calibrate.all_targets_met([ok]) and "Targets met" in calibrate.render([ok], "c")
+
+
+def test_a_failed_check_whose_sample_held_every_robust_example_still_counts_as_escalated(setup):
+    """When the check's sample is every example the attack left robust, the stronger run has run on
+    all of them: the cell is escalated (its number is the stronger run's) with nothing left to attack."""
+    model, x, y = setup
+    t = threat("stadv", 0.03, steps=1)
+    clean = robust(model, x, y)
+    rob = robust(model, run_attack(model, x, y, t, seed=0), y)
+    left = np.flatnonzero(rob)
+    assert len(left) >= 2
+    checks = {"convergence": {"ok": False, "attack": "stadv", "stronger_args": {"steps": 4, "restarts": 2},
+                              "sample": left.tolist(), "broken": left[:1].tolist()}}
+    after, broken_by, escalation = trust.settle(model, x, y, t, clean, rob, checks, attack="stadv", seed=0)
+    assert escalation is not None and escalation["reasons"] == ["convergence"]
+    assert escalation["n"] == 0 and escalation["n_checked"] == len(left) and escalation["broken"] == 0
+    assert after.sum() == len(left) - 1 and broken_by["stronger-check"] == left[:1].tolist()
