@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-WORKERS ?= 2
+# one worker process per core, at most 8 (each holds torch and a model, about 1 GB); the numbers do not
+# depend on it (every example's draws and micro-batches are its own), only the time does
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$n)
 
 .PHONY: install run defenses test leaderboard validate zoo shifts-picture calibrate clean-venv
 
