@@ -6,8 +6,8 @@ stronger run included), and the CPU seconds of each part.
 LPA on digits) costs mostly its stronger run on the examples the attack left robust, so its
 settings are chosen here, by the cell's total (docs/threats.md, "the stronger run is the number")::
 
-    .venv/bin/python perf/threat_cells.py --threat digits-lpa \\
-        --configs '[{"steps": 20, "binary_steps": 3, "lam0": 1.0}, {"steps": 40, "binary_steps": 3, "lam0": 1.0, "step": 0.4}]'
+    .venv/bin/python perf/threat_cells.py --threat digits-lpa --configs \\
+        '[{"steps": 20, "binary_steps": 3, "lam0": 1.0}, {"steps": 40, "binary_steps": 3, "lam0": 1.0, "step": 0.4}]'
 """
 from __future__ import annotations
 
