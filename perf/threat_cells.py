@@ -1,5 +1,6 @@
-"""Settings of one threat side by side as the evaluator runs its cell: the attack alone, then the
-stored number once every trust check acted (the ``convergence`` check and its escalation to the
+"""Settings of one threat side by side, each as the evaluator runs the whole cell.
+
+For each setting: the attack alone, then the stored number once every trust check acted (the ``convergence`` check and its escalation to the
 stronger run included), and the CPU seconds of each part.
 
 :mod:`perf.threat_settings` times the attack alone; a threat whose cells are escalated (PPGD and
@@ -11,7 +12,6 @@ settings are chosen here, by the cell's total (docs/threats.md, "the stronger ru
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -22,27 +22,14 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     from benchmark.attacks.batching import fixed_batch
-    from benchmark.data import datasets
     from benchmark.models.load import load_model
-    from benchmark.registry import FrozenMap, Registry, default_registry_root
+    from benchmark.registry import FrozenMap
     from benchmark.run.evaluate import attack_outcome
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threat", required=True)
-    p.add_argument("--models", default="cnn-pgd-0.10", help="comma-separated model ids (default cnn-pgd-0.10)")
-    p.add_argument("--n", type=int, default=600, help="test images (default 600, the suite's)")
-    p.add_argument("--configs", type=json.loads, default=[{}],
-                   help="JSON list of attack_args, each replacing the entry's (default: [{}], the attack's defaults)")
-    p.add_argument("--registry", default=str(default_registry_root()))
-    a = p.parse_args(argv)
-    if not isinstance(a.configs, list) or not all(isinstance(c, dict) for c in a.configs):
-        raise SystemExit("--configs: give a JSON list of objects, e.g. '[{\"steps\": 40}]'")
-    torch.set_num_threads(1)
-    reg = Registry(a.registry)
-    entry = reg.threat(a.threat)
-    x_all, y_all = datasets.load_id("digits", "test")
-    idx = torch.from_numpy(datasets.subset(a.n, len(x_all), 0))
-    x, y = x_all[idx], y_all[idx]
+    from threat_settings import setup
+
+    a, reg, entry, x, y = setup(__doc__, argv, models="cnn-pgd-0.10", n=600, configs_help="JSON list of "
+                                "attack_args, each replacing the entry's (default: [{}], the attack's defaults)")
     print("| model | attack_args | attack alone % | stored % | stronger run broke | attack s | checks + escalation s "
           "| CPU s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

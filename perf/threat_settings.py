@@ -21,29 +21,35 @@ import torch
 MODELS = "cnn-pgd-0.10,lenet-trades-3,mlp-pgd-0.05,cnn-standard"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmark.attacks import run_attack
-    from benchmark.attacks.batching import fixed_batch
+def setup(doc: str, argv: list[str] | None, *, models: str, n: int, configs_help: str):
+    """The command line and data both settings scripts share (this one and perf/threat_cells.py):
+    ``(args, registry, threat entry, x, y)``, x and y the fixed subset of ``--n`` test images."""
     from benchmark.data import datasets
-    from benchmark.models.load import load_model
     from benchmark.registry import Registry, default_registry_root
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--threat", required=True)
-    p.add_argument("--models", default=MODELS, help=f"comma-separated model ids (default {MODELS})")
-    p.add_argument("--n", type=int, default=200, help="test images (default 200)")
-    p.add_argument("--configs", type=json.loads, default=[{}],
-                   help="JSON list of settings, each updating the threat's own (default: [{}], the entry as is)")
+    p.add_argument("--models", default=models, help=f"comma-separated model ids (default {models})")
+    p.add_argument("--n", type=int, default=n, help=f"test images (default {n})")
+    p.add_argument("--configs", type=json.loads, default=[{}], help=configs_help)
     p.add_argument("--registry", default=str(default_registry_root()))
     a = p.parse_args(argv)
     if not isinstance(a.configs, list) or not all(isinstance(c, dict) for c in a.configs):
         raise SystemExit("--configs: give a JSON list of objects, e.g. '[{}, {\"steps\": 40}]'")
     torch.set_num_threads(1)
     reg = Registry(a.registry)
-    threat = reg.threat(a.threat)
     x_all, y_all = datasets.load_id("digits", "test")
     idx = torch.from_numpy(datasets.subset(a.n, len(x_all), 0))
-    x, y = x_all[idx], y_all[idx]
+    return a, reg, reg.threat(a.threat), x_all[idx], y_all[idx]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.attacks import run_attack
+    from benchmark.attacks.batching import fixed_batch
+    from benchmark.models.load import load_model
+
+    a, reg, threat, x, y = setup(__doc__, argv, models=MODELS, n=200, configs_help="JSON list of settings, each "
+                                 "updating the threat's own (default: [{}], the entry as is)")
     print(f"| model | " + " | ".join(f"{json.dumps(c)} % | s" for c in a.configs) + " |")
     print("|---|" + "---|---|" * len(a.configs))
     for mid in a.models.split(","):
