@@ -21,20 +21,31 @@ import time
 import torch
 
 
+def zoo_parser(description: str, threats: str | None = None, n_help: str = "first n test images"
+               ) -> argparse.ArgumentParser:
+    """The options of the scripts that attack a suite's zoo with some of its threats (this one,
+    converged_threats.py): ``--threats`` (required without a default), ``--suite``, ``--models``,
+    ``--n``, ``--registry``."""
+    from benchmark.registry import default_registry_root
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--threats", required=threats is None, default=threats, help="comma-separated threat ids")
+    p.add_argument("--suite", default="digits")
+    p.add_argument("--models", default=None, help="patterns over the suite's models (default: all)")
+    p.add_argument("--n", type=int, default=None, help=f"{n_help} (default: the suite's n_examples)")
+    p.add_argument("--registry", default=str(default_registry_root()))
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmark.attacks import run_attack
     from benchmark.data import datasets
     from benchmark.models.load import load_model
-    from benchmark.registry import FrozenMap, Registry, default_registry_root
+    from benchmark.registry import FrozenMap, Registry
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threats", required=True, help="comma-separated threat ids")
-    p.add_argument("--suite", default="digits")
-    p.add_argument("--models", default=None, help="patterns over the suite's models (default: all)")
-    p.add_argument("--n", type=int, default=None, help="first n test images (default: the suite's n_examples)")
+    p = zoo_parser(__doc__.split("\n")[0])
     p.add_argument("--set", type=json.loads, default=None, help="JSON attack settings overriding every entry's")
     p.add_argument("--params", type=json.loads, default=None, help="JSON budget keys overriding every entry's")
-    p.add_argument("--registry", default=str(default_registry_root()))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     reg = Registry(a.registry)

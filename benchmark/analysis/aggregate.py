@@ -50,7 +50,8 @@ from .stats import bootstrap_weighted_means, weighted_mean_interval, wilson
 METRICS = ("id_clean", "id_robust", "ood_d_clean", "ood_d_robust", "ood_t_robust", "ood_robust")
 REFERENCE_METRIC = "ood_t_ref_robust"  # OOD-T over the reference set; a column only where the suite has one
 CELL_COLUMNS = ("key", "model", "role", "data", "shift", "severity", "threat", "attack", "n", "clean_acc",
-                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path", "versions", "checks", "images")
+                "robust_acc", "clean_correct", "robust_correct", "failed_checks", "path", "versions", "checks", "images",
+                "escalated")
 
 
 @dataclass
@@ -140,7 +141,8 @@ def _row(path: Path, payload: dict[str, Any], planned: dict[str, Any]) -> dict[s
                robust_acc=float(robust.mean()) if n else float("nan"), clean_correct=clean,
                robust_correct=robust, failed_checks=_failed_checks(payload.get("checks")), path=str(path),
                versions=tuple(sorted((str(k), str(v)) for k, v in (payload.get("versions") or {}).items())),
-               checks=tuple(sorted(payload.get("checks") or {})), images=images)
+               checks=tuple(sorted(payload.get("checks") or {})), images=images,
+               escalated=tuple((payload.get("escalation") or {}).get("reasons") or ()))
     return row
 
 
@@ -229,11 +231,16 @@ def _id_metric(row: dict[str, Any] | None, col: str) -> tuple[float, float, floa
 
 def _flags(rows: list[dict[str, Any]], n_missing: int, n_planned: int,
            reference_missing: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Human-readable reasons to distrust a model's numbers."""
+    """Human-readable reasons to distrust a model's numbers.  A failed ``convergence`` check whose
+    cell was escalated to the stronger run is not one (the cell stores what the stronger run finds:
+    the attack stopped short, not the model; the board counts those cells per threat instead)."""
     by_check: dict[str, list[str]] = {}
     for r in rows:
         for f in r["failed_checks"]:
-            by_check.setdefault(f.split(" ", 1)[0], []).append(f"{r['data']} x {r['threat']}: {f}")
+            name = f.split(" ", 1)[0]
+            if name == "convergence" and "convergence" in r.get("escalated", ()):
+                continue
+            by_check.setdefault(name, []).append(f"{r['data']} x {r['threat']}: {f}")
     out = [f"trust check '{name}' failed in {len(w)} cell(s), e.g. {w[0]}" for name, w in sorted(by_check.items())]
     if n_missing:
         out.append(f"incomplete: {n_missing} of {n_planned} cells missing; not ranked, its means use the cells present")

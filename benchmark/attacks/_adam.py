@@ -9,10 +9,12 @@ the model (kept as their answer); the others end at their last iterate.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch
 
+from ._restarts import uniform_start
 from .transforms import per_example_loss
 
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the reference uses them
@@ -23,8 +25,9 @@ def adam_ascent(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ini
                 render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 project: Callable[[torch.Tensor], torch.Tensor],
                 penalty: Callable[[torch.Tensor], torch.Tensor] | None, steps: int, lr: float,
-                loss: str = "margin") -> tuple[torch.Tensor, torch.Tensor]:
-    """Maximise ``loss(model(render(active, p))) - penalty(p)`` per example with Adam.
+                loss: str = "margin", lr_final: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximise ``loss(model(render(active, p))) - penalty(p)`` per example with Adam, the
+    learning rate going from ``lr`` to ``lr_final * lr`` along a half cosine (constant at 1).
 
     ``init`` is the start (N, ...) (deterministic: the identity transform); ``render(active, p)``
     makes the images of the examples ``active`` (indices into ``x``) from their parameters;
@@ -60,7 +63,8 @@ def adam_ascent(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ini
             t = it + 1
             m = b1 * m + (1 - b1) * grad
             v = b2 * v + (1 - b2) * grad * grad
-            step = lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + ADAM_EPS)
+            lr_t = lr * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * it / max(1, steps - 1))))
+            step = lr_t * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + ADAM_EPS)
             p = project(p + step)
     return best, best_p
 
@@ -78,12 +82,28 @@ def scaled_settings(bound: float, lr: float | None, smooth_weight: float | None,
 def bounded_adam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, zero: torch.Tensor,
                  render: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bound: float, steps: int,
                  lr: float, weight: float, smoothness: Callable[[torch.Tensor], torch.Tensor],
-                 project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 project: Callable[[torch.Tensor], torch.Tensor] | None = None, lr_final: float = 1.0,
+                 restarts: int = 1, seed: int = 0, index: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`adam_ascent` from the identity ``zero`` with every parameter clipped to
     [-bound, bound] (or mapped by ``project``) and ``weight * smoothness`` subtracted; a zero
-    budget returns ``x``."""
+    budget returns ``x``.  Restart ``r >= 1`` starts the examples no earlier run fooled at a
+    parameter drawn uniformly in [-bound, bound] (from their own streams: ``seed``, ``index``)
+    and replaces an answer only with one that fools the model."""
     if bound == 0 or steps == 0 or len(x) == 0:
         return x.detach().clone(), zero
     project = project or (lambda p: p.clamp(-bound, bound))
-    return adam_ascent(model, x, y, init=zero, render=render, project=project,
-                       penalty=(lambda p: weight * smoothness(p)) if weight else None, steps=steps, lr=lr)
+    penalty = (lambda p: weight * smoothness(p)) if weight else None
+    best, best_p = adam_ascent(model, x, y, init=zero, render=render, project=project, penalty=penalty, steps=steps,
+                               lr=lr, lr_final=lr_final)
+    for r in range(1, max(1, restarts)):
+        with torch.no_grad():
+            active = (model(best).argmax(1) == y).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        init = project(bound * uniform_start(seed, index, len(x), active, tuple(zero.shape[1:]), r, like=zero))
+        b, bp = adam_ascent(model, x[active], y[active], init=init, render=lambda a, p: render(active[a], p),
+                            project=project, penalty=penalty, steps=steps, lr=lr, lr_final=lr_final)
+        with torch.no_grad():
+            ok = model(b).argmax(1) != y[active]
+        best[active[ok]], best_p[active[ok]] = b[ok], bp[ok]
+    return best, best_p

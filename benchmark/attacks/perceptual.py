@@ -14,10 +14,10 @@ h = 1e-3; see "Same numbers on every CPU" below).  The step is scaled so its LPI
 ``||J d||`` is eta = 2 bound / steps, clipped to [0, 1], then projected onto the LPIPS ball.
 
 **LPA** (Lagrangian perceptual attack).  Minimises ``-L(x') + lambda max(0, LPIPS(x, x') - bound)``
-by normalised gradient steps whose LPIPS length is ``step`` (bound, decayed by 10x over the
-steps), estimated by a finite difference (h = 0.1); ``lambda`` starts at 0.01 and is multiplied
-by 10 after each of ``binary_steps`` (5) rounds for the examples still outside the ball.  The
-result is projected onto the ball.
+by normalised gradient steps whose LPIPS length is ``step`` (bound, decayed geometrically by
+``decay``, 10x, over each round's steps), estimated by a finite difference (h = 0.1); ``lambda``
+starts at 0.01 and is multiplied by 10 after each of ``binary_steps`` (5) rounds for the
+examples still outside the ball.  The result is projected onto the ball.
 
 **Projection** (Newton's method, as the reference): while LPIPS(x, x') > bound, step along the
 LPIPS gradient by (LPIPS - bound + 0.1) (1.1) / |grad|^2 (at most 10 times); examples still
@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from . import register
+from ._restarts import uniform_start, with_restarts
 from ._lp import _bcast as _bc
 from .lpips import FeatureNet, Linearization, load_network, normalized_features
 from .transforms import nonneg, threat_params
@@ -53,6 +54,7 @@ KAPPA = 1.0  # the margin loss is capped at kappa, as the reference's MarginLoss
 OVERSHOOT = 0.1  # Newton projection overshoot
 NEWTON_STEPS = 10
 BISECTION_STEPS = 10
+START_NOISE = 0.1  # Linf size of a restart's random start (then projected into the ball)
 
 
 def capped_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float = KAPPA) -> torch.Tensor:
@@ -131,20 +133,23 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def ppgd(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.5,
-         steps: int = 40, step: float | None = None, cg_steps: int = 5) -> torch.Tensor:
-    """Perceptual PGD; see the module docstring."""
+         steps: int = 40, step: float | None = None, cg_steps: int = 5, decay: float = 1.0,
+         start: torch.Tensor | None = None) -> torch.Tensor:
+    """Perceptual PGD; see the module docstring.  Step ``t`` has LPIPS length
+    ``step * decay ** (t / (steps - 1))``; ``start``: the first iterate (default ``x``)."""
     out = x.detach().clone()
     if bound == 0 or steps == 0 or len(x) == 0:
         return out
-    eta = 2 * bound / steps if step is None else step
+    eta0 = 2 * bound / steps if step is None else step
     with torch.no_grad():
         f0_all = normalized_features(net, x)
         wrong = model(x).argmax(1) != y
     active = (~wrong).nonzero().squeeze(1)
-    cur_all = x.detach().clone()
-    for _ in range(steps):
+    cur_all = x.detach().clone() if start is None else start.detach().clone()
+    for t in range(steps):
         if len(active) == 0:
             break
+        eta = eta0 * decay ** (t / max(1, steps - 1))
         cur = cur_all[active].requires_grad_(True)
         with torch.enable_grad():
             loss = capped_margin(model(cur), y[active])
@@ -186,8 +191,13 @@ def ppgd(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tens
 # --------------------------------------------------------------------------- LPA
 def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.5,
         steps: int = 40, binary_steps: int = 5, step: float | None = None, h: float = 0.1,
-        lam0: float = 0.01) -> torch.Tensor:
-    """Lagrangian perceptual attack; see the module docstring."""
+        lam0: float = 0.01, lam_growth: float = 10.0, project_fooled: bool = False,
+        start: torch.Tensor | None = None, decay: float = 0.1) -> torch.Tensor:
+    """Lagrangian perceptual attack; see the module docstring.  ``lam0`` and ``lam_growth``: the
+    penalty weight of the first round and its factor per round (for the examples still outside
+    the ball); ``project_fooled``: an iterate that fools the model outside the ball is projected
+    onto it at once and kept if it still fools (a success is never left for later);
+    ``start``: the first iterate (default ``x``); ``decay``: see :func:`lpa_attack`."""
     out = x.detach().clone()
     if bound == 0 or steps == 0 or len(x) == 0:
         return out
@@ -195,16 +205,17 @@ def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tenso
     n = len(x)
     with torch.no_grad():
         f0 = normalized_features(net, x)
-    adv = x.detach().clone()
+    adv = x.detach().clone() if start is None else start.detach().clone()
     lam = torch.full((n,), lam0, device=x.device, dtype=x.dtype)
     last_d = torch.zeros(n, device=x.device, dtype=x.dtype)
     live = torch.ones(n, dtype=torch.bool, device=x.device)
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
     for _ in range(max(1, binary_steps)):
         for it in range(steps):
             ii = live.nonzero().squeeze(1)
             if len(ii) == 0:
                 break
-            size = step * 0.1 ** (it / steps)
+            size = step * decay ** (it / steps)
             cur = adv[ii].requires_grad_(True)
             with torch.enable_grad():
                 logits = model(cur)
@@ -216,7 +227,16 @@ def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tenso
             with torch.no_grad():
                 d = d.detach()
                 last_d[ii] = d
-                done = (logits.argmax(1) != y[ii]) & (d <= bound)  # inside and fooled: keep it
+                fooled = logits.argmax(1) != y[ii]
+                done = fooled & (d <= bound)  # inside and fooled: keep it, before any further update
+                out[ii[done]] = cur.detach()[done]
+                if project_fooled and bool((fooled & ~done).any()):
+                    jj = (fooled & ~done).nonzero().squeeze(1)
+                    proj = newton_projection(net, x[ii[jj]], cur.detach()[jj], f0[ii[jj]], bound)
+                    kept = model(proj).argmax(1) != y[ii[jj]]
+                    out[ii[jj[kept]]] = proj[kept]
+                    done[jj[kept]] = True
+                found[ii[done]] = True
                 live[ii[done]] = False
                 move = ~done
                 ii, g, cur, feats = ii[move], g[move], cur.detach()[move], feats.detach()[move]
@@ -225,10 +245,13 @@ def lpa(model: torch.nn.Module, net: FeatureNet, x: torch.Tensor, y: torch.Tenso
                 gn = g / _bc(g.flatten(1).norm(dim=1) + 1e-8, g)
                 dist_grad = (normalized_features(net, cur + h * gn) - feats).norm(dim=1) / h
                 adv[ii] = (cur - gn * _bc(size / (dist_grad + 1e-8), gn)).clamp(0.0, 1.0)
-        lam = torch.where(last_d >= bound, lam * 10, lam)
+        lam = torch.where(last_d >= bound, lam * lam_growth, lam)
         if not live.any():
             break
-    return newton_projection(net, x, adv, f0, bound)
+    rest = (~found).nonzero().squeeze(1)
+    if len(rest):
+        out[rest] = newton_projection(net, x[rest], adv[rest], f0[rest], bound)
+    return out
 
 
 # --------------------------------------------------------------------------- registry entries
@@ -251,24 +274,55 @@ def _on(net: FeatureNet, x: torch.Tensor) -> FeatureNet:
     return net.to(x.device) if next(net.parameters()).device != x.device else net
 
 
+def _random_start(net: FeatureNet, x: torch.Tensor, bound: float, seed: int, index: Any, active: torch.Tensor,
+                  r: int, noise: float = START_NOISE) -> torch.Tensor:
+    """Restart ``r``'s start for the examples ``active``: uniform noise of Linf size ``noise``
+    from their own streams, clipped to [0, 1] and projected into the LPIPS ball."""
+    xa = x[active]
+    u = uniform_start(seed, index, len(x), active, tuple(x.shape[1:]), r, like=x)
+    return newton_projection(net, xa, (xa + noise * u).clamp(0.0, 1.0), None, bound)
+
+
 @register("ppgd")
-def ppgd_attack(model, x, y, threat, *, seed: int = 0, steps: int = 40, step: float | None = None,
-                cg_steps: int = 5) -> torch.Tensor:
+def ppgd_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 40, step: float | None = None,
+                cg_steps: int = 5, decay: float = 1.0, restarts: int = 1) -> torch.Tensor:
     """Budget (``threat.params``): ``bound`` (LPIPS) and ``network`` (the feature network:
     ``arch``, ``weights``, ``sha256``, ``source``).  Settings: ``steps`` (40 as the reference),
-    ``step`` (default 2 bound / steps), ``cg_steps`` (5).  Deterministic: ``seed`` is unused."""
+    ``step`` (the first step's LPIPS length, default 2 bound / steps), ``decay`` (the last step's
+    length over the first's, geometric in between; 1 as the reference), ``cg_steps`` (5),
+    ``restarts`` (runs; the later ones from a random start, on the still-robust examples only).
+    Deterministic with one run: ``seed`` draws the restarts' starts."""
     bound, net = _setup(threat)
     if bound == 0:
         return x.detach().clone()
-    return ppgd(model, _on(net, x), x, y, bound=bound, steps=steps, step=step, cg_steps=cg_steps)
+    net = _on(net, x)
+
+    def attempt(active: torch.Tensor, r: int) -> torch.Tensor:
+        start = _random_start(net, x, bound, seed, index, active, r) if r else None
+        return ppgd(model, net, x[active], y[active], bound=bound, steps=steps, step=step, cg_steps=cg_steps,
+                    decay=decay, start=start)
+
+    return with_restarts(model, x, y, attempt, restarts)
 
 
 @register("lpa")
-def lpa_attack(model, x, y, threat, *, seed: int = 0, steps: int = 40, binary_steps: int = 5,
-               step: float | None = None, h: float = 0.1) -> torch.Tensor:
+def lpa_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 40, binary_steps: int = 5,
+               step: float | None = None, h: float = 0.1, lam0: float = 0.01, lam_growth: float = 10.0,
+               project_fooled: bool = False, restarts: int = 1, decay: float = 0.1) -> torch.Tensor:
     """Budget as :func:`ppgd_attack`.  Settings: ``steps`` per round (40 as the reference),
-    ``binary_steps`` rounds of the penalty weight (5), ``step`` (default bound), ``h``."""
+    ``binary_steps`` rounds of the penalty weight (5), ``step`` (default bound), ``h``, ``lam0``
+    and ``lam_growth`` (the first round's penalty weight and its factor per round: 0.01 and 10 as
+    the reference), ``project_fooled`` (see :func:`lpa`), ``restarts`` (as :func:`ppgd_attack`),
+    ``decay`` (the last step's length over the first's in each round, geometric in between: 0.1 as
+    the reference)."""
     bound, net = _setup(threat)
     if bound == 0:
         return x.detach().clone()
-    return lpa(model, _on(net, x), x, y, bound=bound, steps=steps, binary_steps=binary_steps, step=step, h=h)
+    net = _on(net, x)
+
+    def attempt(active: torch.Tensor, r: int) -> torch.Tensor:
+        start = _random_start(net, x, bound, seed, index, active, r) if r else None
+        return lpa(model, net, x[active], y[active], bound=bound, steps=steps, binary_steps=binary_steps, step=step,
+                   h=h, lam0=lam0, lam_growth=lam_growth, project_fooled=project_fooled, start=start, decay=decay)
+
+    return with_restarts(model, x, y, attempt, restarts)

@@ -132,24 +132,27 @@ def smoothness(disp: torch.Tensor) -> torch.Tensor:
 
 
 def recolor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: float = 0.06, steps: int = 100,
-            lr: float | None = None, smooth_weight: float | None = None, return_params: bool = False):
+            lr: float | None = None, smooth_weight: float | None = None, lr_final: float = 1.0, restarts: int = 1,
+            seed: int = 0, index=None, return_params: bool = False):
     """The ReColorAdv attack; with ``return_params`` also returns the displacements, with
     ``recolor_apply(x, params)`` equal to the returned images."""
     lr, weight = scaled_settings(bound, lr, smooth_weight, lr_per_bound=LR_PER_BOUND,
                                  smooth_per_bound=SMOOTH_PER_BOUND)
     best, disp = bounded_adam(
         model, x, y, zero=zero_params(x), render=lambda active, d: recolor_apply(x[active], d), bound=bound,
-        steps=steps, lr=lr, weight=weight, smoothness=smoothness, project=lambda d: project_params(d, bound))
+        steps=steps, lr=lr, weight=weight, smoothness=smoothness, project=lambda d: project_params(d, bound),
+        lr_final=lr_final, restarts=restarts, seed=seed, index=index)
     return (best, disp) if return_params else best
 
 
 @register("recolor")
-def recolor_attack(model, x, y, threat, *, seed: int = 0, steps: int = 100, lr: float | None = None,
-                   smooth_weight: float | None = None) -> torch.Tensor:
+def recolor_attack(model, x, y, threat, *, seed: int = 0, index=None, steps: int = 100, lr: float | None = None,
+                   smooth_weight: float | None = None, lr_final: float = 1.0, restarts: int = 1) -> torch.Tensor:
     """Budget (``threat.params``): ``bound``, the largest displacement of a control point per
     scaled CIELUV coordinate (required).  Settings: ``steps`` (the reference: 100 CIFAR-10, 200
     ImageNet), Adam ``lr`` (default bound / 60: the reference's 0.001 at 0.06), ``smooth_weight``
-    (default 0.0036 / bound).  Deterministic: ``seed`` is not used."""
+    (default 0.0036 / bound), ``lr_final`` and ``restarts`` (as :func:`.stadv.stadv_attack`).
+    Deterministic with one run: ``seed`` draws the restarts' starts."""
     p = threat_params(threat, "recolor", {"bound": None})
     return recolor(model, x, y, bound=nonneg(p["bound"], threat.path or threat.id, "bound"), steps=steps, lr=lr,
-                   smooth_weight=smooth_weight)
+                   smooth_weight=smooth_weight, lr_final=lr_final, restarts=restarts, seed=seed, index=index)

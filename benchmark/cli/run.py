@@ -411,8 +411,9 @@ def add_calibrate_parser(sub) -> None:
     q.add_argument("--out", default=None, help="write the table (markdown) here")
     q.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     q.add_argument("--threats", default=None,
-                   help="patterns over the suite's Lp threats (ID and threat shifts); default: the ID threat "
-                        "and two Lp threat shifts")
+                   help="patterns over the suite's threats (ID and threat shifts; a non-Lp one is compared "
+                        "with its stronger run: 4x the iterations, 2 restarts); default: the ID threat and two "
+                        "Lp threat shifts")
     q.add_argument("--workers", type=int, default=1,
                    help="models calibrated at a time, each in its own process (both attacks of a row "
                         "still run back to back in one process)")

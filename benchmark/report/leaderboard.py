@@ -179,9 +179,28 @@ def reference_sentence(board: Board) -> str | None:
     if not board.reference:
         return None
     return (f"{REFERENCE_LABEL}: mean robust accuracy over the {len(board.reference)} threat shift(s) that stand for "
-            f"OODRobustBench's six ({', '.join(board.reference)}), comparable with its OOD-T; OOD-T robust averages "
+            f"OODRobustBench's six ({', '.join(board.reference)}), comparable with its OOD-T in kind, not number by "
+            f"number: our non-Lp attacks are checked for convergence, while the reference's LPA loses about half of "
+            f"its successes, so its published LPA numbers sit far above ours (docs/threats.md); OOD-T robust averages "
             f"all {len(board.suite.threat_shifts)} of the suite's threat shifts. Same interval as OOD-T; no value "
             f"for a model missing any of these cells (its flag names them).")
+
+
+def escalation_sentence(res: aggregate.SuiteResults) -> str | None:
+    """Per threat, how many of its cells failed the convergence check and store what the stronger
+    run of their attack finds (None when none did)."""
+    cells = res.cells
+    if not len(cells) or "escalated" not in cells:
+        return None
+    hit = cells[[("convergence" in e) for e in cells["escalated"]]]
+    if not len(hit):
+        return None
+    total = cells.groupby("threat").size()
+    parts = [f"`{t}` {n} of {int(total[t])}" for t, n in hit.groupby("threat").size().items()]
+    return ("Escalated to the stronger run (its attack's iterations x4, 2 runs), the cell storing what neither broke, "
+            "because the stronger run broke significantly more of a sample of the examples the attack left robust "
+            f"(the convergence check; docs/attacks.md): {', '.join(parts)} cells. The attack stopped short, not the "
+            "model: no flag.")
 
 
 def target_label(name: str, suite: SuiteSpec) -> str:
@@ -448,6 +467,9 @@ def render(registry: Registry, suite: SuiteSpec, res: aggregate.SuiteResults, su
     ref = reference_sentence(board)
     if ref:
         lines += ["", ref]
+    escalated = escalation_sentence(res)
+    if escalated:
+        lines += ["", escalated]
     if board.incomplete:
         lines += ["", "### Not ranked: incomplete models", ""]
         irows = []

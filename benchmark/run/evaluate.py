@@ -168,7 +168,7 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     Example ``i`` is attacked with the random draws of ``(seed, i)`` whatever the batch it falls
     in, so the outcomes do not depend on ``batch_size`` (pyautoattack's attacks excepted).
     With ``checks``, the trust checks run and act (:func:`checked`); ``deep_checks`` (default:
-    every Lp threat) adds the checks that re-attack a sample.  The model runs on fixed-size
+    on) adds the checks that re-attack a sample.  The model runs on fixed-size
     micro-batches (:mod:`..attacks.batching`), so no number depends on the batch composition."""
     from ..models.defenses import require_declared
 
@@ -194,7 +194,7 @@ def attack_outcome(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     t2 = time.perf_counter()
     out = Outcome(clean_correct, robust_correct, t1 - t0, t2 - t1, {}, x_adv_all)
     if checks:
-        deep = threat.kind == "lp" if deep_checks is None else deep_checks
+        deep = True if deep_checks is None else deep_checks
         out = checked(model, x, y, threat, out, deep=deep, seed=seed, attack=attack, attack_args=attack_args)
     return out
 
@@ -211,7 +211,7 @@ def checked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatSp
                               seed=seed, attack=attack, attack_args=attack_args)
     found.update(deep_found or {})
     robust, broken_by, escalation = trust.settle(model, x, y, threat, out.clean_correct, out.robust_correct, found,
-                                                 attack=attack or threat.attack, seed=seed)
+                                                 attack=attack or threat.attack, seed=seed, attack_arg=attack)
     return dataclasses.replace(out, robust_correct=robust, checks=found, broken_by=broken_by, escalation=escalation,
                                checks_s=time.perf_counter() - t0)
 

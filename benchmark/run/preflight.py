@@ -418,8 +418,9 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
         return Cost(int(a.get("restarts", 1)) * targets * (1 + int(a.get("steps", 20))), 1)
     if attack in ("jpeg", "pixel-flow"):
         return Cost(int(a.get("restarts", 1)) * (1 + int(a.get("steps", 20))))
-    if attack in ("stadv", "recolor"):
-        return Cost(int(a.get("steps", 100)), 1)
+    if attack in ("stadv", "recolor"):  # a restart: its start's check, its end's, its comparison with the best
+        runs = max(1, int(a.get("restarts", 1)))
+        return Cost(runs * int(a.get("steps", 100)), 1 + 3 * (runs - 1))
     if attack == "brightness-contrast":
         grid, steps = int(a.get("grid", 5)), int(a.get("steps", 10))
         return Cost(steps, 1 + grid * grid + steps)
@@ -429,11 +430,12 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
         rot, tr = int(a.get("rotations", 5)), int(a.get("translations", 3))
         has_zero = rot % 2 == 1 and rot > 1 and tr % 2 == 1 and tr > 1  # an evenly spaced odd grid holds 0
         return Cost(0, rot * tr * tr + (0 if has_zero else 1))  # the identity, where the grid lacks it
+    runs = max(1, int(a.get("restarts", 1)))  # ppgd, lpa: each run ends with one check of what it found
     if attack == "ppgd":
         steps = int(a.get("steps", 40))
-        return Cost(steps, 1 + steps)
+        return Cost(runs * steps, runs * (2 + steps))
     if attack == "lpa":
-        return Cost(int(a.get("steps", 40)) * max(1, int(a.get("binary_steps", 5))))
+        return Cost(runs * int(a.get("steps", 40)) * max(1, int(a.get("binary_steps", 5))), runs)
     if attack == "square":
         return Cost(0, int(a.get("queries", 5000)))
     return None
@@ -470,13 +472,23 @@ class PassCounter:
         return Cost(self.backwards / images, (self.forwards - self.backwards) / images)
 
 
-def _check_cost(threat: ThreatSpec, cost: Cost | None, role: str, batch_len: int) -> float:
-    """The deep trust checks' passes per cell (Lp threats): a sample of still-robust images is
-    re-attacked at half the budget and by Square (trust.py)."""
+def _check_cost(threat: ThreatSpec, cost: Cost | None, role: str, batch_len: int, n_classes: int = 10) -> float:
+    """The deep trust checks' passes per cell: a sample of still-robust images is re-attacked at
+    half the budget and by Square (Lp threats), or by the stronger run of the cell's attack (the
+    others: ``convergence``; trust.py).  Escalations, which run only where a check fails, are not
+    counted (the Square escalation of an Lp cell, the stronger run on every still-robust image of
+    a non-Lp one)."""
     from . import trust
 
-    if threat.kind != "lp" or cost is None:
+    if cost is None:
         return 0.0
+    if threat.kind != "lp":
+        name, args = trust.stronger(threat)
+        stronger = attack_cost(name, args, n_classes) if args is not None else None
+        if stronger is None:
+            return 0.0
+        share = trust.SHIFT_SAMPLE / batch_len if role == "dataset" else trust.DEEP_SAMPLE
+        return share * stronger.total
     if role == "dataset":
         return trust.SHIFT_SAMPLE / batch_len * (cost.total + FORWARD_COST * trust.SHIFT_SQUARE_QUERIES)
     queries = trust.SQUARE_QUERIES if role == "id" else trust.SHIFT_SQUARE_QUERIES
@@ -499,7 +511,8 @@ def cost_lines(cells: Sequence[Any], root: Path, clean_acc: float = 1.0) -> list
             line.per_image = None
             continue
         line.per_image = cost.total
-        line.passes += images * cost.total + _check_cost(t, cost, c.role, len(c.batch))
+        line.passes += images * cost.total + _check_cost(t, cost, c.role, len(c.batch),
+                                                         NUM_CLASSES.get(c.model.dataset, 10))
     return list(lines.values())
 
 

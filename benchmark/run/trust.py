@@ -2,15 +2,18 @@
 the evaluator does about what they find.
 
 Each check is ``{"ok": bool, ...details}``.  A failed check flags the model on the leaderboard.
-Cheap checks run on every cell; the ``deep`` ones (budget monotonicity, black-box Square
-comparison) re-attack a sample of the examples the cell's attack left robust (the only ones that
-can tell anything) and run on every Lp cell (ID, dataset shifts, threat shifts); each flags when
+Cheap checks run on every cell; the ``deep`` ones re-attack a sample of the examples the cell's
+attack left robust (the only ones that can tell anything): budget monotonicity and the black-box
+Square comparison on every Lp cell (ID, dataset shifts, threat shifts), convergence (the stronger
+run of the cell's own attack: 4x its iterations, 2 restarts) on every other cell; each flags when
 its attack breaks significantly more than :data:`CHECK_RATE` of its sample.
 Checks act on what they find (:func:`settle`): an example a check's attack breaks is counted as
 broken (the stored robust accuracy is the best of all attacks run, and ``broken_by`` says which
 attack broke each example); a cell whose black-box check fails, and every still-robust example
 whose gradient is exactly zero, are attacked again by Square at AutoAttack's standard budget
-(the escalation), so a model with masked gradients is never stored at its gradient-attack number.
+(the escalation), so a model with masked gradients is never stored at its gradient-attack number;
+a non-Lp cell whose convergence check fails is attacked again by the stronger run on every
+still-robust example, so a threat is never stored at an attack that stopped short.
 Each check and its tolerance is documented in docs/attacks.md.
 """
 from __future__ import annotations
@@ -69,15 +72,19 @@ def deep_checks(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: 
                 attack_args: dict[str, Any] | None = None, sample: int = DEEP_SAMPLE,
                 square_queries: int = SQUARE_QUERIES,
                 bounds: Sequence[tuple[int, int]] | None = None) -> dict[str, Any]:
-    """The checks that re-attack a seeded sample of the examples the cell's attack left robust
-    (Lp threats only): ``budget_monotone`` and ``black_box``.  Only those examples can tell
-    anything: an example the attack broke cannot be broken again.  The evaluator runs them once
+    """The checks that re-attack a seeded sample of the examples the cell's attack left robust:
+    ``budget_monotone`` and ``black_box`` for Lp threats, ``convergence`` for the others.  Only
+    those examples can tell anything: an example the attack broke cannot be broken again.  The evaluator runs them once
     per batch of cells (the severities of a dataset shift share one sample, drawn evenly over
     the cells: ``bounds``, each cell's ``(start, stop)`` in the batch) and gives each cell its
     part (:func:`part_of`)."""
-    if threat.kind != "lp" or threat.eps <= 0:
-        return {}
     robust = clean_correct.astype(bool) & robust_correct.astype(bool)
+    if threat.kind != "lp":
+        idx = deep_sample(robust, sample, seed, bounds)
+        return {"convergence": convergence_check(model, x, y, threat, robust, idx, seed=seed, attack=attack,
+                                                 attack_args=attack_args)}
+    if threat.eps <= 0:
+        return {}
     idx = deep_sample(robust, sample, seed, bounds)
     return {"budget_monotone": budget_monotone_check(model, x, y, threat, robust, idx, seed=seed, attack=attack,
                                                      attack_args=attack_args),
@@ -206,6 +213,51 @@ def budget_monotone_check(model, x, y, threat, robust_correct: np.ndarray, idx: 
             "broken_at_half_eps": int(broken.sum())}
 
 
+def stronger(threat, attack: str | None = None, attack_args: dict[str, Any] | None = None
+             ) -> tuple[str, dict[str, Any] | None]:
+    """``(attack, settings)`` of the stronger run of what a cell ran (``attack``/``attack_args``:
+    the run's override, None: the threat's): :func:`..attacks._restarts.stronger_args` of its
+    settings; settings None when the attack has none to scale.  A user's ``python:`` attack is
+    held to the same rule through its signature."""
+    from ..attacks import get_attack
+    from ..attacks._restarts import stronger_args
+
+    name = attack or threat.attack
+    args = dict(threat.attack_args) if attack is None or attack == threat.attack else {}
+    args.update(attack_args or {})
+    return name, stronger_args(get_attack(name, path=getattr(threat, "path", "") or "--attack", key="attack"), args)
+
+
+def convergence_check(model, x, y, threat, robust_correct: np.ndarray, idx: np.ndarray, *, seed: int,
+                      attack: str | None = None, attack_args: dict[str, Any] | None = None,
+                      rate: float = CHECK_RATE, alpha: float = ALPHA) -> dict[str, Any]:
+    """The stronger run of the cell's attack (:func:`stronger`: 4x its iterations, 2 restarts) on
+    the sample ``idx`` of examples it left robust (others are dropped): if the same threat,
+    attacked harder, breaks significantly more than ``rate`` of them (``broken_by_stronger``;
+    one-sided binomial test at ``alpha``), the attack had not converged: the check fails and the
+    evaluator escalates the cell to the stronger run (:func:`settle`).  ``broken`` lists them
+    (cell indices); they are counted as broken either way."""
+    robust = robust_correct.astype(bool)
+    idx = idx[robust[idx]]
+    name, args = stronger(threat, attack, attack_args)
+    base = {"attack": name, "stronger_args": args}
+    if args is None:
+        return {"ok": True, "n": 0, "of_robust": int(robust.sum()), "broken_by_stronger": 0, "broken": [],
+                "sample": [], **base, "note": f"attack '{name}' takes no iteration count, restarts or grid: "
+                "nothing makes it stronger"}
+    if not len(idx):
+        return {"ok": True, "n": 0, "of_robust": int(robust.sum()), "broken_by_stronger": 0, "broken": [],
+                "sample": [], **base, "note": NOTHING_ROBUST}
+    t = torch.from_numpy(idx).to(x.device)
+    rob = _attack_sample(model, x[t], y[t], threat, seed=seed, attack=attack, attack_args=args, index=idx)
+    broken = ~rob.astype(bool)
+    out = {**_verdict(robust, idx, broken, rate, alpha), "broken_by_stronger": int(broken.sum()), **base}
+    if not out["ok"]:
+        out["note"] = ("the stronger run broke examples the cell's attack left robust: it had not converged; the cell "
+                       "is escalated to the stronger run on every still-robust example")
+    return out
+
+
 def black_box_check(model, x, y, threat, clean_correct: np.ndarray, robust_correct: np.ndarray,
                     idx: np.ndarray, *, seed: int, queries: int = SQUARE_QUERIES,
                     rate: float = CHECK_RATE, alpha: float = ALPHA) -> dict[str, Any]:
@@ -260,7 +312,8 @@ def zero_gradient(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) ->
 
 def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.ndarray, robust_correct: np.ndarray,
            checks: dict[str, Any], *, attack: str, seed: int, queries: int = ESCALATION_QUERIES,
-           chunk: int = ESCALATION_CHUNK) -> tuple[np.ndarray, dict[str, list[int]], dict[str, Any] | None]:
+           chunk: int = ESCALATION_CHUNK, attack_arg: str | None = None
+           ) -> tuple[np.ndarray, dict[str, list[int]], dict[str, Any] | None]:
     """Act on the checks of one cell: returns ``(robust_correct, broken_by, escalation)``.
 
     - the examples a check's attack broke (``budget_monotone``'s eps/2 re-attack: inside the
@@ -270,17 +323,45 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
       standard budget (``queries``), in fixed chunks of the cell's examples in order, so the
       outcome does not depend on the evaluation batch size;
     - ``broken_by`` maps each attack to the examples it broke first (the cell's attack, then
-      ``eps/2-rerun``, ``square-check``, ``square-escalation``), so the best-of-attacks number is
-      traceable.  ``escalation`` records why, on how many examples, and what it broke (None when
-      nothing was escalated)."""
+      ``eps/2-rerun``, ``square-check``, ``square-escalation``; ``stronger-check``,
+      ``stronger-escalation`` for the others), so the best-of-attacks number is traceable;
+    - other threats: when ``convergence`` failed, every still-robust example is attacked by the
+      stronger run it names (``attack_arg``: the run's attack override, None for the threat's).
+
+    ``escalation`` records why, on how many examples, and what it broke (None when nothing was
+    escalated)."""
     robust = robust_correct.astype(bool).copy()
     broken_by: dict[str, list[int]] = {attack: [int(i) for i in np.flatnonzero(clean_correct.astype(bool) & ~robust)]}
-    for check, name in (("budget_monotone", "eps/2-rerun"), ("black_box", "square-check")):
+    for check, name in (("budget_monotone", "eps/2-rerun"), ("black_box", "square-check"),
+                        ("convergence", "stronger-check")):
         found = [i for i in (checks.get(check) or {}).get("broken", []) if robust[i]]
         if found:
             robust[found] = False
             broken_by[name] = found
     escalation = None
+    conv = checks.get("convergence") or {}
+    # escalated even when the check's sample held every still-robust example (the stronger run then ran on all of
+    # them already): the cell stores the stronger run's number either way
+    if conv.get("ok") is False and conv.get("stronger_args") is not None:
+        # the check's sample already had the stronger run (same seed, same positions: the same outcome, as
+        # every example's numbers are its own), so only the rest of the still-robust examples are attacked
+        checked_already = np.zeros(len(robust), bool)
+        checked_already[np.asarray(conv.get("sample", []), dtype=np.int64)] = True
+        ii = np.flatnonzero(robust & ~checked_already)
+        broken = []
+        if len(ii):
+            t = torch.from_numpy(ii).to(x.device)
+            rob = _attack_sample(model, x[t], y[t], threat, seed=seed, attack=attack_arg,
+                                 attack_args=conv["stronger_args"], index=ii)
+            broken = [int(i) for i in ii[~rob.astype(bool)]]
+        robust[broken] = False
+        if broken:
+            broken_by["stronger-escalation"] = broken
+        escalation = {"reasons": ["convergence"], "attack": conv["attack"], "attack_args": conv["stronger_args"],
+                      "n": int(len(ii)), "n_checked": int(checked_already.sum()),
+                      "broken": len(broken),
+                      "robust_acc_before": round(float(robust_correct.mean()), 4),
+                      "robust_acc_after": round(float(robust.mean()), 4)}
     if threat.kind == "lp" and threat.eps > 0 and robust.any():
         reasons = []
         targets = np.zeros(len(robust), bool)

@@ -44,7 +44,7 @@ def judge(stored: dict[str, Any], recomputed: dict[str, Any]) -> dict[str, Any]:
         out.update({f"{kind}_lost": lost, f"{kind}_gained": gained, f"{kind}_p": p,
                     f"{kind}_acc_stored": float(a.mean()) if n else float("nan"),
                     f"{kind}_acc_now": float(b.mean()) if n else float("nan")})
-        if lost + gained > flip_cap(n) or p < ALPHA:
+        if lost + gained > flip_cap(n, stored.get("threat_kind")) or p < ALPHA:
             status = "differs"
         elif lost + gained and status == "exact":
             status = "within"

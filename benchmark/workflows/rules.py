@@ -10,6 +10,10 @@ import math
 # 7 of 391,200 robust outcomes and no clean one, at most one in a cell, and harness 5's PPGD flipped up to 13 in a 600-image cell.
 REPRODUCE_ALPHA = 0.05  # level of the two-sided McNemar test on the flips
 CAP_MIN, CAP_FRACTION = 2, 0.005  # at most max(2, ceil(0.5% of n)) flipped examples
+# the perceptual threats (kind lpips: PPGD, LPA) since harness 7's converged settings: many long steps in an
+# ill-conditioned metric turn last bits into another outcome for examples at the edge of what they find;
+# measured, AVX2 against AVX-512, three models' stored cells: up to 10 of 600 (PPGD), 3 of 600 (LPA)
+PERCEPTUAL_KINDS, PERCEPTUAL_CAP_FRACTION = ("lpips",), 0.025
 
 TOLERANCE_RULE = (
     "A cell reproduces exactly when every per-example outcome (clean and robust) is the same. It is "
@@ -18,13 +22,17 @@ TOLERANCE_RULE = (
     f"test on the flips (lost vs gained) gives p >= {REPRODUCE_ALPHA:g}. Measured basis: recomputing the whole "
     "digits suite under another CPU code path (perf/cross_cpu.py) flips 7 of 391,200 robust outcomes and no clean one, at most 1 in a cell, "
     "so the cap leaves room for another BLAS or a GPU; another seed, attack setting or model flips many, or "
-    "flips them one way. Anything else differs."
+    f"flips them one way. The perceptual threats (PPGD, LPA) are allowed max({CAP_MIN}, "
+    f"ceil({PERCEPTUAL_CAP_FRACTION:g} x n)): their converged attacks flipped up to 10 robust outcomes of 600 under "
+    "another code path. Anything else differs."
 )
 
 
-def flip_cap(n: int) -> int:
-    """The absolute cap on flipped examples in a reproduced cell of ``n`` examples."""
-    return max(CAP_MIN, math.ceil(CAP_FRACTION * n))
+def flip_cap(n: int, kind: str | None = None) -> int:
+    """The absolute cap on flipped examples in a reproduced cell of ``n`` examples (``kind``: the
+    cell's threat kind, its ``threat_kind``)."""
+    frac = PERCEPTUAL_CAP_FRACTION if kind in PERCEPTUAL_KINDS else CAP_FRACTION
+    return max(CAP_MIN, math.ceil(frac * n))
 
 
 # submit: the claimed clean accuracy

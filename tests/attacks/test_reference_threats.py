@@ -82,12 +82,43 @@ def test_stadv_flow_stays_in_the_box_and_reproduces_the_images(setup):
     xa, flow = stadv(model, x, y, bound=0.05, steps=15, return_flow=True)
     assert flow.abs().max() <= 0.05 + 1e-7
     grid = identity_grid(len(x), 16, 16) + flow
-    assert grid.abs().max() <= 1 + 1e-6, "every sampling position stays inside the image"
+    assert grid.abs().max() <= 1 + 1e-6, "every sampling position stays inside the image's outer edges"
+    # align_corners=False: the border pixel centres sit half a pixel (1/16) inside the edge, so
+    # 0.05 never reaches it on 16x16, while 0.1 is clipped there, to 1/16 (as the reference clips its grid)
     out = project_flow(torch.full((1, 16, 16, 2), 0.05), 0.05)  # everything pushed right and down
-    assert (out[0, :, -1, 0] == 0).all() and (out[0, -1, :, 1] == 0).all() and (out[0, :-1, :-1] > 0.04).all()
+    assert torch.equal(out, torch.full_like(out, 0.05))
+    out = project_flow(torch.full((1, 16, 16, 2), 0.1), 0.1)
+    assert torch.allclose(out[0, :, -1, 0], torch.full((16,), 1 / 16)) and (out[0, :-1, :-1] == 0.1).all()
     assert torch.allclose(flow_warp(x, flow), xa, atol=1e-6)
     assert flow_loss(torch.zeros_like(flow)).max() < 0.011  # a zero flow: only the 1e-10 terms
     assert (flow_loss(flow) > flow_loss(torch.zeros_like(flow))).any()
+
+
+def test_stadv_geometry_is_the_references():
+    """The reference's grid: ``affine_grid`` of the identity without ``align_corners`` (False), and
+    ``grid_sample`` reading zeros outside: a border pixel flowed to the edge is half padding."""
+    ident = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
+    ref = torch.nn.functional.affine_grid(ident, (1, 1, 16, 16), align_corners=False)
+    assert torch.allclose(identity_grid(1, 16, 16), ref, atol=1e-6)
+    x = torch.ones(1, 1, 16, 16)
+    flow = torch.zeros(1, 16, 16, 2)
+    flow[0, :, -1, 0] = 1 / 16  # the right column to the image's right edge
+    warped = flow_warp(x, flow)
+    assert torch.allclose(warped[0, 0, :, -1], torch.full((16,), 0.5)) and (warped[0, 0, :, :-1] == 1).all()
+
+
+def test_flow_loss_repeats_the_edge_as_the_reference():
+    """StAdv's flow loss by brute force, as the reference's shift matrices count it: each pixel and
+    each of its 4 neighbours, a missing neighbour at the border being the pixel itself."""
+    flow = torch.randn(2, 3, 4, 2)
+    want = torch.zeros(2)
+    for n in range(2):
+        for i in range(3):
+            for j in range(4):
+                for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    q = (min(max(i + di, 0), 2), min(max(j + dj, 0), 3))
+                    want[n] += ((flow[n, i, j] - flow[n, q[0], q[1]]).pow(2).sum() + 1e-10).sqrt()
+    assert torch.allclose(flow_loss(flow), want, rtol=1e-5)
 
 
 def test_recolor_function_stays_in_the_box_and_reproduces_the_images(setup):

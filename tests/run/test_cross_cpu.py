@@ -135,11 +135,21 @@ def test_a_row_does_not_depend_on_its_micro_batch(positions, profile):
         assert got[name] == {"orders_equal": True, "alone_equal": True}, (profile, name)
 
 
+# the perceptual threats' attacks run many long steps in an ill-conditioned metric (harness 7's
+# settings, converged: docs/threats.md): last-bit differences turn into another outcome for a few
+# examples at the edge of what they find.  Measured on the committed cells of three models, AVX2
+# against AVX-512: 1.5% of PPGD's robust outcomes, 0.3% of LPA's (docs/reproducibility.md); these
+# cells may flip at most this share of their examples (and at least 1), every other cell none
+PERCEPTUAL_FLIPS = 0.02
+
+
 def test_every_threat_gives_the_same_outcomes_on_every_cpu_code_path():
     """Per-example clean and robust outcomes of every digits threat's attack (no trust checks),
     for a model on MKL's GEMM and one on oneDNN's convolutions, under each code path; PPGD on 8x
     more images too (harness 5's PPGD flipped about 1% of its robust outcomes between `native`
-    and `default`: docs/reproducibility.md)."""
+    and `default`: docs/reproducibility.md).  Identical for every threat but the perceptual ones,
+    whose clean outcomes are identical and robust ones may differ on :data:`PERCEPTUAL_FLIPS` of
+    the examples at most."""
     got = _all_profiles(OUTCOMES, str(N_IMAGES), *MODELS)
     ref = got["native"]
     cells = [k for k in ref if k != "capability"]
@@ -147,6 +157,15 @@ def test_every_threat_gives_the_same_outcomes_on_every_cpu_code_path():
     for k in cells:
         clean, robust = ref[k].split("|")
         assert robust.count("1") < clean.count("1"), k  # the attack does break examples
+    perceptual = {k for k in cells if k.split("/", 1)[1].startswith(("digits-ppgd", "digits-lpa"))}
+    assert len(perceptual) == len(MODELS) * 3
     for profile in PROFILES[1:]:
         differ = {k: (ref[k], got[profile][k]) for k in cells if got[profile][k] != ref[k]}
-        assert not differ, f"{profile}: outcomes differ from native in {sorted(differ)}"
+        exact = sorted(k for k in differ if k not in perceptual)
+        assert not exact, f"{profile}: outcomes differ from native in {exact}"
+        for k, (a, b) in differ.items():
+            (ca, ra), (cb, rb) = a.split("|"), b.split("|")
+            flips = sum(u != v for u, v in zip(ra, rb))
+            allowed = max(1, int(PERCEPTUAL_FLIPS * len(ra)))
+            assert ca == cb and flips <= allowed, \
+                f"{profile}: {k} flips {flips} of {len(ra)} robust outcomes (at most {allowed})"

@@ -1,0 +1,79 @@
+"""Restarts that attack only the still-robust examples, and the stronger run of an attack.
+
+A restart never loses a success: an example fooled by an earlier run keeps that run's image; a
+later run (from a random start drawn from the example's own stream, :mod:`._draws`) attacks only
+the examples no run has fooled yet, and replaces an image only with one that fools the model.
+
+:func:`stronger_args` is the convergence reference of every threat (``shiftbench calibrate``,
+the ``convergence`` trust check): the same attack with at least 4x its iterations and two
+restarts, or a finer grid for a grid search.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ._draws import Draws
+
+STRONGER_ITERATIONS = 4  # the stronger run's iteration factor
+STRONGER_RESTARTS = 2  # ... and its number of runs (the first from the usual start)
+# settings that count iterations (scaled by STRONGER_ITERATIONS; a list elementwise)
+ITERATION_KEYS = ("steps", "pre_steps", "target_steps", "polish_steps", "queries")
+# grid searches: points per axis n -> (n - 1) * k + 1 keeps every old point and refines between them
+GRID_KEYS = {"grid": 4, "rotations": 4, "translations": 2}
+
+
+def with_restarts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  attempt: Callable[[torch.Tensor, int], torch.Tensor], restarts: int) -> torch.Tensor:
+    """``attempt(active, r)`` attacks the examples ``active`` (indices into ``x``) in run ``r``
+    and returns their images; run 0 attacks every example, run ``r >= 1`` only those no earlier
+    run fooled, and keeps only its fooling images."""
+    out = x.detach().clone()
+    active = torch.arange(len(x), device=x.device)
+    for r in range(max(1, restarts)):
+        if len(active) == 0:
+            break
+        xa = attempt(active, r).detach()
+        with torch.no_grad():
+            fooled = model(xa).argmax(1) != y[active]
+        out[active[fooled if r else slice(None)]] = xa[fooled] if r else xa
+        active = active[~fooled]
+    return out
+
+
+def uniform_start(seed: int, index: Any, n: int, active: torch.Tensor, shape: tuple[int, ...], r: int,
+                  like: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in [-1, 1] of ``shape`` for the examples ``active`` of restart ``r``, from
+    their own streams (``index``: their positions in the cell)."""
+    return Draws(seed, index, n).take(active.cpu()).rand(shape, "start", r, like=like) * 2 - 1
+
+
+def stronger_args(fn: Callable[..., Any], args: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The settings of the stronger run of attack ``fn`` at settings ``args``: each iteration
+    count (``steps``, ...) of its signature x4 (not an inner solver's, as ``cg_steps``),
+    ``restarts`` at least 2, a grid refined (every old point kept).  None when ``fn`` takes no
+    such setting (nothing can make it stronger)."""
+    params = inspect.signature(fn).parameters
+    out = dict(args)
+    changed = False
+    for key in (*ITERATION_KEYS, *GRID_KEYS):
+        p = params.get(key)
+        if p is None:
+            continue
+        value = args.get(key, p.default)
+        if value is inspect.Parameter.empty or value is None or isinstance(value, bool):
+            continue
+        if key in GRID_KEYS:
+            out[key] = (int(value) - 1) * GRID_KEYS[key] + 1 if int(value) > 1 else GRID_KEYS[key] + 1
+        elif isinstance(value, (list, tuple)):
+            out[key] = [int(v) * STRONGER_ITERATIONS for v in value]
+        else:
+            out[key] = int(value) * STRONGER_ITERATIONS
+        changed = True
+    if "restarts" in params:
+        value = args.get("restarts", params["restarts"].default)
+        out["restarts"] = max(STRONGER_RESTARTS, int(value) if isinstance(value, int) else 1)
+        changed = True
+    return out if changed else None
