@@ -78,14 +78,13 @@ def deep_checks(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: 
     per batch of cells (the severities of a dataset shift share one sample, drawn evenly over
     the cells: ``bounds``, each cell's ``(start, stop)`` in the batch) and gives each cell its
     part (:func:`part_of`)."""
+    if threat.kind == "lp" and threat.eps <= 0:
+        return {}
     robust = clean_correct.astype(bool) & robust_correct.astype(bool)
+    idx = deep_sample(robust, sample, seed, bounds)
     if threat.kind != "lp":
-        idx = deep_sample(robust, sample, seed, bounds)
         return {"convergence": convergence_check(model, x, y, threat, robust, idx, seed=seed, attack=attack,
                                                  attack_args=attack_args)}
-    if threat.eps <= 0:
-        return {}
-    idx = deep_sample(robust, sample, seed, bounds)
     return {"budget_monotone": budget_monotone_check(model, x, y, threat, robust, idx, seed=seed, attack=attack,
                                                      attack_args=attack_args),
             "black_box": black_box_check(model, x, y, threat, clean_correct, robust, idx, seed=seed,
