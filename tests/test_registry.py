@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from benchmark import cli
-from benchmark.registry import Registry, RegistryError, content_hash, parse_eps
+from benchmark.registry import DEFAULT_REGISTRY, Registry, RegistryError, content_hash, parse_eps
 
 
 def edit(path: Path, **changes) -> None:
@@ -84,6 +84,18 @@ def test_yaml_cannot_construct_python_objects(tiny_registry):
     path.write_text(path.read_text() + "params: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(RegistryError, match="not valid YAML"):
         Registry(tiny_registry)
+
+
+def test_libyaml_and_pure_python_loaders_read_every_entry_alike():
+    """Entries load through libyaml's safe loader when it is there; the pure-Python one gives the
+    same values for every shipped entry (and the same errors: tests/models/test_hostile.py)."""
+    from benchmark import registry
+
+    paths = sorted(Path(DEFAULT_REGISTRY).rglob("*.yaml"))
+    assert len(paths) > 100 and yaml.__with_libyaml__
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        assert registry._safe_entry(text) == yaml.load(text, Loader=registry._EntryLoader), path  # noqa: S506
 
 
 def test_duplicate_ids_raise(tiny_registry):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._restarts import uniform_start
+from ._restarts import uniform_start, with_restarts
 from .transforms import per_example_loss
 
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the reference uses them
@@ -93,17 +93,11 @@ def bounded_adam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ze
         return x.detach().clone(), zero
     project = project or (lambda p: p.clamp(-bound, bound))
     penalty = (lambda p: weight * smoothness(p)) if weight else None
-    best, best_p = adam_ascent(model, x, y, init=zero, render=render, project=project, penalty=penalty, steps=steps,
-                               lr=lr, lr_final=lr_final)
-    for r in range(1, max(1, restarts)):
-        with torch.no_grad():
-            active = (model(best).argmax(1) == y).nonzero().squeeze(1)
-        if len(active) == 0:
-            break
-        init = project(bound * uniform_start(seed, index, len(x), active, tuple(zero.shape[1:]), r, like=zero))
-        b, bp = adam_ascent(model, x[active], y[active], init=init, render=lambda a, p: render(active[a], p),
-                            project=project, penalty=penalty, steps=steps, lr=lr, lr_final=lr_final)
-        with torch.no_grad():
-            ok = model(b).argmax(1) != y[active]
-        best[active[ok]], best_p[active[ok]] = b[ok], bp[ok]
-    return best, best_p
+
+    def attempt(active: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        init = project(bound * uniform_start(seed, index, len(x), active, tuple(zero.shape[1:]), r, like=zero)) \
+            if r else zero
+        return adam_ascent(model, x[active], y[active], init=init, render=lambda a, p: render(active[a], p),
+                           project=project, penalty=penalty, steps=steps, lr=lr, lr_final=lr_final)
+
+    return with_restarts(model, x, y, attempt, restarts, carry=zero)

@@ -26,21 +26,39 @@ GRID_KEYS = {"grid": 4, "rotations": 4, "translations": 2}
 
 
 def with_restarts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  attempt: Callable[[torch.Tensor, int], torch.Tensor], restarts: int) -> torch.Tensor:
+                  attempt: Callable[[torch.Tensor, int], Any], restarts: int, *,
+                  carry: torch.Tensor | None = None) -> Any:
     """``attempt(active, r)`` attacks the examples ``active`` (indices into ``x``) in run ``r``
     and returns their images; run 0 attacks every example, run ``r >= 1`` only those no earlier
-    run fooled, and keeps only its fooling images."""
-    out = x.detach().clone()
+    run fooled, and keeps only its fooling images.  A lone run is returned as it is (nothing to
+    compare it with: no extra forward pass).
+
+    With ``carry`` (one row per example: what each image is made from, e.g. a flow), ``attempt``
+    returns ``(images, rows)`` and so does this, every row kept with its image."""
+    runs = max(1, restarts)
     active = torch.arange(len(x), device=x.device)
-    for r in range(max(1, restarts)):
+    first = attempt(active, 0)
+    if runs == 1:
+        return first
+    out, rows = (first, None) if carry is None else first
+    out = out.detach().clone()
+    rows = None if rows is None else rows.detach().clone()
+    for r in range(runs):
+        if r:
+            got = attempt(active, r)
+            xa, ra = (got, None) if carry is None else got
+        else:
+            xa, ra = out[active], None
+        with torch.no_grad():
+            fooled = model(xa.detach()).argmax(1) != y[active]
+        if r:
+            out[active[fooled]] = xa.detach()[fooled]
+            if rows is not None:
+                rows[active[fooled]] = ra.detach()[fooled]
+        active = active[~fooled]
         if len(active) == 0:
             break
-        xa = attempt(active, r).detach()
-        with torch.no_grad():
-            fooled = model(xa).argmax(1) != y[active]
-        out[active[fooled if r else slice(None)]] = xa[fooled] if r else xa
-        active = active[~fooled]
-    return out
+    return out if carry is None else (out, rows)
 
 
 def uniform_start(seed: int, index: Any, n: int, active: torch.Tensor, shape: tuple[int, ...], r: int,

@@ -142,7 +142,10 @@ def seeded(seed: int, device: torch.device):
     restored after: what a randomized model draws inside depends on ``seed`` alone."""
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if devices:
+            torch.manual_seed(seed)
+        else:  # the CPU generator alone: torch.manual_seed also queues a seed for every lazy backend
+            torch.default_generator.manual_seed(seed)  # (CUDA, XPU, MTIA), formatting the stack each time
         yield
 
 

@@ -418,9 +418,10 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
         return Cost(int(a.get("restarts", 1)) * targets * (1 + int(a.get("steps", 20))), 1)
     if attack in ("jpeg", "pixel-flow"):
         return Cost(int(a.get("restarts", 1)) * (1 + int(a.get("steps", 20))))
-    if attack in ("stadv", "recolor"):  # a restart: its start's check, its end's, its comparison with the best
-        runs = max(1, int(a.get("restarts", 1)))
-        return Cost(runs * int(a.get("steps", 100)), 1 + 3 * (runs - 1))
+    runs = max(1, int(a.get("restarts", 1)))
+    checks = runs if runs > 1 else 0  # attacks._restarts.with_restarts: each of several runs ends with a check
+    if attack in ("stadv", "recolor"):  # a run: its steps, then a forward pass of its last images
+        return Cost(runs * int(a.get("steps", 100)), runs + checks)
     if attack == "brightness-contrast":
         grid, steps = int(a.get("grid", 5)), int(a.get("steps", 10))
         return Cost(steps, 1 + grid * grid + steps)
@@ -430,12 +431,11 @@ def attack_cost(attack: str, args: Mapping[str, Any], n_classes: int) -> Cost | 
         rot, tr = int(a.get("rotations", 5)), int(a.get("translations", 3))
         has_zero = rot % 2 == 1 and rot > 1 and tr % 2 == 1 and tr > 1  # an evenly spaced odd grid holds 0
         return Cost(0, rot * tr * tr + (0 if has_zero else 1))  # the identity, where the grid lacks it
-    runs = max(1, int(a.get("restarts", 1)))  # ppgd, lpa: each run ends with one check of what it found
     if attack == "ppgd":
         steps = int(a.get("steps", 40))
-        return Cost(runs * steps, runs * (2 + steps))
+        return Cost(runs * steps, runs * (1 + steps) + checks)
     if attack == "lpa":
-        return Cost(runs * int(a.get("steps", 40)) * max(1, int(a.get("binary_steps", 5))), runs)
+        return Cost(runs * int(a.get("steps", 40)) * max(1, int(a.get("binary_steps", 5))), checks)
     if attack == "square":
         return Cost(0, int(a.get("queries", 5000)))
     return None

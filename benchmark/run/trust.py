@@ -310,7 +310,7 @@ def zero_gradient(model, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) ->
 
 
 def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.ndarray, robust_correct: np.ndarray,
-           checks: dict[str, Any], *, attack: str, seed: int, queries: int = ESCALATION_QUERIES,
+           checks: dict[str, Any], *, attack: str, seed: int, queries: int | None = None,
            chunk: int = ESCALATION_CHUNK, attack_arg: str | None = None
            ) -> tuple[np.ndarray, dict[str, list[int]], dict[str, Any] | None]:
     """Act on the checks of one cell: returns ``(robust_correct, broken_by, escalation)``.
@@ -319,7 +319,7 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
       eps ball too; ``black_box``'s Square) are counted as broken;
     - Lp threats: the still-robust examples whose margin gradient is exactly zero, and, when
       ``black_box`` failed, every still-robust example, are attacked by Square at AutoAttack's
-      standard budget (``queries``), in fixed chunks of the cell's examples in order, so the
+      standard budget (``queries``, :data:`ESCALATION_QUERIES` by default), in fixed chunks of the cell's examples in order, so the
       outcome does not depend on the evaluation batch size;
     - ``broken_by`` maps each attack to the examples it broke first (the cell's attack, then
       ``eps/2-rerun``, ``square-check``, ``square-escalation``; ``stronger-check``,
@@ -329,6 +329,7 @@ def settle(model, x: torch.Tensor, y: torch.Tensor, threat, clean_correct: np.nd
 
     ``escalation`` records why, on how many examples, and what it broke (None when nothing was
     escalated)."""
+    queries = ESCALATION_QUERIES if queries is None else queries
     robust = robust_correct.astype(bool).copy()
     broken_by: dict[str, list[int]] = {attack: [int(i) for i in np.flatnonzero(clean_correct.astype(bool) & ~robust)]}
     for check, name in (("budget_monotone", "eps/2-rerun"), ("black_box", "square-check"),

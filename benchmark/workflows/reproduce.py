@@ -26,7 +26,7 @@ from ..run import plan as planner
 from ..run import store
 from ..run.evaluate import run_grid
 
-from .rules import REPRODUCE_ALPHA as ALPHA, TOLERANCE_RULE, flip_cap  # noqa: F401  (flip_cap: API)
+from .rules import REPRODUCE_ALPHA as ALPHA, TOLERANCE_RULE, flip_cap, mcnemar_alpha  # noqa: F401  (API)
 
 
 def judge(stored: dict[str, Any], recomputed: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def judge(stored: dict[str, Any], recomputed: dict[str, Any]) -> dict[str, Any]:
         out.update({f"{kind}_lost": lost, f"{kind}_gained": gained, f"{kind}_p": p,
                     f"{kind}_acc_stored": float(a.mean()) if n else float("nan"),
                     f"{kind}_acc_now": float(b.mean()) if n else float("nan")})
-        if lost + gained > flip_cap(n, stored.get("threat_kind")) or p < ALPHA:
+        if lost + gained > flip_cap(n, stored.get("threat_kind")) or p < mcnemar_alpha(stored.get("threat_kind")):
             status = "differs"
         elif lost + gained and status == "exact":
             status = "within"

@@ -96,6 +96,20 @@ def test_billion_laughs_is_refused(tiny_registry):
         Registry(tiny_registry)
 
 
+@pytest.mark.parametrize("libyaml", [True, False])
+def test_deep_nesting_is_refused_by_both_loaders(tiny_registry, monkeypatch, libyaml):
+    """Deep nesting (1 MiB of ``[`` fits in an entry) would recurse past the C stack in libyaml's
+    composer: both the C path and the pure-Python one refuse it with the file named, and aliases."""
+    monkeypatch.setattr(yaml, "__with_libyaml__", libyaml and yaml.__with_libyaml__)
+    path = tiny_registry / "threats" / "tiny-linf.yaml"
+    path.write_text(path.read_text() + "params: " + "[" * 5_000 + "]" * 5_000 + "\n")
+    with pytest.raises(RegistryError, match="tiny-linf.yaml: not valid YAML: nested too deeply"):
+        Registry(tiny_registry)
+    path.write_text("id: &a tiny-linf\nkind: *a\n")
+    with pytest.raises(RegistryError, match=r"tiny-linf.yaml: not valid YAML: alias '\*a' not allowed"):
+        Registry(tiny_registry)
+
+
 def test_huge_entry_file_is_refused(tiny_registry):
     path = tiny_registry / "threats" / "tiny-linf.yaml"
     path.write_text(path.read_text() + "description: '" + "x" * (1 << 20) + "'\n")

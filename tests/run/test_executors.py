@@ -256,6 +256,60 @@ def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(digits_slice, serial_r
     assert_same_outcomes(serial_results, out, cells)
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (Linux's /proc)."""
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(kids - out)
+            out |= kids
+    return {p for p in out if _alive(p)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited (nobody reaped it yet)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_workers_stop_when_the_driver_is_killed(tmp_path):
+    """``kill -9`` of `shiftbench run` (no chance to stop its workers) leaves no worker running:
+    each notices its parent is gone and stops within seconds, writing no partial file."""
+    out = tmp_path / "digits"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *CLI_SLICE, "--results", str(tmp_path),
+                             "--workers", "2", "--batch-size", "10"], stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        workers = {p for p in _descendants(proc.pid)
+                   if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")}
+    assert proc.poll() is None and len(workers) == 2, "the run ended before its workers could be seen"
+    while not store.result_files(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the workers are busy with cells
+    others = _descendants(proc.pid)
+    proc.kill()
+    proc.wait(timeout=30)
+    stop_by = time.monotonic() + 20
+    while any(_alive(p) for p in others) and time.monotonic() < stop_by:
+        time.sleep(0.2)
+    left = sorted(p for p in others if _alive(p))
+    assert not left, f"processes of the killed run still running: {left}"
+    assert not list(out.rglob(".tmp-*")), "no partial files"
+    written = store.result_files(out)
+    time.sleep(2)
+    assert store.result_files(out) == written, "nothing is written after the workers stopped"
+
+
 def test_input_errors_are_reported_without_retries(tiny_registry, tmp_path, capsys):
     """Missing weights fail every cell of the model the same way: each batch is reported once,
     naming the file, not retried; in process and in worker processes alike."""

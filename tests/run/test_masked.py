@@ -70,10 +70,12 @@ def test_black_box_flags_on_examples_only_square_broke():
     assert trust.binomial_sf(0, 64, 0.01) == 1.0
 
 
-def test_masked_model_is_caught_and_escalated_on_dataset_shift_cells():
+def test_masked_model_is_caught_and_escalated_on_dataset_shift_cells(monkeypatch):
     """The severities of a dataset shift share one deep-check sample (of still-robust examples,
     spread over the severities): the masked net is flagged there too, every severity's cell is
-    escalated and stored at the best of all attacks, close to the honest net's number."""
+    escalated and stored at the best of all attacks, close to the honest net's number (with a
+    fifth of Square's escalation queries: the test above runs the full budget)."""
+    monkeypatch.setattr(trust, "ESCALATION_QUERIES", trust.ESCALATION_QUERIES // 5)
     from benchmark.run import plan
     from benchmark.run.evaluate import batch_outcomes
 

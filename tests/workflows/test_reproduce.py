@@ -138,9 +138,10 @@ def test_tolerance_rule_edges(n, lost, gained, status):
 
 @pytest.mark.parametrize("kind,status", [("lp", "differs"), ("stadv", "differs"), ("lpips", "within")])
 def test_perceptual_cells_have_their_measured_cap(kind, status):
-    """A perceptual (LPIPS) cell may flip up to 2.5% of its examples, two ways, as their converged
-    attacks were measured to under another CPU code path; 10 two-way flips of 600 is within for
-    it and differs for every other kind; all one way still differs (McNemar)."""
+    """A perceptual (LPIPS) cell may flip up to 2.5% of its examples, as their converged attacks
+    were measured to under another CPU code path; 10 two-way flips of 600 is within for it and
+    differs for every other kind; 7 all one way (measured under AVX2) is within for it, 12 differ
+    (McNemar at its level)."""
     rng = np.random.default_rng(1)
     clean = np.ones(600, bool)
     robust = rng.random(600) < 0.3
@@ -150,6 +151,7 @@ def test_perceptual_cells_have_their_measured_cap(kind, status):
     stored = {**_payload(clean, robust), "threat_kind": kind}
     assert rp.judge(stored, _payload(clean, now))["status"] == status
     assert flip_cap(600, kind) == (15 if kind == "lpips" else 3)
-    one_way = robust.copy()
-    one_way[np.flatnonzero(robust)[:10]] = False
-    assert rp.judge(stored, _payload(clean, one_way))["status"] == "differs"
+    for lost, want in ((7, status), (12, "differs")):
+        one_way = robust.copy()
+        one_way[np.flatnonzero(robust)[:lost]] = False
+        assert rp.judge(stored, _payload(clean, one_way))["status"] == want, lost

@@ -3,13 +3,18 @@
 With GPUs visible, the default is one worker per GPU, each seeing only its own
 (``CUDA_VISIBLE_DEVICES``); with more workers than GPUs they share them round-robin.  Workers
 ignore Ctrl-C: the driver cancels what has not started and stops the running tasks with SIGTERM,
-which aborts them between two Python steps, so a result file is either complete or absent.
+which aborts them between two Python steps, so a result file is either complete or absent.  A
+driver that dies without stopping them (``kill -9``, an out-of-memory kill, a scheduler's time
+limit) leaves no worker behind: each one checks every second that its parent is still the driver
+and stops itself the same way when it is not.
 """
 from __future__ import annotations
 
 import itertools
 import os
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -40,9 +45,26 @@ def _stop(signum, frame):  # SIGTERM in a worker: abort the running call, start 
     raise SystemExit(128 + signum)
 
 
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker (SIGTERM to its main thread: :func:`_stop`) once its parent is no longer
+    the driver (the driver died and the worker was handed to another process)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    # to the main thread itself (a signal to the process may be taken by this thread, and the main
+    # thread, blocked reading its next task, would never see it), and again: the pool's loop catches
+    # the abort of a running task and waits for the next one, which the next signal ends
+    while True:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        time.sleep(PARENT_CHECK_SECONDS)
+
+
 def _init_worker(devices) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="shiftbench-parent-watch", daemon=True).start()
     device = devices.get()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
