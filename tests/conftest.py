@@ -17,6 +17,22 @@ from benchmark.registry import sha256_file
 torch.set_num_threads(1)
 
 
+# The longest test files (each test up to minutes of CPU: the real suites' rehearsals, the other CPU
+# code paths, escalations, worker processes) are collected first, so that `make test`'s parallel
+# workers start them first and none is left to run alone at the end; every file keeps its own order.
+LONG_FIRST = ("run/test_cross_cpu.py", "run/test_rehearsal.py", "models/test_real_suites.py", "run/test_masked.py",
+              "workflows/test_defended_workflows.py", "run/test_calibrate.py", "run/test_executors.py",
+              "run/test_reliability.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, name in enumerate(LONG_FIRST) if path.endswith(name)), len(LONG_FIRST))
+
+    items.sort(key=rank)
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

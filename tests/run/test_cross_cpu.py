@@ -23,7 +23,7 @@ from benchmark.run import cpus
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = tuple(cpus.PROFILES)
 MODELS = ("mlp-pgd-0.10", "cnn-pgd-0.10")  # MKL's GEMM and oneDNN's convolutions
-N_IMAGES = 24
+N_IMAGES = 16  # of each threat, and 8x as many for PPGD
 
 POSITION = r"""
 import json, sys, torch
