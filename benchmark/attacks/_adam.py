@@ -100,4 +100,4 @@ def bounded_adam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ze
         return adam_ascent(model, x[active], y[active], init=init, render=lambda a, p: render(active[a], p),
                            project=project, penalty=penalty, steps=steps, lr=lr, lr_final=lr_final)
 
-    return with_restarts(model, x, y, attempt, restarts, carry=zero)
+    return with_restarts(model, x, y, attempt, restarts, params=True)

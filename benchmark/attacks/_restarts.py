@@ -26,39 +26,33 @@ GRID_KEYS = {"grid": 4, "rotations": 4, "translations": 2}
 
 
 def with_restarts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  attempt: Callable[[torch.Tensor, int], Any], restarts: int, *,
-                  carry: torch.Tensor | None = None) -> Any:
+                  attempt: Callable[[torch.Tensor, int], Any], restarts: int, *, params: bool = False) -> Any:
     """``attempt(active, r)`` attacks the examples ``active`` (indices into ``x``) in run ``r``
     and returns their images; run 0 attacks every example, run ``r >= 1`` only those no earlier
     run fooled, and keeps only its fooling images.  A lone run is returned as it is (nothing to
     compare it with: no extra forward pass).
 
-    With ``carry`` (one row per example: what each image is made from, e.g. a flow), ``attempt``
-    returns ``(images, rows)`` and so does this, every row kept with its image."""
-    runs = max(1, restarts)
-    active = torch.arange(len(x), device=x.device)
-    first = attempt(active, 0)
-    if runs == 1:
+    With ``params``, ``attempt`` returns ``(images, params)``, one row of parameters per image (what
+    it is made from, e.g. a flow), and so does this, every row kept with its image."""
+    def parts(got: Any) -> tuple[torch.Tensor, ...]:  # (images,) or (images, params), detached
+        return tuple(t.detach() for t in (got if params else (got,)))
+
+    first = attempt(torch.arange(len(x), device=x.device), 0)
+    if max(1, restarts) == 1:
         return first
-    out, rows = (first, None) if carry is None else first
-    out = out.detach().clone()
-    rows = None if rows is None else rows.detach().clone()
-    for r in range(runs):
-        if r:
-            got = attempt(active, r)
-            xa, ra = (got, None) if carry is None else got
-        else:
-            xa, ra = out[active], None
-        with torch.no_grad():
-            fooled = model(xa.detach()).argmax(1) != y[active]
-        if r:
-            out[active[fooled]] = xa.detach()[fooled]
-            if rows is not None:
-                rows[active[fooled]] = ra.detach()[fooled]
-        active = active[~fooled]
+    best = [t.clone() for t in parts(first)]
+    with torch.no_grad():
+        active = (model(best[0]).argmax(1) == y).nonzero().squeeze(1)
+    for r in range(1, restarts):
         if len(active) == 0:
             break
-    return out if carry is None else (out, rows)
+        got = parts(attempt(active, r))
+        with torch.no_grad():
+            fooled = model(got[0]).argmax(1) != y[active]
+        for b, t in zip(best, got):
+            b[active[fooled]] = t[fooled]
+        active = active[~fooled]
+    return tuple(best) if params else best[0]
 
 
 def uniform_start(seed: int, index: Any, n: int, active: torch.Tensor, shape: tuple[int, ...], r: int,
