@@ -270,6 +270,22 @@ def test_projection_lands_inside_and_on_the_ball():
         assert abs(float(t_bis) - float(t_brute)) <= 1 / 64 + 1e-3
 
 
+def test_a_smaller_overshoot_lands_closer_to_the_bound_and_still_inside():
+    """The reference's overshoot (0.1, an LPIPS length) is a fifth of its bound of 0.5; on a
+    smaller ball it throws a projected point deep inside.  A smaller one must land nearer the
+    boundary, never outside."""
+    net = tiny_net()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 1, 16, 16, generator=gen, dtype=torch.float64)
+    far = (x + 0.3 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    bound = float(L.lpips(net, x, far).min().detach()) / 2
+    d = {o: L.lpips(net, x, newton_projection(net, x, far, None, bound, overshoot=o * bound)) for o in (0.5, 0.025)}
+    for dist in d.values():
+        assert (dist <= bound * (1 + 1e-9)).all()
+    assert float(d[0.025].mean()) > float(d[0.5].mean())
+    assert (d[0.025] >= 0.95 * bound).all(), d[0.025] / bound
+
+
 # --------------------------------------------------------------------------- networks: files and checksums
 def test_shipped_network_matches_its_entries():
     path = DEFAULT_REGISTRY / NETWORK["weights"]
