@@ -18,7 +18,7 @@ packages our stack cannot take, so it installs without its dependencies, with th
 imports reach::
 
     .venv/bin/python -m pip install --no-deps perceptual-advex==0.2.6 robustness==1.2.1.post2 \\
-        cox==0.2 dill tensorboardX six recoloradv==0.0.1 advex-uar==0.0.6.dev0
+        cox==0.2 dill tensorboardX protobuf six recoloradv==0.0.1 advex-uar==0.0.6.dev0
     .venv/bin/python perf/reference_perceptual.py                      # 4 models, 200 images
     .venv/bin/python perf/reference_perceptual.py --models cnn-pgd-0.10 --threats digits-lpa
 
@@ -37,7 +37,7 @@ import torch
 MODELS = "cnn-pgd-0.10,lenet-trades-3,mlp-pgd-0.05,cnn-standard"
 THREATS = ("digits-ppgd", "digits-lpa", "digits-stadv")
 INSTALL = ("python -m pip install --no-deps perceptual-advex==0.2.6 robustness==1.2.1.post2 cox==0.2 dill "
-           "tensorboardX six recoloradv==0.0.1 advex-uar==0.0.6.dev0")
+           "tensorboardX protobuf six recoloradv==0.0.1 advex-uar==0.0.6.dev0")
 
 
 def import_reference():
@@ -87,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from benchmark.attacks import run_attack
-    from benchmark.attacks.batching import fixed_batch
     from benchmark.attacks.lpips import load_network, normalized_features
     from benchmark.data import datasets
-    from benchmark.models.load import load_model
     from benchmark.registry import Registry, default_registry_root
     from benchmark.run.trust import stronger
+    from threat_settings import attackable  # perf/, beside this script
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=MODELS, help=f"comma-separated model ids (default {MODELS})")
@@ -112,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | threat | ours | ours, stronger run | reference |")
     print("|---|---|---:|---:|---:|")
     for mid in [m.strip() for m in a.models.split(",") if m.strip()]:
-        model = fixed_batch(load_model(reg.model(mid), reg).eval())
-        with torch.no_grad():
-            ok = model(x).argmax(1) == y
-        xc, yc = x[ok], y[ok]
-        index = ok.nonzero().squeeze(1).tolist()
+        model, _, xc, yc, index = attackable(reg, mid, x, y)
         for tid in threats:
             threat = reg.threat(tid)
             net = load_network(threat.params["network"], threat.path).eval() if "network" in threat.params else None
