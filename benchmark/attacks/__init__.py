@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # torch is heavy: planning and the leaderboard must not impor
 
 # Bump when any attack's numbers can change (the trust checks' included: what they break is stored);
 # it is part of every cell's hash.
-HARNESS_VERSION = "7"
+HARNESS_VERSION = "8"
 
 
 class Attack(Protocol):
