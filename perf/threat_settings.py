@@ -110,21 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             if done.returncode:
                 raise SystemExit(f"profile {q}: the child failed:\n{done.stderr[-2000:]}")
             runs[q] = json.loads(done.stdout.strip().splitlines()[-1])
-    first = next(iter(runs))
-    cols = [f"{json.dumps(c)}{f' [{q}]' if q else ''}" for c in a.configs for q in runs]
-    print("| model | " + " | ".join(f"{c} % | s" + (" | flips" if q not in ("", first) else "")
-                                    for c, q in zip(cols, [q for _ in a.configs for q in runs])) + " |")
-    print("|---|" + "".join("---|---|" + ("---|" if q not in ("", first) else "")
-                            for _ in a.configs for q in runs))
+    first = next(iter(runs))  # flips are counted against the first profile's outcomes
+    columns = [(k, q) for k in range(len(a.configs)) for q in runs]
+    print("| model | " + " | ".join(f"{json.dumps(a.configs[k])}{f' [{q}]' if q else ''} % | s"
+                                    + (" | flips" if q != first else "") for k, q in columns) + " |")
+    print("|---|" + "".join("---|---|" + ("---|" if q != first else "") for _, q in columns))
     for mid in runs[first]:
         row = [mid]
-        for k in range(len(a.configs)):
-            base = runs[first][mid][k][0]
-            for q, got in runs.items():
-                robust, secs = got[mid][k]
-                row += [f"{100 * sum(robust) / a.n:.1f}", f"{secs:.1f}"]
-                if q not in ("", first):
-                    row.append(str(sum(u != v for u, v in zip(base, robust))))
+        for k, q in columns:
+            robust, secs = runs[q][mid][k]
+            row += [f"{100 * sum(robust) / a.n:.1f}", f"{secs:.1f}"]
+            if q != first:
+                row.append(str(sum(u != v for u, v in zip(runs[first][mid][k][0], robust))))
         print("| " + " | ".join(row) + " |", flush=True)
     return 0
 
