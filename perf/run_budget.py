@@ -27,9 +27,7 @@ PARTS = ("attack_s", "checks_s", "clean_s")
 
 def part_of(result: dict) -> str:
     """The part of the grid a result belongs to: ``id``, ``dataset shifts`` or its threat."""
-    if result.get("role") == "dataset":
-        return "dataset shifts"
-    return "id" if result.get("role") == "id" else str(result.get("threat"))
+    return {"dataset": "dataset shifts", "id": "id"}.get(result.get("role"), str(result.get("threat")))
 
 
 def budget(results_dir: Path) -> tuple[dict[str, list[float]], dict[str, int], list[Path]]:
@@ -44,8 +42,7 @@ def budget(results_dir: Path) -> tuple[dict[str, list[float]], dict[str, int], l
         try:
             r = read_json(path)
         except (OSError, ValueError):
-            unreadable.append(path)
-            continue
+            r = None
         if not isinstance(r, dict):
             unreadable.append(path)
             continue
